@@ -1,0 +1,115 @@
+#include <vector>
+
+#include "caffe/layers/batch_euclidean_map_layer.hpp"
+#include "caffe/util/irg_math.hpp"
+#include "caffe/util/math_functions.hpp"
+
+// The same algorithm as the CPU path (see batch_euclidean_map_layer.cpp), with
+// a fixed number of launches whatever N is and nothing copied to the host:
+//   Forward:  4 launches (1 cuBLAS GEMM, pair distances, normalizer reduction,
+//             normalize); 2 with normalize: NONE.
+//   Backward: 5 launches (normalizer-gradient reduction, pair coefficients,
+//             cuBLAS GEMV, diagonal, cuBLAS GEMM); 4 with backward: RELEASED
+//             or normalize: NONE.
+
+namespace caffe {
+
+template <typename Dtype>
+__global__ void PairDistanceKernel(const int n, const int dim,
+    const Dtype* gram, const Dtype* x, const bool squared, Dtype* a) {
+  CUDA_KERNEL_LOOP(index, n * n) {
+    const int i = index / n, j = index % n;
+    if (i == j) {
+      a[index] = 0;
+    } else if (i < j) {
+      const Dtype d = irg::pair_distance(gram[i * n + i], gram[j * n + j],
+          gram[index], x + i * dim, x + j * dim, dim, squared);
+      a[index] = d;
+      a[j * n + i] = d;
+    }
+  }
+}
+
+template <typename Dtype>
+__global__ void PairGradKernel(const int n, const Dtype* g, const Dtype* a,
+    const Dtype* norm, const int mode, const bool exact, const bool squared,
+    Dtype* s) {
+  CUDA_KERNEL_LOOP(index, n * n) {
+    const int i = index / n, j = index % n;
+    const int ji = j * n + i;
+    const Dtype m = norm[irg::kNormalizer];
+    const Dtype share = irg::normalizer_share(norm, mode, exact);
+    const Dtype h_ij = irg::distance_grad(g[index], a[index], m,
+        irg::in_normalizer(mode, a[index], false) ? share : Dtype(0), squared);
+    const Dtype h_ji = exact ? irg::distance_grad(g[ji], a[ji], m,
+        irg::in_normalizer(mode, a[ji], false) ? share : Dtype(0), squared)
+        : Dtype(0);
+    s[index] = i == j ? Dtype(0) : h_ij + h_ji;
+  }
+}
+
+template <typename Dtype>
+__global__ void SubtractDiagonalKernel(const int n, const Dtype* row_sum,
+    Dtype* s) {
+  CUDA_KERNEL_LOOP(i, n) {
+    s[i * n + i] -= row_sum[i];
+  }
+}
+
+template <typename Dtype>
+void BatchEuclideanMapLayer<Dtype>::Forward_gpu(
+    const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
+  const int n = num_, dim = dim_, mode = irg_param_.normalize();
+  const Dtype* x = bottom[0]->gpu_data();
+  Dtype* gram = pairs_.mutable_gpu_data();
+  Dtype* a = top[0]->mutable_gpu_data();
+  caffe_gpu_gemm<Dtype>(CblasNoTrans, CblasTrans, n, n, dim, Dtype(1), x, x,
+      Dtype(0), gram);
+  // NOLINT_NEXT_LINE(whitespace/operators)
+  PairDistanceKernel<Dtype><<<CAFFE_GET_BLOCKS(n * n), CAFFE_CUDA_NUM_THREADS>>>(
+      n, dim, gram, x, irg_param_.squared(), a);
+  if (mode != IRGParameter_Normalize_NONE) {
+    Dtype* norm = norm_.mutable_gpu_data();
+    // NOLINT_NEXT_LINE(whitespace/operators)
+    irg::NormalizerKernel<Dtype><<<1, CAFFE_CUDA_NUM_THREADS>>>(
+        n * n, a, mode, MeanCount(), norm);
+    // NOLINT_NEXT_LINE(whitespace/operators)
+    irg::NormalizeKernel<Dtype><<<CAFFE_GET_BLOCKS(n * n),
+        CAFFE_CUDA_NUM_THREADS>>>(n * n, norm, a);
+  }
+  CUDA_POST_KERNEL_CHECK;
+}
+
+template <typename Dtype>
+void BatchEuclideanMapLayer<Dtype>::Backward_gpu(
+    const vector<Blob<Dtype>*>& top, const vector<bool>& propagate_down,
+    const vector<Blob<Dtype>*>& bottom) {
+  if (!propagate_down[0]) return;
+  const int n = num_, mode = irg_param_.normalize();
+  const bool exact = irg_param_.backward() == IRGParameter_Backward_EXACT;
+  const Dtype* g = top[0]->gpu_diff();
+  const Dtype* a = top[0]->gpu_data();
+  Dtype* norm = norm_.mutable_gpu_data();
+  if (exact && mode != IRGParameter_Normalize_NONE) {
+    // NOLINT_NEXT_LINE(whitespace/operators)
+    irg::NormalizerGradKernel<Dtype><<<1, CAFFE_CUDA_NUM_THREADS>>>(
+        n * n, g, a, mode, MeanCount(), norm);
+  }
+  Dtype* s = pairs_.mutable_gpu_data();
+  // NOLINT_NEXT_LINE(whitespace/operators)
+  PairGradKernel<Dtype><<<CAFFE_GET_BLOCKS(n * n), CAFFE_CUDA_NUM_THREADS>>>(
+      n, g, a, norm, mode, exact, irg_param_.squared(), s);
+  Dtype* row_sum = ones_.mutable_gpu_diff();
+  caffe_gpu_gemv<Dtype>(CblasNoTrans, n, n, Dtype(1), s, ones_.gpu_data(),
+      Dtype(0), row_sum);
+  // NOLINT_NEXT_LINE(whitespace/operators)
+  SubtractDiagonalKernel<Dtype><<<CAFFE_GET_BLOCKS(n), CAFFE_CUDA_NUM_THREADS>>>(
+      n, row_sum, s);
+  caffe_gpu_gemm<Dtype>(CblasNoTrans, CblasNoTrans, n, dim_, n, Dtype(-2), s,
+      bottom[0]->gpu_data(), Dtype(0), bottom[0]->mutable_gpu_diff());
+  CUDA_POST_KERNEL_CHECK;
+}
+
+INSTANTIATE_LAYER_GPU_FUNCS(BatchEuclideanMapLayer);
+
+}  // namespace caffe

@@ -1,0 +1,231 @@
+#!/usr/bin/env bash
+# Build Caffe (CPU_ONLY: libcaffe, the `caffe` tool, pycaffe) with the IRG layers
+# dropped in, on a fresh Debian or Ubuntu machine. One command; see README.md.
+#
+#   bash tools/build_caffe.sh [--caffe-root DIR] [--with-tests] [--jobs N]
+#
+# Without --caffe-root, Caffe's source is Debian's `caffe` source package and two
+# trees are built under the cache ($IRG_CACHE, default ~/.cache/irg-caffe):
+#   base/    stock Caffe + the caffe.proto patch only (what the plugin build needs)
+#   dropin/  base + our layers and tests, built with `make` exactly as the README's
+#            drop-in procedure says; this is the Caffe everything else uses.
+# Both are keyed by everything that goes into them, so a second run with nothing
+# changed only checks the stamps. With --caffe-root, the drop-in procedure runs on
+# the user's own tree, in place.
+#
+# It also makes the project's virtual environment (.venv) and installs pyirg into
+# it, and points .caffe (and .caffe-base) in the checkout at the trees it built;
+# tools/env.sh reads those links.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${IRG_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/irg-caffe}
+JOBS=$(nproc)
+USER_ROOT=""
+WITH_TESTS=0
+CAFFE_SRC_VERSION=1.0.0+git20180821.99bd997-8
+# Bump when the recipe below changes in a way that alters the built trees.
+RECIPE=3
+
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --caffe-root) USER_ROOT=$(cd "$2" && pwd); shift 2 ;;
+    --with-tests) WITH_TESTS=1; shift ;;
+    --jobs) JOBS=$2; shift 2 ;;
+    -h|--help) usage 0 ;;
+    *) echo "build_caffe: unknown option $1" >&2; usage 2 ;;
+  esac
+done
+
+START=$SECONDS
+step() { printf '\n==> [%s +%ds] %s\n' "$(date +%H:%M:%S)" "$((SECONDS - START))" "$*"; }
+die() { echo "build_caffe: error: $*" >&2; exit 1; }
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+
+# --- 1. Debian build dependencies ---------------------------------------------
+PY_MINOR=$(python3 -c 'import sys; print(sys.version_info[1])')
+APT_PKGS="build-essential dpkg-dev libboost-system-dev libboost-thread-dev
+  libboost-filesystem-dev libboost-python-dev libgflags-dev libgoogle-glog-dev
+  libhdf5-dev libleveldb-dev liblmdb-dev libopenblas-dev libopencv-dev
+  libprotobuf-dev libprotoc-dev libsnappy-dev protobuf-compiler python3-venv"
+step "Debian build dependencies"
+missing=""
+for p in $APT_PKGS; do
+  dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null | grep -q '^ii' || missing="$missing $p"
+done
+missing=$(echo "$missing" | tr ' ' '\n' | sort -u | grep -v '^$' || true)
+if [ -n "$missing" ]; then
+  echo "installing: $(echo $missing)"
+  $SUDO apt-get update -qq
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+else
+  echo "all present"
+fi
+
+# --- 2. the project's virtual environment ---------------------------------------
+step "Python virtual environment ($REPO/.venv)"
+VENV=$REPO/.venv
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+venv_key=$(cat "$REPO/pyproject.toml" | sha256sum | cut -c1-16)
+if [ "$(cat "$VENV/.irg-stamp" 2>/dev/null)" != "$venv_key" ]; then
+  "$VENV/bin/pip" install -q --upgrade pip
+  # torch==2.13.0 is pinned in pyproject.toml: a CPU build where one is on disk.
+  "$VENV/bin/pip" install -q -e "$REPO[dev]"
+  echo "$venv_key" > "$VENV/.irg-stamp"
+  echo "installed pyirg and its dependencies"
+else
+  echo "up to date"
+fi
+PY=$VENV/bin/python
+PY_INC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+PY_LIB=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
+NP_INC=$("$PY" -c 'import numpy; print(numpy.get_include())')
+NP_MAJOR=$("$PY" -c 'import numpy; print(numpy.__version__.split(".")[0])')
+
+# --- helpers ---------------------------------------------------------------------
+makefile_config() {
+  # Caffe's Makefile.config for a CPU_ONLY build against Debian's libraries.
+  local multiarch
+  multiarch=$(gcc -print-multiarch)
+  cat <<EOF
+# Written by irg-caffe tools/build_caffe.sh
+CPU_ONLY := 1
+BLAS := open
+BLAS_INCLUDE := /usr/include/$multiarch/openblas-pthread
+OPENCV_VERSION := 3
+PYTHON_LIBRARIES := boost_python3$PY_MINOR
+PYTHON_INCLUDE := $PY_INC $NP_INC
+PYTHON_LIB := $PY_LIB
+INCLUDE_DIRS := \$(PYTHON_INCLUDE) /usr/local/include /usr/include/hdf5/serial /usr/include/opencv4
+LIBRARY_DIRS := \$(PYTHON_LIB) /usr/local/lib /usr/lib /usr/lib/$multiarch/hdf5/serial
+BUILD_DIR := build
+DISTRIBUTE_DIR := distribute
+TEST_GPUID := 0
+Q ?= @
+EOF
+}
+
+protobuf_fix() {
+  # protobuf >= 3.21: CodedInputStream::SetTotalBytesLimit takes one argument.
+  sed -i 's/SetTotalBytesLimit(kProtoReadBytesLimit, [0-9]*)/SetTotalBytesLimit(kProtoReadBytesLimit)/' \
+    "$1/src/caffe/util/io.cpp"
+}
+
+run_make() {
+  # Stream make's one-line-per-file progress; keep the full log for errors.
+  local root=$1; shift
+  local log=$root/.irg-make.log
+  echo "make -j$JOBS $* (log: $log)"
+  if ! (cd "$root" && make -j"$JOBS" "$@") > "$log" 2>&1; then
+    tail -40 "$log" >&2
+    die "make $* failed in $root (full log: $log)"
+  fi
+  grep -E '^(CXX|NVCC|LD|AR|PROTOC|TOUCH)' "$log" | sed 's/^/  /' | tail -n 200 || true
+}
+
+hash_files() { (cd "$REPO" && find "$@" -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16; }
+
+LAYERS_KEY=$(hash_files caffe_layers tools/install_layers.py)
+TEST_BIN=.build_release/test/test_all.testbin
+BUILD_TARGETS=(all pycaffe)
+
+build_dropin() {
+  # The README's drop-in procedure on tree $1: install layers, make all pycaffe.
+  local root=$1 key=$2
+  python3 "$REPO/tools/install_layers.py" "$root"
+  if [ "$(cat "$root/.irg-stamp-lib" 2>/dev/null)" = "$key" ] &&
+     [ -f "$root/.build_release/lib/libcaffe.so" ]; then
+    echo "cached build is current (key $key)"
+  else
+    run_make "$root" "${BUILD_TARGETS[@]}"
+    echo "$key" > "$root/.irg-stamp-lib"
+  fi
+  if [ "$WITH_TESTS" = 1 ]; then
+    step "Caffe's test binary with our tests in it ($root/$TEST_BIN)"
+    if [ "$(cat "$root/.irg-stamp-test" 2>/dev/null)" = "$key" ] && [ -x "$root/$TEST_BIN" ]; then
+      echo "cached test binary is current"
+    else
+      run_make "$root" "$TEST_BIN"
+      echo "$key" > "$root/.irg-stamp-test"
+    fi
+  fi
+}
+
+# --- 3a. a user's own tree --------------------------------------------------------
+if [ -n "$USER_ROOT" ]; then
+  step "Drop-in build in $USER_ROOT"
+  [ -f "$USER_ROOT/src/caffe/proto/caffe.proto" ] || die "$USER_ROOT is not a Caffe source tree"
+  protobuf_fix "$USER_ROOT"
+  [ -f "$USER_ROOT/Makefile.config" ] || makefile_config > "$USER_ROOT/Makefile.config"
+  build_dropin "$USER_ROOT" "user-$LAYERS_KEY"
+  ln -sfn "$USER_ROOT" "$REPO/.caffe"
+  step "Done in $((SECONDS - START)) s. Caffe with the IRG layers: $USER_ROOT"
+  echo "Use it from bash with:  source tools/env.sh"
+  exit 0
+fi
+
+# --- 3b. Debian's caffe source package ----------------------------------------------
+mkdir -p "$CACHE/src"
+exec 9> "$CACHE/.lock"
+flock 9 || die "cannot lock $CACHE"
+SRC=$CACHE/src/caffe-${CAFFE_SRC_VERSION%-*}
+step "Caffe source ($CAFFE_SRC_VERSION, Debian source package)"
+if [ ! -f "$SRC/.irg-complete" ]; then
+  if ! apt-cache showsrc caffe 2>/dev/null | grep -q "^Version: $CAFFE_SRC_VERSION$"; then
+    "$REPO/tools/add_caffe_source.sh"
+    $SUDO apt-get update -qq
+  fi
+  rm -rf "$SRC" "$CACHE/src/unpack"
+  mkdir -p "$CACHE/src/unpack"
+  (cd "$CACHE/src/unpack" && apt-get source -qq "caffe=$CAFFE_SRC_VERSION" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+  mv "$CACHE/src/unpack/caffe-${CAFFE_SRC_VERSION%-*}" "$SRC" || die "apt-get source caffe did not unpack"
+  rm -rf "$CACHE/src/unpack"
+  touch "$SRC/.irg-complete"
+  echo "unpacked into $SRC"
+else
+  echo "cached: $SRC"
+fi
+
+BASE_KEY=$( {
+  echo "recipe $RECIPE source $CAFFE_SRC_VERSION numpy $NP_MAJOR py 3.$PY_MINOR"
+  makefile_config
+  cat "$REPO/caffe_layers/proto/irg_param.proto"
+  sha256sum "$REPO/tools/install_layers.py"
+} | sha256sum | cut -c1-16)
+BUILD=$CACHE/build-$BASE_KEY
+BASE=$BUILD/base
+DROPIN=$BUILD/dropin
+
+step "Base tree: stock Caffe + caffe.proto patch ($BASE)"
+if [ "$(cat "$BASE/.irg-stamp-base" 2>/dev/null)" = "$BASE_KEY" ]; then
+  echo "cached build is current (key $BASE_KEY)"
+else
+  rm -rf "$BUILD"
+  mkdir -p "$BUILD"
+  cp -a "$SRC" "$BASE"
+  protobuf_fix "$BASE"
+  makefile_config > "$BASE/Makefile.config"
+  python3 "$REPO/tools/install_layers.py" --proto-only "$BASE"
+  echo "building Caffe from scratch: about 6 minutes on 2 cores"
+  run_make "$BASE" all pycaffe
+  echo "$BASE_KEY" > "$BASE/.irg-stamp-base"
+fi
+
+step "Drop-in tree: base + IRG layers ($DROPIN)"
+if [ ! -f "$DROPIN/.irg-stamp-base" ]; then
+  rm -rf "$DROPIN"
+  # A copy with mtimes kept: make then rebuilds only what our files touch.
+  cp -a "$BASE" "$DROPIN"
+fi
+FULL_KEY=$BASE_KEY-$LAYERS_KEY
+build_dropin "$DROPIN" "$FULL_KEY"
+
+ln -sfn "$DROPIN" "$REPO/.caffe"
+ln -sfn "$BASE" "$REPO/.caffe-base"
+step "Done in $((SECONDS - START)) s. Caffe with the IRG layers: $DROPIN"
+echo "  caffe tool: $DROPIN/.build_release/tools/caffe"
+echo "  pycaffe:    $DROPIN/python"
+echo "Use it from bash with:  source tools/env.sh"

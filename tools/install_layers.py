@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Drop the IRG layers into a Caffe source tree (the README's drop-in step).
+
+This is the whole drop-in procedure short of ``make``: copy ``caffe_layers/``
+into the tree and add ``irg_param`` to ``caffe.proto``. The build command runs
+exactly this script, so what users do by hand is what CI tests.
+
+It is idempotent: files whose content is already right are left untouched (so
+their mtimes do not trigger a rebuild), and an already patched ``caffe.proto``
+is left alone. A tree whose ``LayerParameter`` already uses field 149 for
+something else is refused, because silently renumbering would make our
+``.caffemodel`` files unreadable by that tree and theirs by ours.
+
+Only the standard library is used: this runs before any virtual environment
+exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LAYERS = REPO / "caffe_layers"
+PROTO_FRAGMENT = LAYERS / "proto" / "irg_param.proto"
+PROTO_PATH = Path("src/caffe/proto/caffe.proto")
+FIELD_ID = 149
+FIELD_NAME = "irg_param"
+FIELD_TYPE = "IRGParameter"
+FIELD_RE = re.compile(
+    r"^\s*(?:optional|repeated|required)\s+([\w.]+)\s+(\w+)\s*=\s*(\d+)", re.M
+)
+
+
+class InstallError(RuntimeError):
+    """The tree cannot take our layers without a decision from its owner."""
+
+
+def layer_files() -> list[Path]:
+    """Paths, relative to a Caffe root, of every file we drop into the tree."""
+    return sorted(
+        p.relative_to(LAYERS)
+        for sub in ("include", "src")
+        for p in (LAYERS / sub).rglob("*")
+        if p.is_file()
+    )
+
+
+def copy_layers(caffe_root: Path, dry_run: bool = False) -> list[str]:
+    """Copy changed layer files into the tree; return the ones that changed."""
+    changed = []
+    for rel in layer_files():
+        src, dst = LAYERS / rel, caffe_root / rel
+        if dst.is_file() and dst.read_bytes() == src.read_bytes():
+            continue
+        changed.append(str(rel))
+        if not dry_run:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+    return changed
+
+
+def _message_span(text: str, name: str) -> tuple[int, int]:
+    """Start of ``message NAME {`` and index of its matching closing brace."""
+    match = re.search(rf"^message {name}\s*\{{", text, re.M)
+    if match is None:
+        raise InstallError(f"caffe.proto has no 'message {name}'")
+    depth, pos = 1, match.end()
+    while depth:
+        nxt = re.compile(r"[{}]").search(text, pos)
+        if nxt is None:
+            raise InstallError(f"caffe.proto: unbalanced braces in {name}")
+        depth += 1 if nxt.group() == "{" else -1
+        pos = nxt.end()
+    return match.start(), pos - 1
+
+
+def patch_proto_text(text: str) -> str | None:
+    """Return ``text`` with irg_param added, or None if it is already there."""
+    start, close = _message_span(text, "LayerParameter")
+    fields = {
+        int(fid): (ftype, fname)
+        for ftype, fname, fid in FIELD_RE.findall(text[start:close])
+    }
+    has_message = re.search(rf"^message {FIELD_TYPE}\b", text, re.M) is not None
+    if FIELD_ID in fields:
+        if fields[FIELD_ID] == (FIELD_TYPE, FIELD_NAME) and has_message:
+            return None
+        ftype, fname = fields[FIELD_ID]
+        raise InstallError(
+            f"caffe.proto: LayerParameter field {FIELD_ID} is already "
+            f"'{ftype} {fname}'; the IRG layers need it for "
+            f"'{FIELD_TYPE} {FIELD_NAME}'. Move that field or drop it, then rerun."
+        )
+    for fid, (ftype, fname) in fields.items():
+        if fname == FIELD_NAME:
+            raise InstallError(
+                f"caffe.proto: LayerParameter already has '{ftype} {fname} = {fid}'"
+                f"; expected ID {FIELD_ID}."
+            )
+    if has_message:
+        raise InstallError(
+            f"caffe.proto already defines message {FIELD_TYPE} but LayerParameter"
+            f" has no field {FIELD_ID} for it; remove the stale message first."
+        )
+    field = (
+        f"  // IRG distillation layers (BatchEuclideanMap, BatchEuclideanVector).\n"
+        f"  optional {FIELD_TYPE} {FIELD_NAME} = {FIELD_ID};\n"
+    )
+    line_start = text.rfind("\n", 0, close) + 1
+    text = text[:line_start] + field + text[line_start:]
+    text = re.sub(
+        rf"(next available layer-specific ID:) {FIELD_ID} \(last added: \w+\)",
+        rf"\1 {FIELD_ID + 1} (last added: {FIELD_NAME})",
+        text,
+    )
+    return text.rstrip("\n") + "\n\n" + PROTO_FRAGMENT.read_text()
+
+
+def patch_proto(caffe_root: Path, dry_run: bool = False) -> bool:
+    """Patch the tree's caffe.proto in place; return whether it changed."""
+    path = caffe_root / PROTO_PATH
+    if not path.is_file():
+        raise InstallError(f"{path} not found: is {caffe_root} a Caffe tree?")
+    patched = patch_proto_text(path.read_text())
+    if patched is None:
+        return False
+    if not dry_run:
+        path.write_text(patched)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("caffe_root", type=Path, help="root of a Caffe source tree")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="report what would change, change nothing"
+    )
+    parser.add_argument(
+        "--proto-only",
+        action="store_true",
+        help="only patch caffe.proto (a tree for the plugin build)",
+    )
+    args = parser.parse_args(argv)
+    root = args.caffe_root.resolve()
+    try:
+        proto_changed = patch_proto(root, args.dry_run)
+        changed = [] if args.proto_only else copy_layers(root, args.dry_run)
+    except InstallError as err:
+        print(f"install_layers: error: {err}", file=sys.stderr)
+        return 2
+    verb = "would update" if args.dry_run else "updated"
+    for rel in changed:
+        print(f"install_layers: {verb} {rel}")
+    if proto_changed:
+        print(f"install_layers: {verb} {PROTO_PATH} (irg_param = {FIELD_ID})")
+    if not changed and not proto_changed:
+        print(f"install_layers: {root} already has the IRG layers; nothing to do")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
