@@ -1,0 +1,300 @@
+#include <cmath>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+#include "caffe/blob.hpp"
+#include "caffe/common.hpp"
+#include "caffe/filler.hpp"
+#include "caffe/layers/batch_euclidean_vector_layer.hpp"
+
+#include "caffe/test/test_caffe_main.hpp"
+#include "caffe/test/test_gradient_check_util.hpp"
+
+namespace caffe {
+
+template <typename TypeParam>
+class BatchEuclideanVectorLayerTest : public MultiDeviceTest<TypeParam> {
+  typedef typename TypeParam::Dtype Dtype;
+
+ protected:
+  BatchEuclideanVectorLayerTest()
+      : blob_x_(new Blob<Dtype>(5, 2, 2, 1)),
+        blob_y_(new Blob<Dtype>(5, 4, 1, 1)),
+        blob_top_(new Blob<Dtype>()) {
+    FillerParameter filler_param;
+    GaussianFiller<Dtype> filler(filler_param);
+    filler.Fill(blob_x_);
+    filler.Fill(blob_y_);
+    // Instance 0 moves clearly the farthest: no kink of MAX within the step.
+    for (int k = 0; k < 4; ++k) blob_x_->mutable_cpu_data()[k] += 4;
+    blob_bottom_vec_.push_back(blob_x_);
+    blob_bottom_vec_.push_back(blob_y_);
+    blob_top_vec_.push_back(blob_top_);
+  }
+  virtual ~BatchEuclideanVectorLayerTest() {
+    delete blob_x_;
+    delete blob_y_;
+    delete blob_top_;
+  }
+
+  static LayerParameter Param(IRGParameter_Normalize normalize, bool squared,
+      IRGParameter_Backward backward = IRGParameter_Backward_EXACT) {
+    LayerParameter param;
+    param.set_name("transform");
+    param.mutable_irg_param()->set_normalize(normalize);
+    param.mutable_irg_param()->set_squared(squared);
+    param.mutable_irg_param()->set_backward(backward);
+    return param;
+  }
+
+  void CheckGradient(IRGParameter_Normalize normalize, bool squared) {
+    BatchEuclideanVectorLayer<Dtype> layer(Param(normalize, squared));
+    GradientChecker<Dtype> checker(1e-2, 1e-3);
+    checker.CheckGradientExhaustive(&layer, blob_bottom_vec_, blob_top_vec_);
+  }
+
+  // x = (0, 1, 3), y = (1, 1, 1): the instances move by -1, 0 and 2.
+  void CheckHandComputed(IRGParameter_Normalize normalize, bool squared,
+      const Dtype expected[3]) {
+    Blob<Dtype> x(3, 1, 1, 1), y(3, 1, 1, 1);
+    x.mutable_cpu_data()[0] = 0;
+    x.mutable_cpu_data()[1] = 1;
+    x.mutable_cpu_data()[2] = 3;
+    caffe_set(3, Dtype(1), y.mutable_cpu_data());
+    vector<Blob<Dtype>*> bottom_vec;
+    bottom_vec.push_back(&x);
+    bottom_vec.push_back(&y);
+    BatchEuclideanVectorLayer<Dtype> layer(Param(normalize, squared));
+    layer.SetUp(bottom_vec, blob_top_vec_);
+    layer.Forward(bottom_vec, blob_top_vec_);
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_NEAR(expected[i], blob_top_->cpu_data()[i], 1e-6) << i;
+    }
+  }
+
+  Blob<Dtype>* const blob_x_;
+  Blob<Dtype>* const blob_y_;
+  Blob<Dtype>* const blob_top_;
+  vector<Blob<Dtype>*> blob_bottom_vec_;
+  vector<Blob<Dtype>*> blob_top_vec_;
+};
+
+TYPED_TEST_CASE(BatchEuclideanVectorLayerTest, TestDtypesAndDevices);
+
+TYPED_TEST(BatchEuclideanVectorLayerTest, TestSetUpTopShapeAsReleased) {
+  typedef typename TypeParam::Dtype Dtype;
+  LayerParameter param;
+  BatchEuclideanVectorLayer<Dtype> layer(param);
+  layer.SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
+  EXPECT_EQ(this->blob_top_->num_axes(), 4);
+  EXPECT_EQ(this->blob_top_->shape(0), 1);
+  EXPECT_EQ(this->blob_top_->shape(1), 1);
+  EXPECT_EQ(this->blob_top_->shape(2), 1);
+  EXPECT_EQ(this->blob_top_->shape(3), 5);
+}
+
+TYPED_TEST(BatchEuclideanVectorLayerTest, TestForwardHandComputed) {
+  typedef typename TypeParam::Dtype Dtype;
+  const Dtype max_sq[3] = {Dtype(0.25), 0, 1};  // 1, 0, 4 over 4
+  this->CheckHandComputed(IRGParameter_Normalize_MAX, true, max_sq);
+  const Dtype mean_sq[3] = {Dtype(0.6), 0, Dtype(2.4)};  // over 5 / 3
+  this->CheckHandComputed(IRGParameter_Normalize_MEAN, true, mean_sq);
+  const Dtype none_sq[3] = {1, 0, 4};
+  this->CheckHandComputed(IRGParameter_Normalize_NONE, true, none_sq);
+  const Dtype max_l2[3] = {Dtype(0.5), 0, 1};  // 1, 0, 2 over 2
+  this->CheckHandComputed(IRGParameter_Normalize_MAX, false, max_l2);
+  const Dtype mean_l2[3] = {1, 0, 2};  // over 1
+  this->CheckHandComputed(IRGParameter_Normalize_MEAN, false, mean_l2);
+  const Dtype none_l2[3] = {1, 0, 2};
+  this->CheckHandComputed(IRGParameter_Normalize_NONE, false, none_l2);
+}
+
+TYPED_TEST(BatchEuclideanVectorLayerTest, TestGradientMaxSquared) {
+  this->CheckGradient(IRGParameter_Normalize_MAX, true);
+}
+
+TYPED_TEST(BatchEuclideanVectorLayerTest, TestGradientMaxL2) {
+  this->CheckGradient(IRGParameter_Normalize_MAX, false);
+}
+
+TYPED_TEST(BatchEuclideanVectorLayerTest, TestGradientMeanSquared) {
+  this->CheckGradient(IRGParameter_Normalize_MEAN, true);
+}
+
+TYPED_TEST(BatchEuclideanVectorLayerTest, TestGradientMeanL2) {
+  this->CheckGradient(IRGParameter_Normalize_MEAN, false);
+}
+
+TYPED_TEST(BatchEuclideanVectorLayerTest, TestGradientNoneSquared) {
+  this->CheckGradient(IRGParameter_Normalize_NONE, true);
+}
+
+TYPED_TEST(BatchEuclideanVectorLayerTest, TestGradientNoneL2) {
+  this->CheckGradient(IRGParameter_Normalize_NONE, false);
+}
+
+// RELEASED: dx_i = G_i dd_i/dx_i / m with m constant, dy_i = -dx_i.
+TYPED_TEST(BatchEuclideanVectorLayerTest, TestReleasedBackwardFormula) {
+  typedef typename TypeParam::Dtype Dtype;
+  const int n = 5, dim = 4;
+  for (int squared = 0; squared < 2; ++squared) {
+    for (int mode = 0; mode < 3; ++mode) {
+      BatchEuclideanVectorLayer<Dtype> layer(this->Param(
+          static_cast<IRGParameter_Normalize>(mode), squared,
+          IRGParameter_Backward_RELEASED));
+      layer.SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
+      layer.Forward(this->blob_bottom_vec_, this->blob_top_vec_);
+      const Dtype* x = this->blob_x_->cpu_data();
+      const Dtype* y = this->blob_y_->cpu_data();
+      Dtype d[n];
+      for (int i = 0; i < n; ++i) {
+        Dtype q = 0;
+        for (int k = 0; k < dim; ++k) {
+          q += (x[i * dim + k] - y[i * dim + k]) * (x[i * dim + k] - y[i * dim + k]);
+        }
+        d[i] = squared ? q : std::sqrt(q);
+      }
+      const Dtype m = d[0] / this->blob_top_->cpu_data()[0];
+      Dtype* g = this->blob_top_->mutable_cpu_diff();
+      for (int i = 0; i < n; ++i) g[i] = Dtype(0.3) * i - Dtype(0.5);
+      layer.Backward(this->blob_top_vec_, vector<bool>(2, true),
+          this->blob_bottom_vec_);
+      for (int i = 0; i < n; ++i) {
+        for (int k = 0; k < dim; ++k) {
+          const Dtype diff = x[i * dim + k] - y[i * dim + k];
+          const Dtype expected = g[i] * (squared ? 2 * diff : diff / d[i]) / m;
+          EXPECT_NEAR(expected, this->blob_x_->cpu_diff()[i * dim + k],
+              1e-5 * (1 + std::fabs(expected)));
+          EXPECT_NEAR(-expected, this->blob_y_->cpu_diff()[i * dim + k],
+              1e-5 * (1 + std::fabs(expected)));
+        }
+      }
+    }
+  }
+}
+
+TYPED_TEST(BatchEuclideanVectorLayerTest, TestZeroNormalizerGivesZeros) {
+  typedef typename TypeParam::Dtype Dtype;
+  for (int squared = 0; squared < 2; ++squared) {
+    for (int mode = 0; mode < 2; ++mode) {
+      caffe_copy(this->blob_x_->count(), this->blob_y_->cpu_data(),
+          this->blob_x_->mutable_cpu_data());
+      BatchEuclideanVectorLayer<Dtype> layer(
+          this->Param(static_cast<IRGParameter_Normalize>(mode), squared));
+      layer.SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
+      layer.Forward(this->blob_bottom_vec_, this->blob_top_vec_);
+      caffe_set(5, Dtype(1), this->blob_top_->mutable_cpu_diff());
+      layer.Backward(this->blob_top_vec_, vector<bool>(2, true),
+          this->blob_bottom_vec_);
+      for (int i = 0; i < 5; ++i) {
+        EXPECT_EQ(Dtype(0), this->blob_top_->cpu_data()[i]);
+      }
+      for (int k = 0; k < this->blob_x_->count(); ++k) {
+        EXPECT_EQ(Dtype(0), this->blob_x_->cpu_diff()[k]);
+        EXPECT_EQ(Dtype(0), this->blob_y_->cpu_diff()[k]);
+      }
+    }
+  }
+}
+
+TYPED_TEST(BatchEuclideanVectorLayerTest, TestSingleInstance) {
+  typedef typename TypeParam::Dtype Dtype;
+  Blob<Dtype> x(1, 3, 1, 1), y(1, 3, 1, 1);
+  FillerParameter filler_param;
+  GaussianFiller<Dtype> filler(filler_param);
+  filler.Fill(&x);
+  filler.Fill(&y);
+  vector<Blob<Dtype>*> bottom_vec;
+  bottom_vec.push_back(&x);
+  bottom_vec.push_back(&y);
+  BatchEuclideanVectorLayer<Dtype> layer(
+      this->Param(IRGParameter_Normalize_MAX, true));
+  layer.SetUp(bottom_vec, this->blob_top_vec_);
+  layer.Forward(bottom_vec, this->blob_top_vec_);
+  ASSERT_EQ(1, this->blob_top_->count());
+  // One instance is its own maximum: t = 1, and the exact gradient of the
+  // constant d / max(d) is 0.
+  EXPECT_NEAR(Dtype(1), this->blob_top_->cpu_data()[0], 1e-6);
+  this->blob_top_->mutable_cpu_diff()[0] = 1;
+  layer.Backward(this->blob_top_vec_, vector<bool>(2, true), bottom_vec);
+  for (int k = 0; k < 3; ++k) {
+    EXPECT_NEAR(Dtype(0), x.cpu_diff()[k], 1e-6);
+    EXPECT_NEAR(Dtype(0), y.cpu_diff()[k], 1e-6);
+  }
+}
+
+TYPED_TEST(BatchEuclideanVectorLayerTest, TestPropagateDownPerBottom) {
+  typedef typename TypeParam::Dtype Dtype;
+  for (int which = 0; which < 2; ++which) {
+    BatchEuclideanVectorLayer<Dtype> layer(
+        this->Param(IRGParameter_Normalize_MAX, true));
+    layer.SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
+    layer.Forward(this->blob_bottom_vec_, this->blob_top_vec_);
+    caffe_set(5, Dtype(1), this->blob_top_->mutable_cpu_diff());
+    caffe_set(20, Dtype(42), this->blob_x_->mutable_cpu_diff());
+    caffe_set(20, Dtype(42), this->blob_y_->mutable_cpu_diff());
+    vector<bool> propagate_down(2, false);
+    propagate_down[which] = true;
+    layer.Backward(this->blob_top_vec_, propagate_down, this->blob_bottom_vec_);
+    Blob<Dtype>* skipped = which == 0 ? this->blob_y_ : this->blob_x_;
+    Blob<Dtype>* written = which == 0 ? this->blob_x_ : this->blob_y_;
+    bool any_written = false;
+    for (int k = 0; k < 20; ++k) {
+      EXPECT_EQ(Dtype(42), skipped->cpu_diff()[k]);
+      any_written |= written->cpu_diff()[k] != Dtype(42);
+    }
+    EXPECT_TRUE(any_written);
+  }
+}
+
+// Bad input dies with a message naming the layer, the blobs and the shapes.
+template <typename Dtype>
+class BatchEuclideanVectorLayerDeathTest : public CPUDeviceTest<Dtype> {
+ protected:
+  void ExpectDeath(int nx, int dx, int ny, int dy, const char* pattern) {
+    ::testing::FLAGS_gtest_death_test_style = "threadsafe";
+    Blob<Dtype> x(nx, dx, 1, 1), y(ny, dy, 1, 1), top;
+    vector<Blob<Dtype>*> bottom_vec, top_vec(1, &top);
+    bottom_vec.push_back(&x);
+    bottom_vec.push_back(&y);
+    LayerParameter param;
+    param.set_name("bem13");
+    param.add_bottom("pool_eltwise3");
+    param.add_bottom("pool_eltwise1");
+    BatchEuclideanVectorLayer<Dtype> layer(param);
+    EXPECT_DEATH(layer.SetUp(bottom_vec, top_vec), pattern);
+  }
+};
+
+TYPED_TEST_CASE(BatchEuclideanVectorLayerDeathTest, TestDtypes);
+
+TYPED_TEST(BatchEuclideanVectorLayerDeathTest, TestDifferentNDies) {
+  this->ExpectDeath(8, 16, 4, 16,
+      "BatchEuclideanVector layer 'bem13': "
+      "bottom\\[0\\] 'pool_eltwise3' \\(8 16 1 1 \\(128\\)\\) and "
+      "bottom\\[1\\] 'pool_eltwise1' \\(4 16 1 1 \\(64\\)\\) "
+      "must have the same number of instances");
+}
+
+TYPED_TEST(BatchEuclideanVectorLayerDeathTest, TestDifferentSizeDies) {
+  this->ExpectDeath(8, 16, 8, 32,
+      "BatchEuclideanVector layer 'bem13': "
+      "bottom\\[0\\] 'pool_eltwise3' \\(8 16 1 1 \\(128\\)\\) and "
+      "bottom\\[1\\] 'pool_eltwise1' \\(8 32 1 1 \\(256\\)\\)");
+}
+
+TYPED_TEST(BatchEuclideanVectorLayerDeathTest, TestOneBottomDies) {
+  ::testing::FLAGS_gtest_death_test_style = "threadsafe";
+  Blob<TypeParam> x(8, 16, 1, 1), top;
+  vector<Blob<TypeParam>*> bottom_vec(1, &x), top_vec(1, &top);
+  LayerParameter param;
+  param.set_name("bem13");
+  param.add_bottom("pool_eltwise3");
+  BatchEuclideanVectorLayer<TypeParam> layer(param);
+  EXPECT_DEATH(layer.SetUp(bottom_vec, top_vec),
+      "BatchEuclideanVector layer 'bem13' takes exactly two bottoms.*"
+      "bottom\\[0\\] 'pool_eltwise3' \\(8 16 1 1 \\(128\\)\\)");
+}
+
+}  // namespace caffe
