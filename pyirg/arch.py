@@ -96,7 +96,9 @@ class ResNetSpec:
 def blocks_per_stage(depth: int) -> int:
     """n in depth = 6n + 2, with a clear error for depths outside the family."""
     if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, ...), got {depth}")
+        raise ValueError(
+            f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, ...), got {depth}"
+        )
     return (depth - 2) // 6
 
 
@@ -141,7 +143,9 @@ def cifar_resnet(
     widths = stage_widths(width)
     conv_no, relu_no, elt_no = 1, 1, 1
 
-    def unit(cin: int, cout: int, kernel: int, stride: int, number: int, relu: int | None) -> ConvSpec:
+    def unit(
+        cin: int, cout: int, kernel: int, stride: int, number: int, relu: int | None
+    ) -> ConvSpec:
         return ConvSpec(
             conv=f"Convolution{number}",
             bn=f"BatchNorm{number}",

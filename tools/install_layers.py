@@ -30,9 +30,7 @@ PROTO_PATH = Path("src/caffe/proto/caffe.proto")
 FIELD_ID = 149
 FIELD_NAME = "irg_param"
 FIELD_TYPE = "IRGParameter"
-FIELD_RE = re.compile(
-    r"^\s*(?:optional|repeated|required)\s+([\w.]+)\s+(\w+)\s*=\s*(\d+)", re.M
-)
+FIELD_RE = re.compile(r"^\s*(?:optional|repeated|required)\s+([\w.]+)\s+(\w+)\s*=\s*(\d+)", re.M)
 
 
 class InstallError(RuntimeError):
@@ -81,10 +79,7 @@ def _message_span(text: str, name: str) -> tuple[int, int]:
 def patch_proto_text(text: str) -> str | None:
     """Return ``text`` with irg_param added, or None if it is already there."""
     start, close = _message_span(text, "LayerParameter")
-    fields = {
-        int(fid): (ftype, fname)
-        for ftype, fname, fid in FIELD_RE.findall(text[start:close])
-    }
+    fields = {int(fid): (ftype, fname) for ftype, fname, fid in FIELD_RE.findall(text[start:close])}
     has_message = re.search(rf"^message {FIELD_TYPE}\b", text, re.M) is not None
     if FIELD_ID in fields:
         if fields[FIELD_ID] == (FIELD_TYPE, FIELD_NAME) and has_message:
