@@ -225,6 +225,10 @@ build_dropin "$DROPIN" "$FULL_KEY"
 
 ln -sfn "$DROPIN" "$REPO/.caffe"
 ln -sfn "$BASE" "$REPO/.caffe-base"
+# Builds under other keys are stale (each is ~1 GB): keep only this one.
+for old in "$CACHE"/build-*; do
+  [ "$old" = "$BUILD" ] || { echo "removing stale build $old"; rm -rf "$old"; }
+done
 step "Done in $((SECONDS - START)) s. Caffe with the IRG layers: $DROPIN"
 echo "  caffe tool: $DROPIN/.build_release/tools/caffe"
 echo "  pycaffe:    $DROPIN/python"
