@@ -71,9 +71,12 @@ VENV=$REPO/.venv
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 venv_key=$(cat "$REPO/pyproject.toml" | sha256sum | cut -c1-16)
 if [ "$(cat "$VENV/.irg-stamp" 2>/dev/null)" != "$venv_key" ]; then
-  "$VENV/bin/pip" install -q --upgrade pip
   # torch==2.13.0 is pinned in pyproject.toml: a CPU build where one is on disk.
-  "$VENV/bin/pip" install -q -e "$REPO[dev]"
+  if ! { "$VENV/bin/pip" install -q --upgrade pip &&
+         "$VENV/bin/pip" install -q -e "$REPO[dev]"; } > "$VENV/.irg-pip.log" 2>&1; then
+    tail -30 "$VENV/.irg-pip.log" >&2
+    die "pip install failed (log: $VENV/.irg-pip.log)"
+  fi
   echo "$venv_key" > "$VENV/.irg-stamp"
   echo "installed pyirg and its dependencies"
 else
