@@ -85,8 +85,14 @@ fi
 PY=$VENV/bin/python
 PY_INC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 PY_LIB=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
-NP_INC=$("$PY" -c 'import numpy; print(numpy.get_include())')
-NP_MAJOR=$("$PY" -c 'import numpy; print(numpy.__version__.split(".")[0])')
+NP_VERSION=$("$PY" -c 'import numpy; print(numpy.__version__)')
+# pycaffe compiles against numpy's C headers: copy them into the cache so the
+# build (and its key) does not depend on where this checkout's .venv lives.
+NP_INC=$CACHE/numpy-$NP_VERSION/include
+if [ ! -f "$NP_INC/numpy/arrayobject.h" ]; then
+  mkdir -p "$(dirname "$NP_INC")"
+  cp -r "$("$PY" -c 'import numpy; print(numpy.get_include())')" "$NP_INC"
+fi
 
 # --- helpers ---------------------------------------------------------------------
 makefile_config() {
@@ -193,7 +199,7 @@ else
 fi
 
 BASE_KEY=$( {
-  echo "recipe $RECIPE source $CAFFE_SRC_VERSION numpy $NP_MAJOR py 3.$PY_MINOR"
+  echo "recipe $RECIPE source $CAFFE_SRC_VERSION numpy $NP_VERSION py 3.$PY_MINOR"
   makefile_config
   cat "$REPO/caffe_layers/proto/irg_param.proto"
   sha256sum "$REPO/tools/install_layers.py"
@@ -228,10 +234,16 @@ build_dropin "$DROPIN" "$FULL_KEY"
 
 ln -sfn "$DROPIN" "$REPO/.caffe"
 ln -sfn "$BASE" "$REPO/.caffe-base"
-# Builds under other keys are stale (each is ~1 GB): keep only this one.
-for old in "$CACHE"/build-*; do
-  [ "$old" = "$BUILD" ] || { echo "removing stale build $old"; rm -rf "$old"; }
-done
+# Builds under other keys that no run has used for a week are stale. (Other
+# checkouts may share this cache, so recent ones stay.)
+touch "$BUILD/.irg-last-used"
+find "$CACHE" -maxdepth 1 -name 'build-*' ! -path "$BUILD" -type d |
+  while read -r old; do
+    if [ -z "$(find "$old/.irg-last-used" -mtime -7 2>/dev/null)" ]; then
+      echo "removing stale build $old"
+      rm -rf "$old"
+    fi
+  done
 step "Done in $((SECONDS - START)) s. Caffe with the IRG layers: $DROPIN"
 echo "  caffe tool: $DROPIN/.build_release/tools/caffe"
 echo "  pycaffe:    $DROPIN/python"
