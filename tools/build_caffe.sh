@@ -124,15 +124,21 @@ protobuf_fix() {
 }
 
 run_make() {
-  # Stream make's one-line-per-file progress; keep the full log for errors.
+  # Stream make's one-line-per-file progress, numbered; keep the full log.
   local root=$1; shift
   local log=$root/.irg-make.log
   echo "make -j$JOBS $* (log: $log)"
-  if ! (cd "$root" && make -j"$JOBS" "$@") > "$log" 2>&1; then
-    tail -40 "$log" >&2
+  set +o pipefail
+  (cd "$root" && make -j"$JOBS" "$@") 2>&1 | tee "$log" |
+    grep --line-buffered -E '^(CXX|NVCC|LD|AR|PROTOC|TOUCH)' |
+    awk '{ printf "  [%3d] %s\n", ++n, $0; fflush() }'
+  local status=${PIPESTATUS[0]}
+  set -o pipefail
+  if [ "$status" != 0 ]; then
+    grep -E 'error|Error' "$log" | head -20 >&2
+    tail -20 "$log" >&2
     die "make $* failed in $root (full log: $log)"
   fi
-  grep -E '^(CXX|NVCC|LD|AR|PROTOC|TOUCH)' "$log" | sed 's/^/  /' | tail -n 200 || true
 }
 
 hash_files() { (cd "$REPO" && find "$@" -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16; }

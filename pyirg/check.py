@@ -1,0 +1,501 @@
+"""Pre-flight checks of a (distillation) net, before Caffe aborts or trains the wrong thing.
+
+Caffe reports a bad net one CHECK failure at a time, often deep in set-up and in terms
+of blob indices; some mistakes it never reports at all (a teacher that is not frozen
+trains along with the student; a ``loss_weight`` on a non-loss layer silently adds that
+blob's sum to the objective). :func:`check_net` reads the NetParameter alone, so it runs
+in milliseconds, without data, and lists every problem with the layer and blob names:
+
+- ``unknown-bottom``: a bottom no earlier layer produces, per phase (include/exclude
+  rules are applied as Caffe's net filter does, for TRAIN and TEST, level 0, the given
+  stages), with a hint when the producer comes later, exists only in the other phase, or
+  a similar name exists;
+- ``duplicate-top``: a top produced twice without being in place (Caffe aborts);
+- ``batch-mismatch``: inputs of one IRG comparison that describe different numbers of
+  instances N (e.g. a teacher and a student fed by data layers of different batch size).
+  N is taken from data/Input layers and carried along the first axis through the
+  standard layers; a layer this bookkeeping does not know makes its tops' N unknown,
+  which is never reported;
+- ``irg-bottoms``: wrong bottom/top counts (or in-place use) of BatchEuclideanMap (one
+  bottom) and BatchEuclideanVector (two);
+- ``teacher-not-frozen``: a teacher layer with learnable blobs whose param blocks are
+  missing (a missing block means lr_mult 1, decay_mult 1) or not all ``lr_mult 0
+  decay_mult 0``, or a teacher BatchNorm without ``use_global_stats: true`` (it would
+  normalize with batch statistics and overwrite its trained running averages). Checked
+  only when the net has both teacher and student layers (teacher: names starting with
+  ``teacher_prefix``, student: with ``student_prefix``; an empty prefix means "every
+  layer that is not the other network's");
+- ``bn-param``: a BatchNorm param block with nonzero lr_mult (Caffe aborts);
+- ``loss-weight``: ``loss_weight`` on a layer whose type is not a loss (``*Loss``), or
+  more loss weights than tops;
+- ``teacher-loss`` (warning): a loss fed only by the teacher with nonzero weight: its
+  gradient is computed for nothing and its value inflates the reported loss.
+
+Problems are errors unless marked as warnings; the command exits 1 on any error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from caffe.proto import caffe_pb2
+from google.protobuf import text_format
+
+ERROR, WARNING = "error", "warning"
+IRG_MAP, IRG_VECTOR = "BatchEuclideanMap", "BatchEuclideanVector"
+IRG_TYPES = (IRG_MAP, IRG_VECTOR)
+PHASES = {caffe_pb2.TRAIN: "TRAIN", caffe_pb2.TEST: "TEST"}
+DATA_TYPES = ("Data", "ImageData", "HDF5Data", "Input", "DummyData", "MemoryData", "WindowData")
+TEACHER, STUDENT, DATA = "teacher", "student", "data"
+
+#: Layer types whose every top keeps the first axis (N) of bottom 0, whatever their params.
+_KEEP_N = frozenset(
+    "AbsVal BatchNorm Bias BNLL Clip Convolution Deconvolution Dropout ELU Eltwise Embed Exp "
+    "Im2col Log LRN MVN Pooling Power PReLU ReLU Scale Sigmoid Softmax Split SPP Swish TanH "
+    "Threshold ArgMax".split()
+)
+#: Types that keep N unless their ``axis`` is 0.
+_KEEP_N_UNLESS_AXIS0 = {
+    "InnerProduct": "inner_product_param",
+    "Concat": "concat_param",
+    "Slice": "slice_param",
+    "Flatten": "flatten_param",
+    "Tile": "tile_param",
+    "Reduction": "reduction_param",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: ``kind`` is a stable code (see the module docstring)."""
+
+    severity: str
+    kind: str
+    layer: str
+    message: str
+    phases: tuple[str, ...] = ()
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == ERROR
+
+    def __str__(self) -> str:
+        phase = f" [{'/'.join(self.phases)}]" if self.phases else ""
+        return f"{self.severity.upper()} {self.kind}{phase} layer {self.layer!r}: {self.message}"
+
+
+@dataclass
+class _Blob:
+    producer: str
+    owner: str
+    n: int | None  # instances along the first axis, when known
+    n_from: str = ""  # the data layer that set n
+    irg: bool = False  # produced by an IRG layer or from one
+
+
+@dataclass
+class _Prefixes:
+    teacher: str
+    student: str
+
+    def owner(self, layer: caffe_pb2.LayerParameter) -> str:
+        if layer.type in DATA_TYPES:
+            return DATA
+        name = layer.name
+        if self.student and name.startswith(self.student):
+            return STUDENT
+        if self.teacher and name.startswith(self.teacher):
+            return TEACHER
+        if not self.teacher:
+            return TEACHER
+        return STUDENT if not self.student else ""
+
+
+@dataclass
+class _Collector:
+    problems: dict[tuple[str, str, str, str], list[str]] = field(default_factory=dict)
+
+    def add(self, severity: str, kind: str, layer: str, message: str, phase: str = "") -> None:
+        phases = self.problems.setdefault((severity, kind, layer, message), [])
+        if phase and phase not in phases:
+            phases.append(phase)
+
+    def result(self) -> list[Problem]:
+        return [Problem(s, k, layer, m, tuple(p)) for (s, k, layer, m), p in self.problems.items()]
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+def _meets(rule: caffe_pb2.NetStateRule, phase: int, stages: Sequence[str]) -> bool:
+    """Caffe's StateMeetsRule for a state of ``phase``, level 0 and ``stages``."""
+    if rule.HasField("phase") and rule.phase != phase:
+        return False
+    if rule.HasField("min_level") and 0 < rule.min_level:
+        return False
+    if rule.HasField("max_level") and 0 > rule.max_level:
+        return False
+    if any(s not in stages for s in rule.stage):
+        return False
+    return not any(s in stages for s in rule.not_stage)
+
+
+def included(layer: caffe_pb2.LayerParameter, phase: int, stages: Sequence[str] = ()) -> bool:
+    """Whether Caffe's net filter keeps ``layer`` in ``phase`` (include wins over default)."""
+    if layer.include:
+        return any(_meets(r, phase, stages) for r in layer.include)
+    return not any(_meets(r, phase, stages) for r in layer.exclude)
+
+
+# ----------------------------------------------------------------------------- N bookkeeping
+
+
+def _data_batches(layer: caffe_pb2.LayerParameter) -> list[int | None]:
+    """First axis of each top of a data layer, from its parameters."""
+    ntop = len(layer.top)
+    t = layer.type
+    batch = {
+        "Data": layer.data_param.batch_size,
+        "ImageData": layer.image_data_param.batch_size,
+        "HDF5Data": layer.hdf5_data_param.batch_size,
+        "MemoryData": layer.memory_data_param.batch_size,
+        "WindowData": layer.window_data_param.batch_size,
+    }.get(t)
+    if batch is not None:
+        return [batch or None] * ntop
+    shapes = layer.input_param.shape if t == "Input" else layer.dummy_data_param.shape
+    if t == "DummyData" and not shapes:
+        nums = list(layer.dummy_data_param.num)
+        return [(nums[i] if i < len(nums) else nums[0]) if nums else None for i in range(ntop)]
+    out: list[int | None] = []
+    for i in range(ntop):
+        shape = shapes[i] if i < len(shapes) else (shapes[0] if len(shapes) == 1 else None)
+        out.append(shape.dim[0] if shape is not None and shape.dim else None)
+    return out
+
+
+def _keeps_n(layer: caffe_pb2.LayerParameter) -> bool:
+    t = layer.type
+    if t in _KEEP_N:
+        return True
+    if t in _KEEP_N_UNLESS_AXIS0:
+        param = getattr(layer, _KEEP_N_UNLESS_AXIS0[t])
+        default = 0 if t == "Reduction" else 1
+        axis = param.axis if param.HasField("axis") else default
+        return axis != 0
+    if t == "Reshape":
+        rp = layer.reshape_param
+        if rp.axis != 0:
+            return True
+        return bool(rp.shape.dim) and rp.shape.dim[0] == 0
+    if t == "Crop":
+        return layer.crop_param.axis != 0
+    return False
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _is_loss(layer_type: str) -> bool:
+    return layer_type.endswith("Loss")
+
+
+def _learnable_blobs(layer: caffe_pb2.LayerParameter) -> int:
+    t = layer.type
+    if t in ("Convolution", "Deconvolution"):
+        return 1 + int(layer.convolution_param.bias_term)
+    if t == "InnerProduct":
+        return 1 + int(layer.inner_product_param.bias_term)
+    if t == "Scale":
+        return int(len(layer.bottom) < 2) + int(layer.scale_param.bias_term)
+    if t == "Bias":
+        return int(len(layer.bottom) < 2)
+    if t == "PReLU":
+        return 1
+    if t == "Embed":
+        return 1 + int(layer.embed_param.bias_term)
+    return len(layer.param)
+
+
+def _check_frozen(layer: caffe_pb2.LayerParameter, out: _Collector) -> None:
+    if layer.type == "BatchNorm":
+        bn = layer.batch_norm_param
+        if not (bn.HasField("use_global_stats") and bn.use_global_stats):
+            state = "false" if bn.HasField("use_global_stats") else "unset"
+            out.add(
+                ERROR,
+                "teacher-not-frozen",
+                layer.name,
+                f"teacher BatchNorm has use_global_stats {state}: in TRAIN it normalizes with "
+                "batch statistics and overwrites its trained running averages; set "
+                "batch_norm_param { use_global_stats: true }",
+            )
+        return
+    blobs = _learnable_blobs(layer)
+    if not blobs:
+        return
+    bad = []
+    for i in range(max(blobs, len(layer.param))):
+        if i >= len(layer.param):
+            bad.append(f"blob {i}: no param block (lr_mult 1, decay_mult 1)")
+            continue
+        p = layer.param[i]
+        if p.lr_mult != 0 or p.decay_mult != 0:
+            bad.append(f"blob {i}: lr_mult {p.lr_mult:g}, decay_mult {p.decay_mult:g}")
+    if bad:
+        out.add(
+            ERROR,
+            "teacher-not-frozen",
+            layer.name,
+            f"teacher {layer.type} would train ({'; '.join(bad)}); every param block of a "
+            "teacher must be lr_mult 0, decay_mult 0",
+        )
+
+
+def _check_layer_static(layer: caffe_pb2.LayerParameter, out: _Collector) -> None:
+    """Checks that do not depend on the phase."""
+    name, t = layer.name, layer.type
+    if t == "BatchNorm":
+        for i, p in enumerate(layer.param):
+            if p.lr_mult != 0:
+                out.add(
+                    ERROR,
+                    "bn-param",
+                    name,
+                    f"BatchNorm param {i} has lr_mult {p.lr_mult:g}; its blobs are statistics "
+                    "and Caffe aborts ('Cannot configure batch normalization statistics as "
+                    "layer parameters')",
+                )
+    if layer.loss_weight and t != "Python":
+        if not _is_loss(t):
+            weights = ", ".join(f"{w:g}" for w in layer.loss_weight)
+            effect = (
+                "Caffe would add the weighted sum of its top(s) to the objective"
+                if any(layer.loss_weight)
+                else "it has no effect here and was probably meant for a loss layer"
+            )
+            out.add(
+                ERROR,
+                "loss-weight",
+                name,
+                f"loss_weight {weights} on a layer of type {t}, which is not a loss: {effect}",
+            )
+        if len(layer.loss_weight) > len(layer.top):
+            out.add(
+                ERROR,
+                "loss-weight",
+                name,
+                f"{len(layer.loss_weight)} loss_weight values for {len(layer.top)} top(s)",
+            )
+    if t in IRG_TYPES:
+        want = 1 if t == IRG_MAP else 2
+        shapes = "one bottom (N x ...)" if want == 1 else "two bottoms (x and y, both N x ...)"
+        if len(layer.bottom) != want:
+            got = ", ".join(repr(b) for b in layer.bottom) or "none"
+            out.add(ERROR, "irg-bottoms", name, f"{t} takes exactly {shapes}, got {got}")
+        if len(layer.top) != 1:
+            out.add(ERROR, "irg-bottoms", name, f"{t} has one top, got {len(layer.top)}")
+        elif layer.top[0] in layer.bottom:
+            out.add(ERROR, "irg-bottoms", name, f"{t} cannot run in place ({layer.top[0]!r})")
+
+
+def _unknown_bottom_hint(
+    bottom: str, index: int, net: caffe_pb2.NetParameter, phase: int, known: Iterable[str]
+) -> str:
+    producers = [i for i, la in enumerate(net.layer) if bottom in la.top and i != index]
+    later = [i for i in producers if i > index and included(net.layer[i], phase)]
+    if later:
+        return f"; layer {net.layer[later[0]].name!r} produces it, but later in the file"
+    if producers:
+        producer = net.layer[producers[0]]
+        phases = [PHASES[p] for p in PHASES if included(producer, p)]
+        where = " and ".join(phases) or "no phase"
+        return f"; layer {producer.name!r} produces it only in {where}"
+    close = difflib.get_close_matches(bottom, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else "; no layer produces it"
+
+
+def _check_phase(
+    net: caffe_pb2.NetParameter,
+    phase: int,
+    stages: Sequence[str],
+    prefixes: _Prefixes,
+    out: _Collector,
+) -> dict[str, _Blob]:
+    pname = PHASES[phase]
+    blobs: dict[str, _Blob] = {}
+    for i, name in enumerate(net.input):
+        if net.input_shape:
+            dims = net.input_shape[i].dim if i < len(net.input_shape) else []
+            n = dims[0] if dims else None
+        else:
+            n = net.input_dim[4 * i] if len(net.input_dim) > 4 * i else None
+        blobs[name] = _Blob("(net input)", DATA, n, f"net input {name!r}")
+    for index, layer in enumerate(net.layer):
+        if not included(layer, phase, stages):
+            continue
+        known: list[_Blob | None] = []
+        for b in layer.bottom:
+            if b not in blobs:
+                hint = _unknown_bottom_hint(b, index, net, phase, blobs)
+                out.add(
+                    ERROR,
+                    "unknown-bottom",
+                    layer.name,
+                    f"bottom {b!r} is not produced by any earlier layer{hint}",
+                    pname,
+                )
+            known.append(blobs.get(b))
+        _check_batches(layer, known, out, pname)
+        owner = prefixes.owner(layer)
+        if layer.type in DATA_TYPES:
+            tops = [_Blob(layer.name, DATA, n, layer.name) for n in _data_batches(layer)]
+        else:
+            first = known[0] if known else None
+            keep = first is not None and (_keeps_n(layer) or layer.type in IRG_TYPES)
+            irg = layer.type in IRG_TYPES or any(k is not None and k.irg for k in known)
+            n = first.n if keep and first is not None else None
+            n_from = first.n_from if keep and first is not None else ""
+            tops = [_Blob(layer.name, owner, n, n_from, irg) for _ in layer.top]
+        for j, (top, info) in enumerate(zip(layer.top, tops)):
+            in_place = j < len(layer.bottom) and layer.bottom[j] == top
+            if top in blobs and not in_place:
+                out.add(
+                    ERROR,
+                    "duplicate-top",
+                    layer.name,
+                    f"top {top!r} is already produced by {blobs[top].producer!r} and this "
+                    "layer is not in place on it (Caffe: 'produced by multiple sources')",
+                    pname,
+                )
+            if in_place and top in blobs:
+                info.owner = blobs[top].owner
+            blobs[top] = info
+    return blobs
+
+
+def _check_batches(
+    layer: caffe_pb2.LayerParameter, known: list[_Blob | None], out: _Collector, phase: str
+) -> None:
+    compared = layer.type in (IRG_VECTOR, "EuclideanLoss") or any(
+        k is not None and k.irg for k in known
+    )
+    sized = [(b, k) for b, k in zip(layer.bottom, known) if k is not None and k.n is not None]
+    if not compared or len({k.n for _, k in sized}) < 2:
+        return
+    described = ", ".join(
+        f"{b!r} ({k.owner or 'unowned'}, N={k.n} from {k.n_from})" for b, k in sized
+    )
+    out.add(
+        ERROR,
+        "batch-mismatch",
+        layer.name,
+        f"{layer.type} compares blobs of different batch size N: {described}; IRG terms "
+        "relate the same N instances on both sides (teacher and student, or two layers of "
+        "one network), so feed them from the same batch",
+        phase,
+    )
+
+
+def _check_teacher(
+    net: caffe_pb2.NetParameter, prefixes: _Prefixes, owners: dict[str, str], out: _Collector
+) -> None:
+    layers = [la for la in net.layer if la.type not in DATA_TYPES]
+    roles = {prefixes.owner(la) for la in layers}
+    if not {TEACHER, STUDENT} <= roles:
+        return  # a single network: nothing is meant to be frozen
+    for layer in layers:
+        if prefixes.owner(layer) != TEACHER:
+            continue
+        _check_frozen(layer, out)
+        if _is_loss(layer.type):
+            sources = {owners.get(b, "") for b in layer.bottom}
+            weight = layer.loss_weight[0] if layer.loss_weight else 1.0
+            if TEACHER in sources and sources <= {TEACHER, DATA} and weight != 0:
+                out.add(
+                    WARNING,
+                    "teacher-loss",
+                    layer.name,
+                    f"teacher-only {layer.type} has loss weight {weight:g}: the frozen teacher "
+                    "gets gradients that are thrown away and its loss is added to the "
+                    "reported total; set loss_weight: 0",
+                )
+
+
+def check_net(
+    net: caffe_pb2.NetParameter,
+    teacher_prefix: str = "",
+    student_prefix: str = "stu_",
+    stages: Sequence[str] = (),
+) -> list[Problem]:
+    """Every problem found in ``net`` (empty list: ready to train)."""
+    if teacher_prefix == student_prefix:
+        raise ValueError(f"teacher and student prefixes must differ, both are {teacher_prefix!r}")
+    out = _Collector()
+    if net.layers:
+        out.add(
+            ERROR,
+            "unsupported",
+            net.layers[0].name,
+            "V1 'layers' entries: upgrade the net first (Caffe's upgrade_net_proto_text)",
+        )
+    prefixes = _Prefixes(teacher_prefix, student_prefix)
+    owners: dict[str, str] = {}
+    for phase in PHASES:
+        for name, blob in _check_phase(net, phase, stages, prefixes, out).items():
+            owners.setdefault(name, blob.owner)
+    for layer in net.layer:
+        _check_layer_static(layer, out)
+    _check_teacher(net, prefixes, owners, out)
+    return out.result()
+
+
+def load_net(path: str | Path) -> caffe_pb2.NetParameter:
+    """Parse a prototxt; a syntax error becomes a ValueError naming the file."""
+    net = caffe_pb2.NetParameter()
+    try:
+        text_format.Merge(Path(path).read_text(), net)
+    except text_format.ParseError as exc:
+        raise ValueError(f"{path}: not a valid NetParameter prototxt: {exc}") from exc
+    return net
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``check_net NET.prototxt...``: print every problem; exit 1 if any is an error."""
+    parser = argparse.ArgumentParser(
+        prog="check_net", description="Pre-flight checks of Caffe (IRG distillation) nets."
+    )
+    parser.add_argument("nets", nargs="+", metavar="NET.prototxt")
+    parser.add_argument(
+        "--teacher-prefix", default="", help="name prefix of teacher layers (default: none)"
+    )
+    parser.add_argument(
+        "--student-prefix", default="stu_", help="name prefix of student layers (default: stu_)"
+    )
+    parser.add_argument("--stage", action="append", default=[], help="net state stage")
+    args = parser.parse_args(argv)
+    failed = False
+    for path in args.nets:
+        try:
+            problems = check_net(
+                load_net(path), args.teacher_prefix, args.student_prefix, args.stage
+            )
+        except (OSError, ValueError) as exc:
+            print(f"{path}: ERROR {exc}")
+            failed = True
+            continue
+        errors = sum(p.severity == ERROR for p in problems)
+        for problem in problems:
+            print(f"{path}: {problem}")
+        print(f"{path}: {errors} error(s), {len(problems) - errors} warning(s)")
+        failed = failed or errors > 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Tests of the pre-flight net checker (pyirg.check) on crafted and generated nets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+pytest.importorskip("caffe")
+from caffe.proto import caffe_pb2  # noqa: E402
+from google.protobuf import text_format  # noqa: E402
+
+from pyirg.arch import cifar_resnet  # noqa: E402
+from pyirg.check import ERROR, WARNING, Problem, check_net, included, main  # noqa: E402
+from pyirg.distill import DistillConfig, distill_net  # noqa: E402
+from pyirg.netspec import DATASETS, DataConfig, train_net  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+DATA = DataConfig(kind="input", dataset=DATASETS["digits"], train_batch=4)
+
+
+def layer(
+    net: caffe_pb2.NetParameter, name: str, type_: str, bottom=(), top=None, **fields
+) -> caffe_pb2.LayerParameter:
+    la = net.layer.add(name=name, type=type_, bottom=list(bottom))
+    la.top.extend([name] if top is None else list(top))
+    for key, value in fields.items():
+        if key == "phase":
+            la.include.add(phase=value)
+        elif key == "n":
+            la.input_param.shape.add(dim=[value, 3, 1, 1])
+        elif isinstance(value, list):
+            getattr(la, key).extend(value)
+        else:
+            setattr(la, key, value)
+    return la
+
+
+def kinds(problems: list[Problem], severity: str = ERROR) -> dict[str, list[Problem]]:
+    out: dict[str, list[Problem]] = {}
+    for p in problems:
+        if p.severity == severity:
+            out.setdefault(p.kind, []).append(p)
+    return out
+
+
+def mtk_net() -> caffe_pb2.NetParameter:
+    teacher = cifar_resnet(14, 0.25, in_channels=1)
+    student = cifar_resnet(14, 0.25, in_channels=1)
+    return distill_net(DistillConfig.for_method("MTK", teacher, student, data=DATA))
+
+
+def by_name(net: caffe_pb2.NetParameter, name: str) -> caffe_pb2.LayerParameter:
+    return next(la for la in net.layer if la.name == name)
+
+
+# ----------------------------------------------------------------------------- clean nets
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        p.name for p in (REPO / "prototxt").glob("*.prototxt") if not p.name.startswith("solver")
+    ),
+)
+def test_committed_nets_have_no_problems(name: str) -> None:
+    net = caffe_pb2.NetParameter()
+    text_format.Merge((REPO / "prototxt" / name).read_text(), net)
+    assert check_net(net) == []
+
+
+def test_generated_mtk_and_single_nets_have_no_problems() -> None:
+    assert check_net(mtk_net()) == []
+    # a single trainable network: nothing is a teacher, nothing needs freezing
+    assert check_net(train_net(cifar_resnet(8, 0.25, in_channels=1), DATA)) == []
+
+
+# ----------------------------------------------------------------------------- each problem
+
+
+def test_unknown_bottom_and_phase_only_producer() -> None:
+    net = caffe_pb2.NetParameter()
+    layer(net, "Data1", "Input", top=["Data1"], n=4)
+    layer(net, "conv", "Convolution", ["Dat1"])
+    layer(net, "pool_train", "Pooling", ["Data1"], phase=TRAIN)
+    layer(net, "uses_pool", "ReLU", ["pool_train"])
+    layer(net, "early", "ReLU", ["late"], top=["early"])
+    layer(net, "late", "ReLU", ["Data1"])
+    found = kinds(check_net(net))["unknown-bottom"]
+    text = {p.layer: (p.phases, p.message) for p in found}
+    assert set(text) == {"conv", "uses_pool", "early"}
+    assert text["conv"][0] == ("TRAIN", "TEST") and "'Dat1'" in text["conv"][1]
+    assert "did you mean 'Data1'" in text["conv"][1]
+    assert text["uses_pool"][0] == ("TEST",) and "only in TRAIN" in text["uses_pool"][1]
+    assert "'late'" in text["early"][1] and "later in the file" in text["early"][1]
+
+
+def test_phase_rules_follow_caffe() -> None:
+    la = caffe_pb2.LayerParameter(name="x")
+    assert included(la, TRAIN) and included(la, TEST)
+    la.exclude.add(phase=TEST)
+    assert included(la, TRAIN) and not included(la, TEST)
+    la = caffe_pb2.LayerParameter(name="y")
+    la.include.add(stage=["deploy"])
+    assert not included(la, TRAIN) and included(la, TRAIN, ["deploy"])
+
+
+def test_teacher_and_student_batches_differ() -> None:
+    net = caffe_pb2.NetParameter()
+    layer(net, "Data1", "Input", top=["Data1"], n=8)
+    layer(net, "stu_data", "Input", top=["stu_data"], n=4)
+    layer(net, "Pooling1", "Pooling", ["Data1"])
+    layer(net, "stu_Pooling1", "Pooling", ["stu_data"])
+    layer(net, "bem", "BatchEuclideanMap", ["Pooling1"])
+    layer(net, "stu_bem", "BatchEuclideanMap", ["stu_Pooling1"])
+    layer(net, "bem_loss", "EuclideanLoss", ["bem", "stu_bem"], loss_weight=[0.005])
+    layer(net, "stu_bemXY", "BatchEuclideanVector", ["stu_Pooling1", "Pooling1"])
+    found = kinds(check_net(net))
+    assert set(found) == {"batch-mismatch"}, found
+    messages = {p.layer: p.message for p in found["batch-mismatch"]}
+    assert set(messages) == {"bem_loss", "stu_bemXY"}
+    assert "'bem' (teacher, N=8" in messages["bem_loss"]
+    assert "'stu_bem' (student, N=4" in messages["bem_loss"]
+
+
+def test_batch_bookkeeping_follows_data_layers_per_phase() -> None:
+    net = caffe_pb2.NetParameter()
+    train = layer(net, "Data1", "Data", top=["Data1", "Data2"], phase=TRAIN)
+    train.data_param.batch_size = 64
+    test = layer(net, "Data1", "Data", top=["Data1", "Data2"], phase=TEST)
+    test.data_param.batch_size = 100
+    stu = layer(net, "stu_in", "Input", top=["stu_in"])
+    stu.input_param.shape.add(dim=[64, 3, 32, 32])
+    layer(net, "conv", "Convolution", ["Data1"])
+    layer(net, "Pooling1", "Pooling", ["conv"])
+    layer(net, "stu_Pooling1", "Pooling", ["stu_in"])
+    layer(net, "bem", "BatchEuclideanMap", ["Pooling1"])
+    layer(net, "stu_bem", "BatchEuclideanMap", ["stu_Pooling1"])
+    layer(net, "bem_loss", "EuclideanLoss", ["bem", "stu_bem"])
+    found = kinds(check_net(net))["batch-mismatch"]
+    assert [(p.layer, p.phases) for p in found] == [("bem_loss", ("TEST",))]
+    assert "N=100" in found[0].message and "N=64" in found[0].message
+
+
+def test_teacher_not_frozen() -> None:
+    net = mtk_net()
+    by_name(net, "Convolution2").param[0].lr_mult = 1
+    by_name(net, "Scale3").param[1].decay_mult = 1
+    del by_name(net, "InnerProduct1").param[:]
+    by_name(net, "BatchNorm4").ClearField("batch_norm_param")
+    by_name(net, "BatchNorm5").batch_norm_param.use_global_stats = False
+    by_name(net, "stu_BatchNorm6").ClearField("batch_norm_param")  # fine for a student
+    found = kinds(check_net(net))
+    assert set(found) == {"teacher-not-frozen"}
+    messages = {p.layer: p.message for p in found["teacher-not-frozen"]}
+    assert set(messages) == {"Convolution2", "Scale3", "InnerProduct1", "BatchNorm4", "BatchNorm5"}
+    assert "lr_mult 1" in messages["Convolution2"]
+    assert "no param block" in messages["InnerProduct1"]
+    assert "use_global_stats unset" in messages["BatchNorm4"]
+    assert "use_global_stats false" in messages["BatchNorm5"]
+
+
+def test_teacher_prefix_option() -> None:
+    net = caffe_pb2.NetParameter()
+    layer(net, "data", "Input", top=["data"], n=2)
+    layer(net, "tea_fc", "InnerProduct", ["data"])
+    layer(net, "fc", "InnerProduct", ["data"])
+    assert check_net(net, teacher_prefix="tea_", student_prefix="") != []
+    assert [p.layer for p in check_net(net, teacher_prefix="tea_", student_prefix="")] == ["tea_fc"]
+    with pytest.raises(ValueError, match="prefixes must differ"):
+        check_net(net, teacher_prefix="", student_prefix="")
+
+
+def test_loss_weight_on_non_loss_layers() -> None:
+    net = mtk_net()
+    by_name(net, "stu_InnerProduct1").loss_weight.append(1.0)
+    by_name(net, "stu_Pooling1").loss_weight.append(0.0)
+    by_name(net, "bem_loss").loss_weight.extend([1.0])  # two weights, one top
+    by_name(net, "SoftmaxWithLoss1").ClearField("loss_weight")  # teacher loss weight 1
+    problems = check_net(net)
+    errors = kinds(problems)
+    assert set(errors) == {"loss-weight"}
+    messages = {p.layer: p.message for p in errors["loss-weight"]}
+    assert set(messages) == {"stu_InnerProduct1", "stu_Pooling1", "bem_loss"}
+    assert "not a loss" in messages["stu_InnerProduct1"]
+    assert "2 loss_weight values for 1 top" in messages["bem_loss"]
+    warnings = kinds(problems, WARNING)
+    assert [p.layer for p in warnings["teacher-loss"]] == ["SoftmaxWithLoss1"]
+
+
+def test_irg_layer_bottom_counts() -> None:
+    net = caffe_pb2.NetParameter()
+    layer(net, "d", "Input", top=["a", "b"], n=4)
+    layer(net, "map2", "BatchEuclideanMap", ["a", "b"])
+    layer(net, "vec1", "BatchEuclideanVector", ["a"])
+    layer(net, "vec_in_place", "BatchEuclideanVector", ["a", "b"], top=["a"])
+    layer(net, "map_ok", "BatchEuclideanMap", ["b"])
+    found = kinds(check_net(net))
+    assert set(found) == {"irg-bottoms"}
+    messages = {p.layer: p.message for p in found["irg-bottoms"]}
+    assert set(messages) == {"map2", "vec1", "vec_in_place"}
+    assert "exactly one bottom" in messages["map2"] and "'a', 'b'" in messages["map2"]
+    assert "exactly two bottoms" in messages["vec1"]
+    assert "in place" in messages["vec_in_place"]
+
+
+def test_duplicate_top_and_batchnorm_lr() -> None:
+    net = caffe_pb2.NetParameter()
+    layer(net, "d", "Input", top=["x"], n=4)
+    layer(net, "c1", "Convolution", ["x"], top=["y"])
+    layer(net, "c2", "Convolution", ["x"], top=["y"])
+    bn = layer(net, "bn", "BatchNorm", ["y"], top=["y"])
+    bn.param.add(lr_mult=1)
+    found = kinds(check_net(net))
+    assert [p.layer for p in found["duplicate-top"]] == ["c2"]
+    assert [p.layer for p in found["bn-param"]] == ["bn"]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_exit_status_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.prototxt"
+    good.write_text(text_format.MessageToString(mtk_net()))
+    assert main([str(good)]) == 0
+    net = mtk_net()
+    by_name(net, "Convolution1").param[0].lr_mult = 1
+    by_name(net, "bem_loss").bottom[1] = "stu_bme"
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text(text_format.MessageToString(net))
+    capsys.readouterr()
+    assert main([str(bad), "--student-prefix", "stu_"]) == 1
+    out = capsys.readouterr().out
+    assert "teacher-not-frozen" in out and "'Convolution1'" in out
+    assert "unknown-bottom" in out and "'stu_bme'" in out and "did you mean 'stu_bem'" in out
+    assert "2 error(s)" in out
+    broken = tmp_path / "broken.prototxt"
+    broken.write_text("layer { name: 'x' typo: 1 }")
+    assert main([str(broken)]) == 1
