@@ -208,7 +208,7 @@ BASE_KEY=$( {
   echo "recipe $RECIPE source $CAFFE_SRC_VERSION numpy $NP_VERSION py 3.$PY_MINOR"
   makefile_config
   cat "$REPO/caffe_layers/proto/irg_param.proto"
-  sha256sum "$REPO/tools/install_layers.py"
+  sha256sum < "$REPO/tools/install_layers.py"
 } | sha256sum | cut -c1-16)
 BUILD=$CACHE/build-$BASE_KEY
 BASE=$BUILD/base
