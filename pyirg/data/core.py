@@ -1,0 +1,63 @@
+"""Types shared by the data-set readers and writers.
+
+A :class:`DataSplit` is the in-memory form of a data set (numpy arrays in Caffe's
+N x C x H x W layout), so the same object feeds both the LMDB writer (for
+Data-layer nets) and the array batch functions (for Input-fed nets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Input data that cannot be converted; the message names the offending file."""
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """A train/test split of uint8 images (N, C, H, W) with int64 labels (N,)."""
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    label_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        # Validate once here so that every writer and feeder can trust the arrays.
+        for part in ("train", "test"):
+            images = getattr(self, f"{part}_images")
+            labels = getattr(self, f"{part}_labels")
+            if images.dtype != np.uint8 or images.ndim != 4:
+                raise DataError(
+                    f"{self.name}: {part} images must be uint8 (N, C, H, W), "
+                    f"got {images.dtype} {images.shape}"
+                )
+            if labels.ndim != 1 or len(labels) != len(images):
+                raise DataError(
+                    f"{self.name}: {part} labels must be a vector of {len(images)} entries, "
+                    f"got shape {labels.shape}"
+                )
+            if len(images) == 0:
+                raise DataError(f"{self.name}: the {part} split is empty")
+            if labels.min() < 0 or labels.max() >= len(self.label_names):
+                raise DataError(f"{self.name}: {part} labels outside [0, {len(self.label_names)})")
+        if self.train_images.shape[1:] != self.test_images.shape[1:]:
+            raise DataError(
+                f"{self.name}: train images {self.train_images.shape[1:]} and test images "
+                f"{self.test_images.shape[1:]} differ in shape"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        c, h, w = self.train_images.shape[1:]
+        return int(c), int(h), int(w)

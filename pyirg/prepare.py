@@ -1,0 +1,100 @@
+"""``prepare-data``: convert CIFAR-10/100 archives or the bundled digits to Caffe LMDBs.
+
+Examples::
+
+    python tools/prepare_data.py cifar10 ~/cifar-10-python.tar.gz data/cifar10
+    python tools/prepare_data.py cifar100 ~/cifar-100-python.tar.gz data/c100 --labels coarse
+    python tools/prepare_data.py digits data/digits --seed 0
+
+Nothing is downloaded: the CIFAR archive (or its extracted directory) must be
+given.  See :mod:`pyirg.data.writer` for the output layout; the padded train LMDB
+and ``mean_pad.binaryproto`` serve the authors' random-crop training setup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pyirg.data import (
+    CIFAR_VARIANTS,
+    DIGITS_TEST_FRACTION,
+    DataError,
+    DataSplit,
+    load_cifar,
+    load_digits_split,
+    write_dataset,
+)
+
+#: Default padding: CIFAR 4 pixels (40x40 -> 32x32 crops), digits 1 pixel (10x10 -> 8x8).
+DEFAULT_PAD = {"cifar10": 4, "cifar100": 4, "digits": 1}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prepare_data", description="Convert a data set to Caffe LMDBs and mean files."
+    )
+    sub = parser.add_subparsers(dest="dataset", required=True)
+
+    def common(p: argparse.ArgumentParser, dataset: str) -> None:
+        p.add_argument("out_dir", type=Path, help="output directory (created atomically)")
+        p.add_argument(
+            "--pad",
+            type=int,
+            default=DEFAULT_PAD[dataset],
+            help=f"zero padding of the padded train LMDB (default {DEFAULT_PAD[dataset]}; "
+            "0 = none)",
+        )
+        p.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    for name in CIFAR_VARIANTS:
+        p = sub.add_parser(name, help=f"{name} from the official Python archive")
+        p.add_argument("archive", type=Path, help="the .tar.gz archive or its extracted directory")
+        common(p, name)
+        if name == "cifar100":
+            p.add_argument("--labels", choices=("fine", "coarse"), default="fine")
+        p.add_argument("--npy", action="store_true", help="also write the arrays as .npy")
+    p = sub.add_parser("digits", help="scikit-learn's bundled 8x8 digits (no download)")
+    common(p, "digits")
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=DIGITS_TEST_FRACTION,
+        help="share of the 1797 images held out for testing (default 797/1797)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
+    return parser
+
+
+def load_split(args: argparse.Namespace) -> DataSplit:
+    if args.dataset == "digits":
+        return load_digits_split(args.test_fraction, seed=args.seed)
+    return load_cifar(args.archive, args.dataset, labels=getattr(args, "labels", "fine"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        split = load_split(args)
+        out = write_dataset(
+            split,
+            args.out_dir,
+            pad=args.pad,
+            write_npy=args.dataset == "digits" or args.npy,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    except (DataError, FileExistsError, ValueError) as e:
+        print(f"prepare_data: error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"{split.name}: {len(split.train_labels)} train / {len(split.test_labels)} test images "
+        f"{'x'.join(map(str, split.image_shape))}, {split.num_classes} classes -> {out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,420 @@
+"""Data conversion: CIFAR archives (synthetic, Python-2 style) and the bundled digits."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+caffe = pytest.importorskip("caffe")
+lmdb = pytest.importorskip("lmdb")
+
+from caffe.proto import caffe_pb2  # noqa: E402
+
+from pyirg import prepare  # noqa: E402
+from pyirg.data import (  # noqa: E402
+    DataError,
+    UnsafePickleError,
+    array_batch_fn,
+    load_cifar,
+    load_digits_split,
+    pixel_mean,
+    read_datum_lmdb,
+    read_npy_split,
+    safe_unpickle,
+)
+
+# --------------------------------------------------------------------------- archive generator
+
+
+class Py2Pickler(pickle._Pickler):  # the pure-Python pickler lets us choose the opcodes
+    """Writes pickles shaped like Python 2's cPickle output in the official archives.
+
+    Python 2 ``str`` (every key, label name and the raw image bytes) becomes
+    SHORT_BINSTRING/BINSTRING, and numpy's reconstructor is named
+    ``numpy.core.multiarray._reconstruct`` as old numpy wrote it.
+    """
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj: bytes | str) -> None:
+        data = obj.encode("latin-1") if isinstance(obj, str) else obj
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + len(data).to_bytes(4, "little") + data)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+    dispatch[str] = save_py2_str
+
+    def save_global(self, obj: object, name: str | None = None) -> None:
+        if getattr(obj, "__name__", None) == "_reconstruct":
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
+            self.memoize(obj)
+        else:
+            super().save_global(obj, name)
+
+
+def py2_pickle(obj: object) -> bytes:
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue()
+
+
+def make_cifar_batches(
+    variant: str, n: int = 3, seed: int = 0, *, n_test: int = 4
+) -> dict[str, object]:
+    """Member name -> Python object of a small CIFAR-format archive."""
+    rng = np.random.default_rng(seed)
+
+    def batch(count: int, tag: str) -> dict[str, object]:
+        d: dict[str, object] = {
+            "batch_label": tag,
+            "data": rng.integers(0, 256, size=(count, 3072), dtype=np.uint8),
+            "filenames": [f"img_{i}.png" for i in range(count)],
+        }
+        if variant == "cifar10":
+            d["labels"] = [int(x) for x in rng.integers(0, 10, count)]
+        else:
+            d["fine_labels"] = [int(x) for x in rng.integers(0, 100, count)]
+            d["coarse_labels"] = [int(x) for x in rng.integers(0, 20, count)]
+        return d
+
+    if variant == "cifar10":
+        members: dict[str, object] = {
+            f"data_batch_{i}": batch(n, f"training batch {i} of 5") for i in range(1, 6)
+        }
+        members["test_batch"] = batch(n_test, "testing batch 1 of 1")
+        members["batches.meta"] = {
+            "label_names": [f"class{i}" for i in range(10)],
+            "num_cases_per_batch": n,
+            "num_vis": 3072,
+        }
+    else:
+        members = {"train": batch(5 * n, "training"), "test": batch(n_test, "testing")}
+        members["meta"] = {
+            "fine_label_names": [f"fine{i}" for i in range(100)],
+            "coarse_label_names": [f"coarse{i}" for i in range(20)],
+        }
+    return members
+
+
+def write_archive(
+    path: Path, variant: str, members: dict[str, object], raw: dict[str, bytes] | None = None
+) -> Path:
+    """Write a .tar.gz like the official one; ``raw`` members are written as given."""
+    top = "cifar-10-batches-py" if variant == "cifar10" else "cifar-100-python"
+    with tarfile.open(path, "w:gz") as tar:
+        blobs = {name: py2_pickle(obj) for name, obj in members.items()}
+        blobs.update(raw or {})
+        blobs["readme.html"] = b"<html></html>"
+        for name, data in blobs.items():
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def lmdb_records(path: Path) -> list[tuple[bytes, caffe_pb2.Datum]]:
+    """Read an LMDB with lmdb + caffe_pb2 directly (independent of pyirg's reader)."""
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    with env.begin() as txn:
+        records = [(k, caffe_pb2.Datum.FromString(v)) for k, v in txn.cursor()]
+    env.close()
+    return records
+
+
+def datum_array(datum: caffe_pb2.Datum) -> np.ndarray:
+    shape = (datum.channels, datum.height, datum.width)
+    return np.frombuffer(datum.data, np.uint8).reshape(shape)
+
+
+def read_mean(path: Path) -> np.ndarray:
+    blob = caffe_pb2.BlobProto.FromString(path.read_bytes())
+    return caffe.io.blobproto_to_array(blob)
+
+
+def expected_arrays(members: dict[str, object], names: list[str], key: str):
+    images = np.concatenate([members[n]["data"] for n in names]).reshape(-1, 3, 32, 32)
+    labels = np.concatenate([members[n][key] for n in names])
+    return images, labels
+
+
+def leftovers(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+# --------------------------------------------------------------------------- CIFAR
+
+
+def test_py2_pickle_generator_matches_real_format() -> None:
+    # The generator must produce what the loader meets in real files: byte strings and
+    # the numpy 1.x global name; a standard Python 3 pickle would test something else.
+    data = py2_pickle({"data": np.zeros((1, 3072), np.uint8), "labels": [1]})
+    assert b"numpy.core.multiarray\n_reconstruct" in data
+    assert b"_codecs" not in data
+    batch = safe_unpickle(data, "x")
+    assert batch["labels"] == [1] and batch["data"].shape == (1, 3072)
+
+
+def test_cifar10_archive_to_lmdb(tmp_path: Path) -> None:
+    members = make_cifar_batches("cifar10", n=3, seed=1)
+    archive = write_archive(tmp_path / "cifar-10-python.tar.gz", "cifar10", members)
+    out = tmp_path / "c10"
+    assert prepare.main(["cifar10", str(archive), str(out), "--quiet"]) == 0
+
+    train_names = [f"data_batch_{i}" for i in range(1, 6)]
+    images, labels = expected_arrays(members, train_names, "labels")
+    records = lmdb_records(out / "train_lmdb")
+    assert [k for k, _ in records] == [f"{i:08d}".encode() for i in range(15)]
+    np.testing.assert_array_equal(np.stack([datum_array(d) for _, d in records]), images)
+    assert [d.label for _, d in records] == list(labels)
+
+    test_images, test_labels = expected_arrays(members, ["test_batch"], "labels")
+    got_images, got_labels = read_datum_lmdb(out / "test_lmdb")
+    np.testing.assert_array_equal(got_images, test_images)
+    np.testing.assert_array_equal(got_labels, test_labels)
+
+    mean = read_mean(out / "mean.binaryproto")
+    assert mean.shape == (1, 3, 32, 32)
+    np.testing.assert_allclose(mean[0], images.astype(np.float64).mean(axis=0), rtol=1e-6)
+
+    padded = np.stack([datum_array(d) for _, d in lmdb_records(out / "train_pad_lmdb")])
+    assert padded.shape == (15, 3, 40, 40)
+    np.testing.assert_array_equal(padded[:, :, 4:36, 4:36], images)
+    border = padded.copy()
+    border[:, :, 4:36, 4:36] = 0
+    assert not border.any()
+    mean_pad = read_mean(out / "mean_pad.binaryproto")
+    assert mean_pad.shape == (1, 3, 40, 40)
+    np.testing.assert_allclose(mean_pad[0], padded.astype(np.float64).mean(axis=0), rtol=1e-6)
+    assert (out / "labels.txt").read_text().split() == [f"class{i}" for i in range(10)]
+    assert leftovers(tmp_path) == []
+
+
+def test_caffe_data_layer_reads_padded_lmdb(tmp_path: Path) -> None:
+    """Caffe's own Data layer: mean_pad + crop 32 of the padded LMDB gives image - mean."""
+    members = make_cifar_batches("cifar10", n=2, seed=2)
+    archive = write_archive(tmp_path / "c.tar.gz", "cifar10", members)
+    out = tmp_path / "c10"
+    assert prepare.main(["cifar10", str(archive), str(out), "--quiet"]) == 0
+    from caffe import layers as L
+
+    ns = caffe.NetSpec()
+    ns.data, ns.label = L.Data(
+        source=str(out / "train_pad_lmdb"),
+        backend=caffe.params.Data.LMDB,
+        batch_size=4,
+        transform_param=dict(mean_file=str(out / "mean_pad.binaryproto"), crop_size=32),
+        ntop=2,
+    )
+    net_file = tmp_path / "data.prototxt"
+    net_file.write_text(str(ns.to_proto()))
+    net = caffe.Net(str(net_file), caffe.TEST)  # TEST: the centre crop, no mirror
+    net.forward()
+    images, labels = expected_arrays(members, [f"data_batch_{i}" for i in range(1, 6)], "labels")
+    mean = read_mean(out / "mean.binaryproto")[0]
+    np.testing.assert_allclose(net.blobs["data"].data, images[:4] - mean, atol=1e-4)
+    np.testing.assert_array_equal(net.blobs["label"].data, labels[:4])
+
+
+@pytest.mark.parametrize("labels", ["fine", "coarse"])
+def test_cifar100_from_extracted_directory(tmp_path: Path, labels: str) -> None:
+    members = make_cifar_batches("cifar100", n=2, seed=3)
+    root = tmp_path / "cifar-100-python"
+    root.mkdir()
+    for name, obj in members.items():
+        (root / name).write_bytes(py2_pickle(obj))
+    split = load_cifar(tmp_path, "cifar100", labels=labels)
+    key = f"{labels}_labels"
+    np.testing.assert_array_equal(split.train_labels, members["train"][key])
+    np.testing.assert_array_equal(split.test_labels, members["test"][key])
+    assert split.num_classes == (100 if labels == "fine" else 20)
+    assert split.label_names[0] == f"{labels}0"
+    out = tmp_path / "out"
+    argv = ["cifar100", str(root), str(out), "--labels", labels, "--pad", "0", "--quiet"]
+    assert prepare.main(argv) == 0
+    assert not (out / "train_pad_lmdb").exists()
+    np.testing.assert_array_equal(read_datum_lmdb(out / "train_lmdb")[1], split.train_labels)
+
+
+def _truncated(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _bad_case(tmp_path: Path, case: str) -> tuple[Path, str]:
+    """Build a broken archive; return it and a fragment the error message must contain."""
+    members = make_cifar_batches("cifar10", n=2, seed=4)
+    raw: dict[str, bytes] = {}
+    expect = "data_batch_2"
+    if case == "truncated":
+        expect = "tar"
+    elif case == "not_a_tar":
+        path = tmp_path / "junk.tar.gz"
+        path.write_bytes(b"this is not an archive" * 10)
+        return path, "tar"
+    elif case == "missing_member":
+        del members["data_batch_2"]
+    elif case == "bad_shape":
+        members["data_batch_2"]["data"] = np.zeros((2, 3000), np.uint8)
+    elif case == "label_range":
+        members["data_batch_2"]["labels"] = [3, 10]
+    elif case == "label_count":
+        members["data_batch_2"]["labels"] = [3]
+    elif case == "not_a_pickle":
+        del members["data_batch_2"]
+        raw["data_batch_2"] = b"\x80\x02garbage"
+    path = write_archive(tmp_path / "c.tar.gz", "cifar10", members, raw)
+    if case == "truncated":
+        _truncated(path)
+    return path, expect
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "truncated",
+        "not_a_tar",
+        "missing_member",
+        "bad_shape",
+        "label_range",
+        "label_count",
+        "not_a_pickle",
+    ],
+)
+def test_corrupt_cifar_input_leaves_nothing(
+    tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive, expect = _bad_case(tmp_path, case)
+    out = tmp_path / "out"
+    assert prepare.main(["cifar10", str(archive), str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert expect in err and str(archive) in err
+    with pytest.raises(DataError):
+        load_cifar(archive, "cifar10")
+    assert not out.exists()
+    assert leftovers(tmp_path) == []
+
+
+class _Evil:
+    def __init__(self, call: object, arg: str) -> None:
+        self.call, self.arg = call, arg
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return self.call, (self.arg,)
+
+
+@pytest.mark.parametrize("how", ["os.system", "builtins.exec"])
+def test_malicious_pickle_is_refused_and_not_run(tmp_path: Path, how: str) -> None:
+    marker = tmp_path / "pwned"
+    if how == "os.system":
+        evil = _Evil(os.system, f"touch {marker}")
+    else:
+        evil = _Evil(exec, f"open({str(marker)!r}, 'w').close()")
+    members = make_cifar_batches("cifar10", n=2, seed=5)
+    members["data_batch_3"]["labels"] = evil
+    archive = write_archive(tmp_path / "evil.tar.gz", "cifar10", members)
+    with pytest.raises(UnsafePickleError, match="data_batch_3"):
+        load_cifar(archive, "cifar10")
+    out = tmp_path / "out"
+    assert prepare.main(["cifar10", str(archive), str(out), "--quiet"]) == 2
+    assert not marker.exists()
+    assert not out.exists()
+
+
+def test_failure_while_writing_removes_temp_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyirg.data import writer
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full (simulated)")
+
+    members = make_cifar_batches("cifar10", n=2, seed=6)
+    archive = write_archive(tmp_path / "c.tar.gz", "cifar10", members)
+    monkeypatch.setattr(writer, "write_mean_binaryproto", boom)  # after the LMDBs are written
+    with pytest.raises(OSError, match="simulated"):
+        writer.write_dataset(load_cifar(archive), tmp_path / "out", pad=4)
+    assert not (tmp_path / "out").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "digits"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    assert prepare.main(["digits", str(out), "--quiet"]) == 2
+    assert (out / "keep.txt").exists()
+    assert prepare.main(["digits", str(out), "--quiet", "--overwrite"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "train_lmdb").is_dir()
+    assert leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def test_digits_conversion(tmp_path: Path) -> None:
+    out = tmp_path / "digits"
+    assert prepare.main(["digits", str(out), "--quiet"]) == 0
+    train_images, train_labels = read_datum_lmdb(out / "train_lmdb")
+    test_images, test_labels = read_datum_lmdb(out / "test_lmdb")
+    assert train_images.shape == (1000, 1, 8, 8) and test_images.shape == (797, 1, 8, 8)
+    assert train_images.max() == 255 and train_images.dtype == np.uint8
+    padded, _ = read_datum_lmdb(out / "train_pad_lmdb")
+    assert padded.shape == (1000, 1, 10, 10)
+    np.testing.assert_array_equal(padded[:, :, 1:9, 1:9], train_images)
+    assert read_mean(out / "mean_pad.binaryproto").shape == (1, 1, 10, 10)
+    np.testing.assert_allclose(
+        read_mean(out / "mean.binaryproto")[0], train_images.mean(axis=0), rtol=1e-6
+    )
+    split = read_npy_split(out)
+    np.testing.assert_array_equal(split.train_images, train_images)
+    np.testing.assert_array_equal(split.test_labels, test_labels)
+    np.testing.assert_array_equal(split.train_labels, train_labels)
+
+    from sklearn.datasets import load_digits
+
+    all_counts = np.bincount(load_digits().target, minlength=10)
+    train_counts = np.bincount(train_labels, minlength=10)
+    np.testing.assert_array_equal(train_counts + np.bincount(test_labels, minlength=10), all_counts)
+    np.testing.assert_allclose(train_counts / all_counts, 1000 / 1797, atol=0.02)  # stratified
+
+
+def test_digits_split_is_deterministic() -> None:
+    a, b, c = load_digits_split(seed=0), load_digits_split(seed=0), load_digits_split(seed=1)
+    np.testing.assert_array_equal(a.train_images, b.train_images)
+    np.testing.assert_array_equal(a.test_labels, b.test_labels)
+    assert not np.array_equal(a.train_labels, c.train_labels)
+    small = load_digits_split(test_fraction=0.25, seed=0)
+    assert len(small.test_labels) == round(0.25 * 1797)
+    with pytest.raises(ValueError):
+        load_digits_split(test_fraction=1.5)
+
+
+def test_array_batch_fn_is_a_function_of_the_iteration() -> None:
+    split = load_digits_split()
+    images, labels = split.train_images[:20], split.train_labels[:20]
+    mean = pixel_mean(np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1))))
+    fn = array_batch_fn(images, labels, 5, seed=7, pad=1, mean=mean, scale=0.5)
+    again = array_batch_fn(images, labels, 5, seed=7, pad=1, mean=mean, scale=0.5)
+    for it in (3, 0, 11, 3):
+        a, b = fn(it), again(it)
+        np.testing.assert_array_equal(a["data"], b["data"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    assert fn(0)["data"].shape == (5, 1, 8, 8) and fn(0)["data"].dtype == np.float32
+    # one epoch (4 iterations of 5) visits every image exactly once
+    plain = array_batch_fn(images, np.arange(20), 5, seed=7)
+    seen = np.concatenate([plain(i)["label"] for i in range(4)])
+    assert sorted(seen.tolist()) == list(range(20))
+    assert not np.array_equal(seen, np.concatenate([plain(i)["label"] for i in range(4, 8)]))
+    # without padding, shuffling or scale the data are the images minus the mean
+    seq = array_batch_fn(images, labels, 5, shuffle=False, mean=pixel_mean(images))
+    np.testing.assert_allclose(seq(1)["data"], images[5:10] - images.mean(axis=0), atol=1e-5)

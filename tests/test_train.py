@@ -1,0 +1,446 @@
+"""The training driver on tiny Input-fed nets over the digits (plus one Data-layer net)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+caffe = pytest.importorskip("caffe")
+
+from caffe import layers as L  # noqa: E402
+from caffe.proto import caffe_pb2  # noqa: E402
+
+from pyirg import prepare  # noqa: E402
+from pyirg.data import array_batch_fn, load_digits_split, pixel_mean  # noqa: E402
+from pyirg.train import (  # noqa: E402
+    CURVES_PNG,
+    METRICS_JSON,
+    TEST_CSV,
+    TRAIN_CSV,
+    PreflightError,
+    TeacherWeightsError,
+    TrainError,
+    TrainingInterrupted,
+    latest_snapshot,
+    main,
+    train,
+)
+
+BATCH = 8
+XAVIER = dict(type="xavier")
+FROZEN = [dict(lr_mult=0, decay_mult=0)] * 2
+TEST = dict(phase=caffe.TEST)
+
+
+# --------------------------------------------------------------------------- nets and data
+
+
+def _input(ns: caffe.NetSpec) -> None:
+    ns.data, ns.label = L.Input(shape=[dict(dim=[BATCH, 1, 8, 8]), dict(dim=[BATCH])], ntop=2)
+
+
+def plain_net(path: Path, hidden: int = 16) -> Path:
+    """A teacher: Input -> ip1 -> ReLU -> ip2 -> SoftmaxWithLoss (+ Accuracy in TEST)."""
+    ns = caffe.NetSpec()
+    _input(ns)
+    ns.ip1 = L.InnerProduct(ns.data, num_output=hidden, weight_filler=XAVIER)
+    ns.relu1 = L.ReLU(ns.ip1, in_place=True)
+    ns.ip2 = L.InnerProduct(ns.relu1, num_output=10, weight_filler=XAVIER)
+    ns.loss = L.SoftmaxWithLoss(ns.ip2, ns.label)
+    ns.accuracy = L.Accuracy(ns.ip2, ns.label, include=TEST)
+    path.write_text(str(ns.to_proto()))
+    return path
+
+
+def distill_net(path: Path) -> Path:
+    """The frozen teacher above plus a ``stu_`` student and an IRG edge loss between them."""
+    ns = caffe.NetSpec()
+    _input(ns)
+    ns.ip1 = L.InnerProduct(ns.data, num_output=16, weight_filler=XAVIER, param=FROZEN)
+    ns.relu1 = L.ReLU(ns.ip1, in_place=True)
+    ns.ip2 = L.InnerProduct(ns.relu1, num_output=10, weight_filler=XAVIER, param=FROZEN)
+    ns.loss = L.SoftmaxWithLoss(ns.ip2, ns.label, loss_weight=0)
+    ns.accuracy = L.Accuracy(ns.ip2, ns.label, include=TEST)
+    ns.stu_ip1 = L.InnerProduct(ns.data, num_output=8, weight_filler=XAVIER)
+    ns.stu_relu1 = L.ReLU(ns.stu_ip1, in_place=True)
+    ns.stu_ip2 = L.InnerProduct(ns.stu_relu1, num_output=10, weight_filler=XAVIER)
+    ns.stu_loss = L.SoftmaxWithLoss(ns.stu_ip2, ns.label)
+    ns.stu_accuracy = L.Accuracy(ns.stu_ip2, ns.label, include=TEST)
+    ns.bem = L.BatchEuclideanMap(ns.relu1)
+    ns.stu_bem = L.BatchEuclideanMap(ns.stu_relu1)
+    ns.bem_loss = L.EuclideanLoss(ns.bem, ns.stu_bem, loss_weight=0.05)
+    path.write_text(str(ns.to_proto()))
+    return path
+
+
+def solver_param(net: Path, **overrides: object) -> caffe_pb2.SolverParameter:
+    fields: dict[str, object] = dict(
+        net=str(net),
+        type="SGD",
+        base_lr=0.05,
+        momentum=0.9,
+        weight_decay=5e-4,
+        lr_policy="step",
+        stepsize=8,
+        gamma=0.5,
+        max_iter=20,
+        test_iter=[4],
+        test_interval=10,
+        snapshot=10,
+        snapshot_prefix="tiny",
+    )
+    fields.update(overrides)
+    return caffe_pb2.SolverParameter(**fields)
+
+
+@pytest.fixture(scope="module")
+def feeds() -> tuple[Callable, Callable]:
+    split = load_digits_split()
+    mean = pixel_mean(split.train_images)
+    batch_fn = array_batch_fn(
+        split.train_images, split.train_labels, BATCH, seed=1, mean=mean, scale=1 / 64
+    )
+    test_fn = array_batch_fn(
+        split.test_images, split.test_labels, BATCH, shuffle=False, mean=mean, scale=1 / 64
+    )
+    return batch_fn, test_fn
+
+
+def run(net: Path, out: Path, feeds: tuple[Callable, Callable], **kwargs: object):
+    solver_overrides = kwargs.pop("solver", {})
+    batch_fn, test_fn = feeds
+    kwargs.setdefault("batch_fn", batch_fn)
+    kwargs.setdefault("preflight", False)
+    return train(
+        solver_param(net, **solver_overrides), out, test_batch_fn=test_fn, progress=False, **kwargs
+    )
+
+
+def weights(path: Path) -> dict[str, list[np.ndarray]]:
+    param = caffe_pb2.NetParameter.FromString(path.read_bytes())
+    return {
+        layer.name: [np.asarray(b.data, np.float32) for b in layer.blobs]
+        for layer in param.layer
+        if layer.blobs
+    }
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        for x, y in zip(wa[name], wb[name]):
+            assert np.array_equal(x, y), f"layer {name} differs"
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("nets")
+    return {
+        "plain": plain_net(root / "plain.prototxt"),
+        "wide": plain_net(root / "wide.prototxt", hidden=32),
+        "distill": distill_net(root / "distill.prototxt"),
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(nets: dict[str, Path], feeds, tmp_path_factory: pytest.TempPathFactory):
+    """20 uninterrupted iterations of the plain net, seed 5."""
+    return run(nets["plain"], tmp_path_factory.mktemp("ref") / "out", feeds, seed=5)
+
+
+@pytest.fixture(scope="module")
+def teacher(nets: dict[str, Path], feeds, tmp_path_factory: pytest.TempPathFactory):
+    return run(
+        nets["plain"], tmp_path_factory.mktemp("teacher") / "out", feeds, seed=0, max_iter=40
+    )
+
+
+# --------------------------------------------------------------------------- plain training
+
+
+def test_training_lowers_loss_and_writes_outputs(nets, feeds, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run(nets["plain"], out, feeds, seed=0, max_iter=60, solver=dict(stepsize=30))
+    losses = [row["loss"] for row in result.train_history]
+    assert len(losses) == 60
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+    assert result.iterations == 60 and not result.interrupted
+    assert 0.0 <= result.accuracy <= 1.0 and result.metrics["accuracy"] == result.accuracy
+    assert [it for it, _ in result.accuracy_history] == [10, 20, 30, 40, 50, 60]
+    assert result.weights == out / "tiny_iter_60.caffemodel" and result.weights.is_file()
+
+    doc = json.loads((out / METRICS_JSON).read_text())
+    assert len(doc["train"]) == 60 and doc["final"]["accuracy"] == result.accuracy
+    assert {"iter", "lr", "images_per_s", "loss", "total_loss"} <= doc["train"][0].keys()
+    assert doc["train"][0]["lr"] == pytest.approx(0.05)
+    assert doc["train"][-1]["lr"] == pytest.approx(0.025)
+    train_csv = (out / TRAIN_CSV).read_text().splitlines()
+    assert train_csv[0].startswith("iter,lr,images_per_s") and len(train_csv) == 61
+    assert len((out / TEST_CSV).read_text().splitlines()) == 7
+    assert (out / CURVES_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_snapshots_are_atomic_and_point_at_final_files(reference) -> None:
+    out = reference.out_dir
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if n.startswith(".")], names  # no temp files or dirs
+    for it in (10, 20):
+        state = caffe_pb2.SolverState.FromString((out / f"tiny_iter_{it}.solverstate").read_bytes())
+        assert state.iter == it
+        assert Path(state.learned_net) == out / f"tiny_iter_{it}.caffemodel"
+        assert Path(state.learned_net).is_file()
+    assert latest_snapshot(out, "tiny").iteration == 20
+
+
+def test_latest_snapshot_skips_incomplete(tmp_path: Path) -> None:
+    for name in ("s_iter_10.caffemodel", "s_iter_10.solverstate", "s_iter_30.caffemodel"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "s_iter_40.solverstate").write_bytes(b"x")
+    assert latest_snapshot(tmp_path, "s").iteration == 10
+
+
+def test_same_seed_same_weights(nets, feeds, reference, tmp_path: Path) -> None:
+    again = run(nets["plain"], tmp_path / "a", feeds, seed=5)
+    assert_same_weights(again.weights, reference.weights)
+    other = run(nets["plain"], tmp_path / "b", feeds, seed=6)
+    with pytest.raises(AssertionError):
+        assert_same_weights(other.weights, reference.weights)
+
+
+def test_resume_is_bit_exact(nets, feeds, reference, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = run(nets["plain"], out, feeds, seed=5, max_iter=10)
+    assert first.iterations == 10
+    with pytest.raises(TrainError, match="--resume"):  # never silently overwrite a run
+        run(nets["plain"], out, feeds, seed=5)
+    second = run(nets["plain"], out, feeds, seed=5, resume=True)
+    assert second.iterations == 20
+    assert_same_weights(second.weights, reference.weights)
+    assert [r["loss"] for r in second.train_history] == [r["loss"] for r in reference.train_history]
+    assert [r["iter"] for r in second.test_history] == [10, 20]
+
+
+def _interrupting(fn: Callable, at: int, action: Callable[[], None]) -> Callable:
+    def batch_fn(iteration: int):
+        if iteration == at:
+            action()
+        return fn(iteration)
+
+    return batch_fn
+
+
+def test_sigterm_saves_snapshot_then_resume_matches(nets, feeds, reference, tmp_path) -> None:
+    out = tmp_path / "out"
+    before = signal.getsignal(signal.SIGTERM)
+    killer = _interrupting(feeds[0], 5, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(TrainingInterrupted) as info:
+        run(nets["plain"], out, feeds, seed=5, batch_fn=killer)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert info.value.signum == signal.SIGTERM
+    stopped = info.value.result
+    assert stopped.interrupted and 5 <= stopped.iterations < 10
+    assert stopped.solverstate == out / f"tiny_iter_{stopped.iterations}.solverstate"
+    assert stopped.solverstate.is_file() and stopped.weights.is_file()
+    resumed = run(nets["plain"], out, feeds, seed=5, resume=True)
+    assert_same_weights(resumed.weights, reference.weights)
+
+
+def test_keyboard_interrupt_saves_snapshot(nets, feeds, reference, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+
+    def ctrl_c() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted) as info:
+        run(nets["plain"], out, feeds, seed=5, batch_fn=_interrupting(feeds[0], 7, ctrl_c))
+    assert info.value.signum == signal.SIGINT
+    assert info.value.result.iterations == 7
+    assert (out / "tiny_iter_7.caffemodel").is_file()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    resumed = run(nets["plain"], out, feeds, seed=5, resume=True)
+    assert_same_weights(resumed.weights, reference.weights)
+
+
+def test_second_signal_stops_at_once(nets, feeds, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+
+    def twice() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        run(nets["plain"], out, feeds, batch_fn=_interrupting(feeds[0], 3, twice))
+    assert not isinstance(info.value, TrainingInterrupted)
+    assert not list(out.glob("*.caffemodel"))  # no snapshot, and no half-written one
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_input_fed_net_needs_batch_fn(nets, feeds, tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match="batch_fn"):
+        run(nets["plain"], tmp_path / "out", feeds, batch_fn=None)
+
+
+# --------------------------------------------------------------------------- teacher weights
+
+
+def test_distillation_needs_teacher_weights(nets, feeds, tmp_path: Path) -> None:
+    with pytest.raises(TeacherWeightsError, match="ip1, ip2"):
+        run(nets["distill"], tmp_path / "out", feeds)
+    assert not list((tmp_path / "out").glob("*.caffemodel"))
+
+
+def test_incomplete_teacher_weights_are_refused(nets, feeds, teacher, tmp_path: Path) -> None:
+    param = caffe_pb2.NetParameter.FromString(teacher.weights.read_bytes())
+    kept = [layer for layer in param.layer if layer.name != "ip2"]
+    del param.layer[:]
+    param.layer.extend(kept)
+    partial = tmp_path / "partial.caffemodel"
+    partial.write_bytes(param.SerializeToString())
+    with pytest.raises(TeacherWeightsError, match="teacher layer.*ip2") as info:
+        run(nets["distill"], tmp_path / "out", feeds, teacher_weights=partial)
+    assert "ip1" not in str(info.value).split("layer(s)")[1]
+    junk = tmp_path / "junk.caffemodel"
+    junk.write_bytes(b"\xff\xfe not a protobuf")
+    with pytest.raises(TeacherWeightsError, match="junk.caffemodel"):
+        run(nets["distill"], tmp_path / "out2", feeds, teacher_weights=junk)
+
+
+def test_teacher_shape_mismatch_is_refused(nets, feeds, tmp_path: Path) -> None:
+    wide = run(nets["wide"], tmp_path / "wide", feeds, max_iter=1)
+    with pytest.raises(TeacherWeightsError) as info:
+        run(nets["distill"], tmp_path / "out", feeds, teacher_weights=wide.weights)
+    message = str(info.value)
+    assert "'ip1' blob 0" in message and "(32, 64)" in message and "(16, 64)" in message
+
+
+def test_teacher_weights_need_a_distillation_net(nets, feeds, teacher, tmp_path) -> None:
+    with pytest.raises(TeacherWeightsError, match="stu_"):
+        run(nets["plain"], tmp_path / "out", feeds, teacher_weights=teacher.weights)
+
+
+def test_distillation_trains_student_with_frozen_teacher(nets, feeds, teacher, tmp_path) -> None:
+    result = run(nets["distill"], tmp_path / "out", feeds, teacher_weights=teacher.weights)
+    final, loaded = weights(result.weights), weights(teacher.weights)
+    for name in ("ip1", "ip2"):  # lr_mult 0: the teacher is loaded and stays as it was
+        for x, y in zip(final[name], loaded[name]):
+            np.testing.assert_array_equal(x, y)
+    assert result.metrics["teacher_accuracy"] == teacher.metrics["accuracy"]
+    assert "student_accuracy" in result.metrics and result.accuracy is not None
+    row = result.train_history[-1]
+    assert {"stu_loss", "bem_loss"} <= row.keys()  # loss terms with non-zero weight
+    assert row["total_loss"] == pytest.approx(row["stu_loss"] + 0.05 * row["bem_loss"])
+
+
+# --------------------------------------------------------------------------- pre-flight hook
+
+
+class _Problem:
+    def __init__(self, text: str, severity: str) -> None:
+        self.text, self.severity = text, severity
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def test_preflight_hook(nets, feeds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[object] = []
+
+    def check_net(net_param: caffe_pb2.NetParameter, student_prefix: str = "") -> list[_Problem]:
+        seen.append(student_prefix)
+        problems = [_Problem("layer 'ip9' looks odd", "warning")]
+        if any(layer.name == "stu_ip1" for layer in net_param.layer):
+            problems.append(_Problem("layer 'stu_ip1': broken", "error"))
+        return problems
+
+    monkeypatch.setitem(sys.modules, "pyirg.check", types.SimpleNamespace(check_net=check_net))
+    with pytest.raises(PreflightError, match="stu_ip1': broken"):
+        run(nets["distill"], tmp_path / "a", feeds, preflight=True)
+    result = run(nets["plain"], tmp_path / "b", feeds, preflight=True, max_iter=2)
+    assert result.iterations == 2 and seen == ["stu_", "stu_"]
+
+
+# --------------------------------------------------------------------------- command line
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "digits"
+    assert prepare.main(["digits", str(out), "--quiet"]) == 0
+    return out
+
+
+def _solver_file(path: Path, net: Path, **overrides: object) -> Path:
+    path.write_text(str(solver_param(net, **overrides)))
+    return path
+
+
+def test_cli_npy_fed(nets, digits_dir: Path, tmp_path: Path, capsys) -> None:
+    solver = _solver_file(tmp_path / "solver.prototxt", Path("plain.prototxt"))
+    out = tmp_path / "out"
+    argv = ["--solver", str(solver), "--net", str(nets["plain"]), "--out", str(out)]
+    argv += ["--npy-data", str(digits_dir), "--pad", "1", "--scale", "0.015625"]
+    argv += ["--no-progress", "--no-preflight", "--snapshot-interval", "4"]
+    assert main([*argv, "--max-iter", "12"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["weights"] == str(out / "tiny_iter_12.caffemodel")
+    assert 0.0 <= printed["accuracy"] <= 1.0
+    assert {p.name for p in out.glob("*.solverstate")} == {
+        f"tiny_iter_{i}.solverstate" for i in (4, 8, 12)
+    }
+    assert main([*argv, "--max-iter", "12"]) == 2  # snapshots exist: refuse without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main([*argv, "--max-iter", "16", "--resume"]) == 0
+    assert json.loads(capsys.readouterr().out)["iter"] == 16
+
+
+def test_cli_data_layer_net(digits_dir: Path, tmp_path: Path, capsys) -> None:
+    """A net reading the prepared LMDBs (padded train + mean_pad + crop), solver-relative."""
+    ns = caffe.NetSpec()
+    ns.data, ns.label = L.Data(
+        source=str(digits_dir / "train_pad_lmdb"),
+        backend=caffe.params.Data.LMDB,
+        batch_size=BATCH,
+        transform_param=dict(
+            mean_file=str(digits_dir / "mean_pad.binaryproto"), crop_size=8, scale=1 / 64
+        ),
+        include=dict(phase=caffe.TRAIN),
+        ntop=2,
+    )
+    train_layers = str(ns.to_proto())
+    ns = caffe.NetSpec()
+    ns.data, ns.label = L.Data(
+        source=str(digits_dir / "test_lmdb"),
+        backend=caffe.params.Data.LMDB,
+        batch_size=BATCH,
+        transform_param=dict(mean_file=str(digits_dir / "mean.binaryproto"), scale=1 / 64),
+        include=TEST,
+        ntop=2,
+    )
+    ns.ip1 = L.InnerProduct(ns.data, num_output=10, weight_filler=XAVIER)
+    ns.loss = L.SoftmaxWithLoss(ns.ip1, ns.label)
+    ns.accuracy = L.Accuracy(ns.ip1, ns.label, include=TEST)
+    (tmp_path / "lmdb_net.prototxt").write_text(train_layers + str(ns.to_proto()))
+    # the solver names its net relative to its own directory, not to the cwd
+    solver = _solver_file(tmp_path / "solver.prototxt", Path("lmdb_net.prototxt"))
+    out = tmp_path / "out"
+    argv = ["--solver", str(solver), "--out", str(out), "--max-iter", "10"]
+    assert main([*argv, "--no-progress", "--no-preflight"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["iter"] == 10 and 0.0 <= printed["accuracy"] <= 1.0
+
+
+def test_cli_refusal_is_reported(nets, tmp_path: Path, capsys) -> None:
+    solver = _solver_file(tmp_path / "solver.prototxt", nets["distill"])
+    argv = ["--solver", str(solver), "--out", str(tmp_path / "out"), "--no-preflight"]
+    assert main([*argv, "--no-progress"]) == 2
+    assert "ip1, ip2" in capsys.readouterr().err
