@@ -1,0 +1,462 @@
+"""Export a trained student (deploy prototxt + .caffemodel) to ONNX, checked against Caffe.
+
+``python tools/export_onnx.py DEPLOY.prototxt WEIGHTS.caffemodel OUT.onnx [--prefix stu_]
+[--batch N] [--input X.npy] [--depth D] [--width W] [--opset 17] [--atol 1e-4]``
+
+Why through PyTorch: the CIFAR ResNet already exists there with Caffe's layer names
+(:class:`pyirg.torch.CifarResNet`), checked against Caffe by ``tools/verify.py``, and
+``torch.onnx`` writes standard operators; a direct Caffe-to-ONNX translator would be a
+second implementation of the same network to keep in step.
+
+Steps, each of which fails with a one-line error naming the layer (exit status 2):
+
+1. Read the deploy prototxt (what :func:`pyirg.netspec.deploy_net` writes for the
+   student alone) and refuse any layer type outside Input, Convolution, BatchNorm, Scale,
+   ReLU, Eltwise, Pooling, InnerProduct, Softmax.
+2. Rebuild the :class:`pyirg.arch.ResNetSpec` from it: the prefix from the stem
+   convolution's name, depth and numbering from the ``Eltwise`` numbers, width from the
+   stem's channels, classes from ``InnerProduct1``; ``--depth`` / ``--width`` must agree if
+   given. Then regenerate the deploy net from that spec and compare them layer by layer
+   (names, types, bottoms, tops and the parameters that change the computation), so a
+   prototxt that only looks like a CIFAR ResNet is not silently exported as a different net.
+3. Convert the weights with :mod:`pyirg.torch.caffemodel` (missing layer, wrong type or
+   shape: error), before pycaffe sees them (a Caffe ``CHECK`` would abort the process).
+4. Export ``data`` -> (``logits``, ``prob``) with dynamic batch and image size (the net
+   pools globally), opset >= 17, through
+   the TorchScript exporter (``dynamo=False``: the default exporter of torch >= 2.9 needs
+   ``onnxscript``, which the project does not depend on), and run
+   ``onnx.checker.check_model`` on the file.
+5. Run the ONNX file with onnxruntime and the Caffe net (TEST phase) on the same batch
+   (``--input`` .npy, or normal random values from ``--seed``) and compare both outputs:
+   the largest absolute difference must be <= ``--atol`` (1e-4), else exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+#: Layer types the exporter understands (everything a deploy_net ResNet contains).
+CONVERTIBLE = (
+    "Input",
+    "Convolution",
+    "BatchNorm",
+    "Scale",
+    "ReLU",
+    "Eltwise",
+    "Pooling",
+    "InnerProduct",
+    "Softmax",
+)
+MIN_OPSET = 17
+INPUT_NAME, OUTPUT_NAMES = "data", ("logits", "prob")
+
+
+class ExportError(ValueError):
+    """Bad input: reported as one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Deploy:
+    """What the exporter learned from a deploy prototxt."""
+
+    net: Any  # caffe_pb2.NetParameter
+    spec: Any  # pyirg.arch.ResNetSpec
+    prefix: str
+    input_blob: str
+    input_shape: tuple[int, int, int, int]
+    logits_blob: str
+    prob_blob: str
+
+
+# ----------------------------------------------------------------------------- prototxt
+
+
+def read_prototxt(path: str | Path) -> Any:
+    """Parse a text prototxt into a NetParameter; errors name the file."""
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+
+    net = caffe_pb2.NetParameter()
+    try:
+        text_format.Merge(Path(path).read_text(), net)
+    except OSError as err:
+        raise ExportError(f"cannot read prototxt {path}: {err.strerror}") from None
+    except (text_format.ParseError, UnicodeDecodeError) as err:
+        raise ExportError(f"{path} is not a Caffe net prototxt: {err}") from None
+    if len(net.layers):
+        raise ExportError(
+            f"{path} uses the V1 'layers' field; upgrade it with upgrade_net_proto_text"
+        )
+    return net
+
+
+def _number(name: str, prefix: str, kind: str) -> int | None:
+    match = re.fullmatch(re.escape(prefix + kind) + r"(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
+def infer_spec(
+    net: Any, prefix: str | None = None, depth: int | None = None, width: float | None = None
+) -> Deploy:
+    """Recover the ResNetSpec (and prefix, input) of a deploy net; see the module docstring."""
+    from pyirg.arch import blocks_per_stage, cifar_resnet
+
+    for layer in net.layer:
+        if layer.type not in CONVERTIBLE:
+            raise ExportError(
+                f"layer {layer.name!r} has type {layer.type!r}, which the exporter cannot "
+                f"convert (it converts {', '.join(CONVERTIBLE)})"
+            )
+    inputs = [layer for layer in net.layer if layer.type == "Input"]
+    if len(inputs) != 1 or len(inputs[0].top) != 1 or len(inputs[0].input_param.shape) != 1:
+        raise ExportError(
+            f"the deploy net needs exactly one Input layer with one top and one shape, found "
+            f"{[layer.name for layer in inputs]}"
+        )
+    data = inputs[0]
+    dims = tuple(int(d) for d in data.input_param.shape[0].dim)
+    if len(dims) != 4:
+        raise ExportError(f"Input layer {data.name!r} has shape {dims}; expected N x C x H x W")
+    stems = [
+        layer for layer in net.layer if layer.type == "Convolution" and data.top[0] in layer.bottom
+    ]
+    match = re.fullmatch(r"(.*)Convolution1", stems[0].name) if len(stems) == 1 else None
+    if match is None:
+        names = [layer.name for layer in stems]
+        raise ExportError(
+            f"cannot find the stem convolution '<prefix>Convolution1' reading {data.top[0]!r} "
+            f"(convolutions reading it: {names})"
+        )
+    stem, found = stems[0], match.group(1)
+    if prefix is not None and prefix != found:
+        raise ExportError(
+            f"--prefix {prefix!r} does not match the stem convolution {stem.name!r} "
+            f"(prefix {found!r})"
+        )
+    prefix = found
+    elts = sorted(
+        n for n in (_number(layer.name, prefix, "Eltwise") for layer in net.layer) if n is not None
+    )
+    if not elts or len(elts) % 3 or elts[-1] % 3:
+        raise ExportError(
+            f"cannot read a CIFAR ResNet from the Eltwise layers {elts} (prefix {prefix!r}): "
+            "expected the same number of blocks in each of 3 stages"
+        )
+    n, ref_n = len(elts) // 3, elts[-1] // 3
+    kept = tuple(
+        tuple(e - 1 - s * ref_n for e in elts if s * ref_n < e <= (s + 1) * ref_n) for s in range(3)
+    )
+    found_depth, numbering = 6 * n + 2, 6 * ref_n + 2
+    c0 = stem.convolution_param.num_output
+    found_width = c0 / 16
+    fcs = [layer for layer in net.layer if layer.name == prefix + "InnerProduct1"]
+    if len(fcs) != 1:
+        raise ExportError(f"the deploy net has no classifier layer {prefix + 'InnerProduct1'!r}")
+    for given, got, what in ((depth, found_depth, "depth"), (width, found_width, "width")):
+        if given is not None and given != got:
+            raise ExportError(f"--{what} {given:g} but the prototxt describes {what} {got:g}")
+    try:
+        blocks_per_stage(found_depth)
+        spec = cifar_resnet(
+            found_depth,
+            found_width,
+            fcs[0].inner_product_param.num_output,
+            dims[1],
+            numbering,
+            kept,
+        )
+    except ValueError as err:
+        raise ExportError(
+            f"the deploy prototxt is not a CIFAR ResNet of pyirg.arch: {err}"
+        ) from None
+    softmax = [layer for layer in net.layer if layer.type == "Softmax"]
+    prob = softmax[0].top[0] if len(softmax) == 1 and softmax[0].top else "prob"
+    return Deploy(net, spec, prefix, data.top[0], dims, fcs[0].top[0], prob)  # type: ignore[arg-type]
+
+
+def _signature(layer: Any) -> dict[str, Any]:
+    """The parameters of a layer that change what it computes (fillers, lr do not)."""
+    t = layer.type
+    if t == "Convolution":
+        p = layer.convolution_param
+        return {
+            "num_output": p.num_output,
+            "kernel_size": tuple(p.kernel_size) or (p.kernel_h, p.kernel_w),
+            "stride": tuple(p.stride) or (1,),
+            "pad": tuple(p.pad) or (0,),
+            "dilation": tuple(p.dilation) or (1,),
+            "group": p.group,
+            "bias_term": p.bias_term,
+            "axis": p.axis,
+        }
+    if t == "BatchNorm":
+        return {"eps": layer.batch_norm_param.eps}
+    if t == "Scale":
+        p = layer.scale_param
+        return {"bias_term": p.bias_term, "axis": p.axis, "num_axes": p.num_axes}
+    if t == "ReLU":
+        return {"negative_slope": layer.relu_param.negative_slope}
+    if t == "Eltwise":
+        p = layer.eltwise_param
+        return {"operation": p.operation, "coeff": tuple(p.coeff)}
+    if t == "Pooling":
+        p = layer.pooling_param
+        return {"pool": p.pool, "global_pooling": p.global_pooling}
+    if t == "InnerProduct":
+        p = layer.inner_product_param
+        return {
+            "num_output": p.num_output,
+            "bias_term": p.bias_term,
+            "axis": p.axis,
+            "transpose": p.transpose,
+        }
+    if t == "Softmax":
+        return {"axis": layer.softmax_param.axis}
+    return {}
+
+
+def check_structure(deploy: Deploy) -> None:
+    """The prototxt must be the deploy net pyirg.netspec generates for its spec."""
+    from pyirg.netspec import deploy_net, spec_label
+
+    _, c, h, w = deploy.input_shape
+    expected = deploy_net(deploy.spec, deploy.prefix, batch=1, channels=c, height=h, width=w)
+    actual = [layer for layer in deploy.net.layer if layer.type != "Input"]
+    wanted = [layer for layer in expected.layer if layer.type != "Input"]
+    rename = {expected.layer[0].top[0]: deploy.input_blob}
+    for index, (want, got) in enumerate(zip(wanted, actual)):
+        where = f"layer {got.name!r} (#{index + 1} after the input)"
+        if (want.name, want.type) != (got.name, got.type):
+            raise ExportError(
+                f"{where}: found {got.type} {got.name!r} where {spec_label(deploy.spec)} has "
+                f"{want.type} {want.name!r}"
+            )
+        bottoms = [rename.get(b, b) for b in want.bottom]
+        tops = [rename.get(t, t) for t in want.top]
+        if (list(got.bottom), list(got.top)) != (bottoms, tops):
+            raise ExportError(
+                f"{where}: bottoms {list(got.bottom)} / tops {list(got.top)}, expected "
+                f"{bottoms} / {tops}"
+            )
+        have, need = _signature(got), _signature(want)
+        diffs = [f"{k} {have[k]} (expected {need[k]})" for k in need if have[k] != need[k]]
+        if diffs:
+            raise ExportError(
+                f"{where}: {got.type} parameters differ from {spec_label(deploy.spec)}'s: "
+                + ", ".join(diffs)
+            )
+    if len(actual) != len(wanted):
+        extra = actual[len(wanted) :] or wanted[len(actual) :]
+        what = "extra" if len(actual) > len(wanted) else "missing"
+        raise ExportError(f"{what} layer {extra[0].name!r} ({extra[0].type}) in the deploy net")
+
+
+def read_deploy(
+    path: str | Path,
+    prefix: str | None = None,
+    depth: int | None = None,
+    width: float | None = None,
+) -> Deploy:
+    """Parse, infer the spec, and check the structure of a deploy prototxt."""
+    deploy = infer_spec(read_prototxt(path), prefix, depth, width)
+    check_structure(deploy)
+    return deploy
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+
+class _WithSoftmax(nn.Module):
+    """The deploy net's two outputs: InnerProduct1 (logits) and Softmax (prob)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def build_model(deploy: Deploy, weights: str | Path) -> nn.Module:
+    """CifarResNet of the deploy spec with the caffemodel's weights, eval mode, float32."""
+    from pyirg.torch import CifarResNet
+    from pyirg.torch.caffemodel import load_caffe_weights
+
+    model = CifarResNet(deploy.spec)
+    try:
+        load_caffe_weights(model, weights, prefix=deploy.prefix)
+    except ValueError as err:
+        message = str(err)
+        raise ExportError(message if str(weights) in message else f"{weights}: {message}") from None
+    return _WithSoftmax(model).eval()
+
+
+def export_onnx(model: nn.Module, path: str | Path, example: np.ndarray, opset: int) -> None:
+    """torch.onnx.export (TorchScript exporter), dynamic batch, then the ONNX checker."""
+    import onnx
+
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset must be >= {MIN_OPSET}, got {opset}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            model,
+            (torch.from_numpy(example),),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={
+                INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                **{name: {0: "batch"} for name in OUTPUT_NAMES},
+            },
+            do_constant_folding=True,
+        )
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def onnx_checker_error() -> type[Exception]:
+    import onnx
+
+    return onnx.checker.ValidationError
+
+
+def run_onnx(path: str | Path, x: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+
+
+def run_caffe(
+    deploy_path: str | Path, weights: str | Path, deploy: Deploy, x: np.ndarray
+) -> list[np.ndarray]:
+    """The deploy net in pycaffe (TEST phase), reshaped to the batch."""
+    import caffe
+
+    net = caffe.Net(str(deploy_path), str(weights), caffe.TEST)
+    net.blobs[deploy.input_blob].reshape(*x.shape)
+    net.reshape()
+    net.blobs[deploy.input_blob].data[...] = x
+    net.forward()
+    return [net.blobs[b].data.copy() for b in (deploy.logits_blob, deploy.prob_blob)]
+
+
+def input_batch(deploy: Deploy, batch: int | None, path: str | None, seed: int) -> np.ndarray:
+    """The comparison batch: a .npy (N x C x H x W) or normal random values."""
+    _, c, h, w = deploy.input_shape
+    if path is None:
+        n = batch or deploy.input_shape[0]
+        if n < 1:
+            raise ExportError(f"--batch must be >= 1, got {n}")
+        return np.random.default_rng(seed).standard_normal((n, c, h, w)).astype(np.float32)
+    try:
+        x = np.load(path)
+    except (OSError, ValueError) as err:
+        raise ExportError(f"cannot read --input {path}: {err}") from None
+    if x.ndim != 4 or x.shape[1] != c:
+        raise ExportError(f"--input {path} has shape {x.shape}; expected N x {c} x H x W")
+    if batch is not None and batch != x.shape[0]:
+        raise ExportError(f"--batch {batch} but --input {path} holds {x.shape[0]} images")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="export_onnx.py",
+        description="Export a student's deploy prototxt + caffemodel to ONNX through PyTorch, "
+        "check the file and compare ONNX Runtime with Caffe on one batch.",
+    )
+    p.add_argument("deploy", help="deploy prototxt (pyirg.netspec.deploy_net)")
+    p.add_argument("weights", help="trained .caffemodel (a distillation snapshot is fine)")
+    p.add_argument("output", help="ONNX file to write")
+    p.add_argument("--prefix", help="layer-name prefix, e.g. stu_ (default: from the prototxt)")
+    p.add_argument("--batch", type=int, help="comparison batch size (default: the prototxt's)")
+    p.add_argument("--input", help=".npy batch N x C x H x W to compare on (default: random)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random batch (default 0)")
+    p.add_argument("--depth", type=int, help="expected ResNet depth (checked against the prototxt)")
+    p.add_argument("--width", type=float, help="expected width multiplier (checked likewise)")
+    p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
+    p.add_argument("--atol", type=float, default=1e-4, help="max |ONNX - Caffe| (default 1e-4)")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    deploy = read_deploy(args.deploy, args.prefix, args.depth, args.width)
+    model = build_model(deploy, args.weights)
+    x = input_batch(deploy, args.batch, args.input, args.seed)
+    try:
+        export_onnx(model, args.output, x, args.opset)
+    except onnx_checker_error() as err:
+        print(f"FAIL: onnx.checker rejects {args.output}: {err}", file=sys.stderr)
+        return 1
+    onnx_out = run_onnx(args.output, x)
+    caffe_out = run_caffe(args.deploy, args.weights, deploy, x)
+    from pyirg.netspec import spec_label
+
+    print(
+        f"{args.output}: {spec_label(deploy.spec)} (prefix {deploy.prefix!r}), opset "
+        f"{args.opset}, onnx.checker OK"
+    )
+    source = args.input or f"random, seed {args.seed}"
+    print(f"batch {'x'.join(map(str, x.shape))} ({source}); tolerance {args.atol:g}")
+    print(f"{'output':8} {'caffe blob':20} {'max|onnx - caffe|':>18} {'max|caffe|':>11}")
+    worst = 0.0
+    for name, blob, a, b in zip(
+        OUTPUT_NAMES, (deploy.logits_blob, deploy.prob_blob), onnx_out, caffe_out
+    ):
+        b = b.reshape(a.shape)
+        diff = float(np.max(np.abs(a - b))) if np.all(np.isfinite(a)) else float("inf")
+        worst = max(worst, diff)
+        print(f"{name:8} {blob:20} {diff:18.3e} {float(np.max(np.abs(b))):11.3e}")
+    if not worst <= args.atol:
+        print(
+            f"FAIL: ONNX and Caffe differ by {worst:.3e} > {args.atol:g}; {args.output} does "
+            "not reproduce the Caffe net",
+            file=sys.stderr,
+        )
+        return 1
+    print("PASS")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    try:
+        return run(args)
+    except ValueError as err:  # ExportError, and the converters' errors naming the layer
+        print(f"export_onnx: error: {err}", file=sys.stderr)
+        return 2
+
+
+__all__ = [
+    "CONVERTIBLE",
+    "Deploy",
+    "ExportError",
+    "build_model",
+    "check_structure",
+    "export_onnx",
+    "infer_spec",
+    "main",
+    "read_deploy",
+    "run_caffe",
+    "run_onnx",
+]

@@ -1,0 +1,162 @@
+"""tools/verify.py: Caffe layers and distillation nets against the PyTorch reference.
+
+Besides "it passes", these tests show that it can fail: a reference made wrong in one
+setting must turn exactly those rows to FAIL, and the NumPy reference's hand-derived
+gradient is checked against finite differences of its own forward.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("caffe")
+from conftest import REPO, run  # noqa: E402
+
+import pyirg.torch.layers as torch_layers  # noqa: E402
+import pyirg.torch.losses as torch_losses  # noqa: E402
+from pyirg import verify  # noqa: E402
+
+
+def _report(tmp_path, *argv: str) -> tuple[int, list[dict]]:
+    out = tmp_path / "report.json"
+    code = verify.main([*argv, "--json", str(out)])
+    return code, json.loads(out.read_text())["rows"]
+
+
+def test_quick_mode_passes_and_covers_layers_modes_and_nets(tmp_path, capsys) -> None:
+    code, rows = _report(tmp_path)
+    printed = capsys.readouterr().out
+    assert code == 0, printed[-3000:]
+    assert all(r["passed"] for r in rows)
+    for layer in verify.LAYERS:
+        modes = {r["mode"] for r in rows if r["layer"] == layer}
+        assert modes == {m.label for m in verify.ALL_MODES}
+        cases = {r["case"] for r in rows if r["layer"] == layer}
+        assert {"near_tie", "exact_tie", "identical", "offset", "n2", "4d"} <= cases
+    assert {r["dtype"] for r in rows} == {verify.CAFFE_ROW, verify.NUMPY_ROW}
+    nets = {r["layer"].split()[1] for r in rows if r["layer"].startswith("net ")}
+    assert nets == {"IRG", "IRG-t", "MTK"}
+    terms = {(r["layer"].split()[1], r["case"]) for r in rows if r["layer"].startswith("net ")}
+    assert {("IRG", "edges"), ("IRG-t", "transform"), ("MTK", "logits"), ("MTK", "total")} <= terms
+    assert "PASS" in printed.splitlines()[-1]
+
+
+def test_a_wrong_forward_in_one_mode_is_caught(tmp_path, monkeypatch) -> None:
+    original = torch_layers.batch_euclidean_map
+
+    def wrong(x, normalize="MAX", squared=True, backward="EXACT"):
+        out = original(x, normalize, squared, backward)
+        return out * 1.001 if normalize == "MEAN" else out
+
+    monkeypatch.setattr(torch_layers, "batch_euclidean_map", wrong)
+    code, rows = _report(tmp_path, "--no-nets")
+    assert code == 1
+    failed = {(r["layer"], r["mode"].split("/")[0]) for r in rows if not r["passed"]}
+    assert failed == {("BatchEuclideanMap", "MEAN")}
+    bad = [r for r in rows if not r["passed"]]
+    # Both the Caffe and the NumPy rows see it, and only where the output is nonzero.
+    assert {r["dtype"] for r in bad} == {verify.CAFFE_ROW, verify.NUMPY_ROW}
+    assert all(r["fwd_rel"] > 1e-4 for r in bad)
+
+
+def test_a_wrong_gradient_with_the_right_forward_is_caught(tmp_path, monkeypatch) -> None:
+    original = torch_layers.batch_euclidean_vector
+
+    def exact_instead_of_released(x, y, normalize="MAX", squared=True, backward="EXACT"):
+        return original(x, y, normalize, squared, "EXACT")
+
+    monkeypatch.setattr(torch_layers, "batch_euclidean_vector", exact_instead_of_released)
+    code, rows = _report(tmp_path, "--no-nets")
+    assert code == 1
+    bad = [r for r in rows if not r["passed"]]
+    assert {(r["layer"], r["mode"].split("/")[2]) for r in bad} == {
+        ("BatchEuclideanVector", "RELEASED")
+    }
+    assert all(r["fwd_rel"] <= 1e-4 and r["bwd_rel"] > 1e-4 for r in bad)
+    # With NONE the released backward is exact, so those rows must still pass.
+    assert all(r["mode"].split("/")[0] != "NONE" for r in bad)
+
+
+def test_a_wrong_irg_term_in_the_whole_net_is_caught(monkeypatch) -> None:
+    original = torch_losses.batch_euclidean_map
+
+    def released(x, normalize="MAX", squared=True, backward="EXACT"):
+        return original(x, normalize, squared, "RELEASED")
+
+    monkeypatch.setattr(torch_losses, "batch_euclidean_map", released)
+    rows = verify.check_net(verify.NetCase("IRG"), np.random.default_rng(0))
+    by_term = {r.case: r for r in rows}
+    assert by_term["edges"].fwd_rel <= 1e-4  # same loss value...
+    assert not by_term["edges"].passed  # ...different student gradients
+    assert by_term["gt"].passed and by_term["logits"].passed
+
+
+@pytest.mark.parametrize("layer", verify.LAYERS)
+@pytest.mark.parametrize(
+    "mode", [m for m in verify.ALL_MODES if m.backward == "EXACT"], ids=lambda m: m.label
+)
+def test_numpy_gradient_matches_finite_differences(layer: str, mode: verify.Mode) -> None:
+    """The hand-derived NumPy gradient is the derivative of the NumPy forward."""
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    g = rng.standard_normal((5, 5) if layer == "BatchEuclideanMap" else 5)
+
+    def forward(x: np.ndarray, y: np.ndarray) -> float:
+        if layer == "BatchEuclideanMap":
+            return float((verify.numpy_map(x, g, mode).top * g).sum())
+        return float((verify.numpy_vector(x, y, g, mode).top * g).sum())
+
+    if layer == "BatchEuclideanMap":
+        ref = verify.numpy_map(x, g, mode)
+    else:
+        ref = verify.numpy_vector(x, y, g, mode)
+    h = 1e-6
+    for which, arr in enumerate((x, y)[: len(ref.grads)]):
+        numeric = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            plus, minus = arr.copy(), arr.copy()
+            plus[idx] += h
+            minus[idx] -= h
+            args_p = (plus, y) if which == 0 else (x, plus)
+            args_m = (minus, y) if which == 0 else (x, minus)
+            numeric[idx] = (forward(*args_p) - forward(*args_m)) / (2 * h)
+        assert np.abs(ref.grads[which] - numeric).max() < 1e-6 * max(1, np.abs(numeric).max())
+
+
+def test_numpy_map_forward_by_hand() -> None:
+    x = np.array([[0.0], [1.0], [3.0]])
+    out = verify.numpy_map(x, np.zeros((3, 3)), verify.Mode("MAX", True, "EXACT")).top
+    assert np.allclose(out, np.array([[0, 1, 9], [1, 0, 4], [9, 4, 0]]) / 9)
+    out = verify.numpy_map(x, np.zeros((3, 3)), verify.Mode("MEAN", False, "EXACT")).top
+    assert np.allclose(out, np.array([[0, 1, 3], [1, 0, 2], [3, 2, 0]]) / 2)
+
+
+def test_tie_agnostic_check_accepts_convex_splits_only() -> None:
+    rng = np.random.default_rng(0)
+    case = {c.name: c for c in verify.map_cases(rng)}["exact_tie"]
+    x = case.bottoms[0].astype(np.float64)
+    g = rng.standard_normal((x.shape[0],) * 2)
+    ref = verify.numpy_map(x, g, verify.Mode())
+    assert len(ref.ties) == 2
+    grad = np.concatenate([a.ravel() for a in ref.grads])
+    for w in (0.0, 0.3, 1.0, 1.7):
+        fake = ref.const + w * ref.ties[0] + (1 - w) * ref.ties[1]
+        err, rel, weights = verify.tie_agnostic(fake, ref, grad)
+        assert rel < 1e-9 and np.allclose(weights, [w, 1 - w])
+    # Not of that form at all: a large residual.
+    _, rel, _ = verify.tie_agnostic(ref.const * 1.01, ref, grad)
+    assert rel > 1e-4
+
+
+def test_command_line_wrapper(tmp_path) -> None:
+    out = tmp_path / "v.json"
+    proc = run(
+        [sys.executable, str(REPO / "tools/verify.py"), "--no-nets", "--json", str(out)],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0
+    assert "caffe-f32 vs torch-f64" in proc.stdout and json.loads(out.read_text())["passed"]
