@@ -114,11 +114,17 @@ class DataConfig:
 
     @property
     def sources(self) -> tuple[str, str]:
-        """(train, test) source paths; placeholders like ``data/cifar10/train_lmdb``."""
+        """(train, test) source paths; placeholders under ``data/<dataset>/``.
+
+        The LMDB training source is the zero-padded one that ``pyirg prepare-data``
+        writes (``train_pad_lmdb``): the TRAIN Data layer crops ``size`` out of it and
+        subtracts ``mean_pad.binaryproto``, as the authors' IRG nets do.
+        """
         suffix = {"lmdb": "_lmdb", "imagedata": ".txt", "hdf5": "_h5.txt"}.get(self.kind, "")
         root = self.dataset.root
+        train = "train_pad" if self.kind == "lmdb" else "train"
         return (
-            self.train_source or f"{root}/train{suffix}",
+            self.train_source or f"{root}/{train}{suffix}",
             self.test_source or f"{root}/test{suffix}",
         )
 
