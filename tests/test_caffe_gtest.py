@@ -33,13 +33,10 @@ def _passed(output: str) -> int:
 
 def test_irg_layer_tests_are_all_there(caffe_root: Path) -> None:
     listing = run([str(_testbin(caffe_root)), "--gtest_list_tests"], cwd=caffe_root).stdout
+    # TestDtypesAndDevices lists CPUDevice<float> (instance 0) and CPUDevice<double> (1).
     for layer in ("BatchEuclideanMapLayerTest", "BatchEuclideanVectorLayerTest"):
-        for dtype in ("float", "double"):
-            block = re.search(
-                rf"^{layer}/\d+\.  # TypeParam = caffe::CPUDevice<{dtype}>\n((?:  .*\n)+)",
-                listing,
-                re.M,
-            )
+        for instance, dtype in ((0, "float"), (1, "double")):
+            block = re.search(rf"^{layer}/{instance}\.[^\n]*\n((?:  .*\n)+)", listing, re.M)
             assert block, f"{layer} <{dtype}> missing from the test binary"
             names = block.group(1)
             for mode in MODES:
