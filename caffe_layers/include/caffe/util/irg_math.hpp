@@ -59,6 +59,17 @@ std::string describe_bottom(const LayerParameter& p, const int i,
   return out.str();
 }
 
+// " bottom[0] 'a' (shape) bottom[1] 'b' (shape)", or " none".
+template <typename Dtype>
+std::string describe_bottoms(const LayerParameter& p,
+    const vector<Blob<Dtype>*>& bottom) {
+  std::string out;
+  for (int i = 0; i < static_cast<int>(bottom.size()); ++i) {
+    out += " " + describe_bottom(p, i, bottom);
+  }
+  return out.empty() ? " none" : out;
+}
+
 // Below tolerance * (|x_i|^2 + |x_j|^2) a squared distance taken from the Gram
 // matrix is mostly rounding error (it cancels), so it is recomputed directly
 // from the two instances. 1024 machine epsilons: for float a distance whose

@@ -15,13 +15,9 @@ std::string BatchEuclideanMapLayer<Dtype>::Describe() const {
 template <typename Dtype>
 void BatchEuclideanMapLayer<Dtype>::LayerSetUp(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
-  std::string given;
-  for (int i = 0; i < bottom.size(); ++i) {
-    given += " " + irg::describe_bottom(this->layer_param_, i, bottom);
-  }
   CHECK_EQ(bottom.size(), 1) << Describe()
       << " takes exactly one bottom (the features, N x ...); got"
-      << (given.empty() ? " none" : given);
+      << irg::describe_bottoms(this->layer_param_, bottom);
   CHECK_EQ(top.size(), 1) << Describe()
       << " produces exactly one top (N x N x 1 x 1); got " << top.size();
   irg_param_ = this->layer_param_.irg_param();

@@ -16,13 +16,9 @@ std::string BatchEuclideanVectorLayer<Dtype>::Describe() const {
 template <typename Dtype>
 void BatchEuclideanVectorLayer<Dtype>::LayerSetUp(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
-  std::string given;
-  for (int i = 0; i < bottom.size(); ++i) {
-    given += " " + irg::describe_bottom(this->layer_param_, i, bottom);
-  }
   CHECK_EQ(bottom.size(), 2) << Describe()
       << " takes exactly two bottoms (x and y, both N x ...); got"
-      << (given.empty() ? " none" : given);
+      << irg::describe_bottoms(this->layer_param_, bottom);
   CHECK_EQ(top.size(), 1) << Describe()
       << " produces exactly one top (1 x 1 x 1 x N); got " << top.size();
   irg_param_ = this->layer_param_.irg_param();
