@@ -65,6 +65,8 @@ class BatchEuclideanMapLayer : public Layer<Dtype> {
   std::string Describe() const;
   /// Entries of the distance matrix that the MEAN normalizer averages.
   Dtype MeanCount() const { return Dtype(num_) * Dtype(num_ - 1); }
+  /// Side of the square tiles in which the CPU walks the N x N matrices.
+  enum { kTile = 32 };
 
   IRGParameter irg_param_;
   int num_;  // N, instances
@@ -72,7 +74,7 @@ class BatchEuclideanMapLayer : public Layer<Dtype> {
   /// N x N: the Gram matrix in Forward, the pair coefficients in Backward.
   Blob<Dtype> pairs_;
   /// data: N ones, to sum the rows of the coefficient matrix with one GEMV;
-  /// diff: those row sums.
+  /// diff: those row sums (and, in the CPU forward, the Gram diagonal).
   Blob<Dtype> ones_;
   /// The normalizer and its gradient terms (irg::NormSlot); device-resident
   /// on the GPU path.

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -47,23 +48,32 @@ void BatchEuclideanMapLayer<Dtype>::Reshape(
 // Forward (CPU and GPU): K = X X^T (GEMM) into pairs_; distances from K (and
 // directly where K cancels) into the top, upper triangle mirrored so the
 // matrix is exactly symmetric; normalizer m; top /= m.
+// The CPU loops walk the upper triangle in tiles: mirroring a row of a tile
+// writes a column, and within a tile those columns stay in cache.
 template <typename Dtype>
 void BatchEuclideanMapLayer<Dtype>::Forward_cpu(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
   const int n = num_, dim = dim_;
+  const bool squared = irg_param_.squared();
   const Dtype* x = bottom[0]->cpu_data();
   Dtype* gram = pairs_.mutable_cpu_data();
   Dtype* a = top[0]->mutable_cpu_data();
   caffe_cpu_gemm<Dtype>(CblasNoTrans, CblasTrans, n, n, dim, Dtype(1), x, x,
       Dtype(0), gram);
-  for (int i = 0; i < n; ++i) {
-    a[i * n + i] = 0;
-    for (int j = i + 1; j < n; ++j) {
-      const Dtype d = irg::pair_distance(gram[i * n + i], gram[j * n + j],
-          gram[i * n + j], x + i * dim, x + j * dim, dim, irg_param_.squared());
-      a[i * n + j] = a[j * n + i] = d;
+  Dtype* sqnorm = ones_.mutable_cpu_diff();  // free until the backward
+  for (int i = 0; i < n; ++i) sqnorm[i] = gram[i * n + i];
+  for (int ib = 0; ib < n; ib += kTile) {
+    for (int jb = ib; jb < n; jb += kTile) {
+      for (int i = ib; i < std::min(ib + kTile, n); ++i) {
+        for (int j = std::max(jb, i + 1); j < std::min(jb + kTile, n); ++j) {
+          const Dtype d = irg::pair_distance(sqnorm[i], sqnorm[j],
+              gram[i * n + j], x + i * dim, x + j * dim, dim, squared);
+          a[i * n + j] = a[j * n + i] = d;
+        }
+      }
     }
   }
+  for (int i = 0; i < n; ++i) a[i * n + i] = 0;
   Dtype* norm = norm_.mutable_cpu_data();
   const int mode = irg_param_.normalize();
   norm[irg::kNormalizer] = irg::host_normalizer(n * n, a, mode, MeanCount());
@@ -96,18 +106,22 @@ void BatchEuclideanMapLayer<Dtype>::Backward_cpu(
   const Dtype m = norm[irg::kNormalizer];
   const Dtype share = irg::normalizer_share(norm, mode, exact);
   Dtype* s = pairs_.mutable_cpu_data();
-  for (int i = 0; i < n; ++i) {
-    s[i * n + i] = 0;
-    for (int j = i + 1; j < n; ++j) {
-      const int ij = i * n + j, ji = j * n + i;
-      const Dtype h_ij = irg::distance_grad(g[ij], a[ij], m,
-          irg::in_normalizer(mode, a[ij], false) ? share : Dtype(0), squared);
-      const Dtype h_ji = irg::distance_grad(g[ji], a[ji], m,
-          irg::in_normalizer(mode, a[ji], false) ? share : Dtype(0), squared);
-      s[ij] = exact ? h_ij + h_ji : h_ij;
-      s[ji] = exact ? h_ij + h_ji : h_ji;
+  for (int ib = 0; ib < n; ib += kTile) {
+    for (int jb = ib; jb < n; jb += kTile) {
+      for (int i = ib; i < std::min(ib + kTile, n); ++i) {
+        for (int j = std::max(jb, i + 1); j < std::min(jb + kTile, n); ++j) {
+          const int ij = i * n + j, ji = j * n + i;
+          const Dtype h_ij = irg::distance_grad(g[ij], a[ij], m,
+              irg::in_normalizer(mode, a[ij], false) ? share : Dtype(0), squared);
+          const Dtype h_ji = irg::distance_grad(g[ji], a[ji], m,
+              irg::in_normalizer(mode, a[ji], false) ? share : Dtype(0), squared);
+          s[ij] = exact ? h_ij + h_ji : h_ij;
+          s[ji] = exact ? h_ij + h_ji : h_ji;
+        }
+      }
     }
   }
+  for (int i = 0; i < n; ++i) s[i * n + i] = 0;
   Dtype* row_sum = ones_.mutable_cpu_diff();
   caffe_cpu_gemv<Dtype>(CblasNoTrans, n, n, Dtype(1), s, ones_.cpu_data(),
       Dtype(0), row_sum);

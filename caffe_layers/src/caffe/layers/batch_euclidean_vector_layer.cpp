@@ -91,14 +91,19 @@ void BatchEuclideanVectorLayer<Dtype>::Backward_cpu(
   const Dtype* y = bottom[1]->cpu_data();
   Dtype* dx = propagate_down[0] ? bottom[0]->mutable_cpu_diff() : NULL;
   Dtype* dy = propagate_down[1] ? bottom[1]->mutable_cpu_diff() : NULL;
+  // The branches stay out of the inner loops so that those vectorize.
   for (int i = 0; i < num_; ++i) {
     const Dtype h = 2 * irg::distance_grad(g[i], t[i], m,
         irg::in_normalizer(mode, t[i], false) ? share : Dtype(0),
         irg_param_.squared());
-    for (int k = i * dim_; k < (i + 1) * dim_; ++k) {
-      const Dtype grad = h * (x[k] - y[k]);
-      if (dx) dx[k] = grad;
-      if (dy) dy[k] = -grad;
+    const int begin = i * dim_, end = begin + dim_;
+    if (dx) {
+      for (int k = begin; k < end; ++k) dx[k] = h * (x[k] - y[k]);
+    }
+    if (dy && dx) {
+      for (int k = begin; k < end; ++k) dy[k] = -dx[k];
+    } else if (dy) {
+      for (int k = begin; k < end; ++k) dy[k] = h * (y[k] - x[k]);
     }
   }
 }
