@@ -97,12 +97,15 @@ void BatchEuclideanVectorLayer<Dtype>::Backward_cpu(
         irg::in_normalizer(mode, t[i], false) ? share : Dtype(0),
         irg_param_.squared());
     const int begin = i * dim_, end = begin + dim_;
-    if (dx) {
+    if (dx && dy) {
+      for (int k = begin; k < end; ++k) {
+        const Dtype grad = h * (x[k] - y[k]);
+        dx[k] = grad;
+        dy[k] = -grad;
+      }
+    } else if (dx) {
       for (int k = begin; k < end; ++k) dx[k] = h * (x[k] - y[k]);
-    }
-    if (dy && dx) {
-      for (int k = begin; k < end; ++k) dy[k] = -dx[k];
-    } else if (dy) {
+    } else {
       for (int k = begin; k < end; ++k) dy[k] = h * (y[k] - x[k]);
     }
   }
