@@ -39,6 +39,7 @@ from pyirg.distill import (
     BACKWARD,
     METHODS,
     NORMALIZE,
+    TRANSFORM_POOLS,
     WEIGHT_NAMES,
     DistillConfig,
     distill_net,
@@ -180,6 +181,12 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--normalize", choices=NORMALIZE, default="MAX")
     i.add_argument("--squared", action=argparse.BooleanOptionalAction, default=True)
     i.add_argument("--backward", choices=BACKWARD, default="EXACT")
+    i.add_argument(
+        "--transform-pool",
+        choices=TRANSFORM_POOLS,
+        default="Pooling",
+        help="spatial averaging for IRG-t: the authors' Pooling, or the faster Reduction",
+    )
     d = p.add_argument_group("data")
     d.add_argument("--dataset", choices=tuple(DATASETS), default="cifar10")
     d.add_argument("--data", choices=DATA_KINDS, default="lmdb", help="data layer kind")
@@ -255,6 +262,7 @@ def custom_files(args: argparse.Namespace, net_dir: str) -> dict[str, Message]:
             normalize=args.normalize,
             squared=args.squared,
             backward=args.backward,
+            transform_pool=args.transform_pool,
             data=data,
             name=net_name,
             **overrides,

@@ -417,3 +417,33 @@ def test_gen_cli_other_pairs_and_errors(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         gen_main(["--method", "IRG-t", "--student-depth", "8", "--out", "/nonexistent/x"])
     assert "one block in stage 1" in capsys.readouterr().err
+
+
+def test_reduction_pooling_gives_the_same_transformation_terms() -> None:
+    """transform_pool='Reduction' is a faster stand-in for the authors' global pooling."""
+    teacher = cifar_resnet(14, 0.5, 10, 1)
+    student = cifar_resnet(14, 0.25, 10, 1)
+    outputs = []
+    first: caffe.Net | None = None
+    for pool in ("Pooling", "Reduction"):
+        cfg = DistillConfig.for_method(
+            "IRG-t", teacher, student, data=DIGITS_INPUT, transform_pool=pool
+        )
+        net_param = distill_net(cfg)
+        types = {layer.type for layer in net_param.layer if "pool_eltwise" in layer.name}
+        assert types == {pool}
+        net = load(net_param)
+        trained_teacher_stats(net, net_param)
+        if first is None:
+            first = net
+        else:  # the first net's weights, by layer name
+            for name, blobs in first.params.items():
+                for src, dst in zip(blobs, net.params[name]):
+                    dst.data[...] = src.data
+        feed(net)
+        out = net.forward()
+        outputs.append({k: float(v) for k, v in out.items() if k.startswith("bem")})
+    assert outputs[0].keys() == outputs[1].keys() and len(outputs[0]) == 3
+    for key in outputs[0]:
+        assert outputs[1][key] == pytest.approx(outputs[0][key], rel=1e-5), key
+    assert any(v > 0 for v in outputs[0].values())
