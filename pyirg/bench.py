@@ -62,7 +62,7 @@ TRAIN_METHODS = ("IRG", "IRG-t", "MTK")
 IRG_TYPES = frozenset({"BatchEuclideanMap", "BatchEuclideanVector"})
 # Parameter-free layers pyirg.distill adds only to feed the IRG layers (pooling of block
 # outputs, zero padding); removed with them when nobody reads their tops any more.
-HELPER_TYPES = frozenset({"Pooling", "Power", "Slice", "Silence", "Concat"})
+HELPER_TYPES = frozenset({"Pooling", "Reduction", "Power", "Slice", "Silence", "Concat"})
 FLOAT = 4  # bytes
 MAX_INNER = 20000
 # Seconds for a thread pool to go idle after its last call (see measure): OpenBLAS's
@@ -407,6 +407,7 @@ class Settings:
     attribution_reps: int
     settle: dict[str, float] = field(default_factory=lambda: dict(SETTLE_S))
     quick: bool = False
+    transform_pool: str = "Pooling"
 
 
 def bench_layer(
@@ -608,8 +609,11 @@ def strip_irg(net: Any) -> tuple[Any, list[str]]:
     return out, removed
 
 
-def distill_nets(method: str, batch: int) -> Any:
-    """The paper's net for ``method`` with Input-fed data (pyirg.distill)."""
+def distill_nets(method: str, batch: int, transform_pool: str = "Pooling") -> Any:
+    """The paper's net for ``method`` with Input-fed data (pyirg.distill).
+
+    ``transform_pool``: the authors' global Pooling for IRG-t, or pyirg's Reduction.
+    """
     from pyirg.arch import cifar_resnet
     from pyirg.distill import DistillConfig, distill_net
     from pyirg.netspec import DataConfig
@@ -619,7 +623,9 @@ def distill_nets(method: str, batch: int) -> Any:
         cifar_resnet(14, 0.5, numbering_depth=20) if method == "IRG-t" else cifar_resnet(20, 0.5)
     )
     data = DataConfig(kind="input", train_batch=batch)
-    return distill_net(DistillConfig.for_method(method, teacher, student, data=data))
+    return distill_net(
+        DistillConfig.for_method(method, teacher, student, data=data, transform_pool=transform_pool)
+    )
 
 
 def _solver(net_text: str, files: NetFiles, seed: int) -> Any:
@@ -667,7 +673,7 @@ def _per_layer(net: Any, reps: int) -> list[dict[str, float]]:
 
 def bench_training(method: str, s: Settings, files: NetFiles) -> dict[str, Any]:
     """Iteration time with and without the IRG layers, and the IRG layers' own time."""
-    full_net = distill_nets(method, s.train_batch)
+    full_net = distill_nets(method, s.train_batch, s.transform_pool)
     stripped, removed = strip_irg(full_net)
     full, base = _solver(str(full_net), files, 1), _solver(str(stripped), files, 1)
     steps = {"with_irg": lambda: full.step(1), "without_irg": lambda: base.step(1)}
@@ -1098,6 +1104,9 @@ def settings(args: argparse.Namespace) -> Settings:
         s.reps = args.reps
     if args.skip_train:
         s.train_methods = ()
+    if args.train_only:
+        s.ns, s.cs = (), ()
+    s.transform_pool = args.transform_pool
     return s
 
 
@@ -1124,6 +1133,15 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=None, help="repetitions per size")
     p.add_argument(
         "--skip-train", action="store_true", help="leave out the training-iteration comparison"
+    )
+    p.add_argument(
+        "--train-only", action="store_true", help="only the training-iteration comparison"
+    )
+    p.add_argument(
+        "--transform-pool",
+        choices=("Pooling", "Reduction"),
+        default="Pooling",
+        help="how the IRG-t nets average block outputs (default: the authors' Pooling)",
     )
     args = p.parse_args(argv)
     if args.threads is not None and args.threads < 1:
@@ -1230,7 +1248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     (args.out / "bench.json").write_text(json.dumps(result, indent=1))
     (args.out / "bench.md").write_text(markdown(json.loads(json.dumps(result))))
-    plot(rows, args.out / "bench.png")
+    if rows:
+        plot(rows, args.out / "bench.png")
     print(f"\nwrote bench.json, bench.md, bench.png in {args.out} ({meta['wall_s']:.0f} s)")
     return 0
 
