@@ -61,7 +61,7 @@ class ExperimentConfig:
     """What the main job runs; the defaults are the documented full run."""
 
     out: Path = Path("out/digits")
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     methods: tuple[str, ...] = METHODS
     teacher_depth: int = 20
     teacher_width: float = 1.0
