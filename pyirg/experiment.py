@@ -268,6 +268,10 @@ def run(cfg: ExperimentConfig) -> dict:
         f"ResNet-{cfg.student_depth}x{cfg.student_width:g}, digits "
         f"{len(data.train_labels)} train / {len(data.test_labels)} test, seeds {cfg.seeds}"
     )
+    # Deploy nets (Input "data", output "prob") for evaluation and ONNX export.
+    for name, spec, prefix in (("teacher", teacher, ""), ("student", student, STUDENT_PREFIX)):
+        deploy = deploy_net(spec, prefix=prefix, batch=1, channels=1, height=8, width=8)
+        (cfg.out / f"deploy_{name}.prototxt").write_text(str(deploy))
     t_net = short_run_batchnorm(train_net(teacher, data=_data_config(cfg), name="digits_teacher"))
     t_result = _train(cfg, t_net, cfg.out / "teacher", cfg.teacher_iter, cfg.seeds[0], data)
     teacher_acc = evaluate(teacher, t_result.weights, "", data)

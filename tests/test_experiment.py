@@ -30,6 +30,8 @@ def test_main_job_quick(tmp_path: Path) -> None:
         assert 0.0 <= r["accuracy"] <= 1.0
         assert Path(r["weights"]).is_file()
     assert (out / "results.png").stat().st_size > 0
+    for name in ("teacher", "student"):
+        assert "Softmax" in (out / f"deploy_{name}.prototxt").read_text()
     table = (out / "results.md").read_text()
     for method in methods:
         assert f"| {method} |" in table
