@@ -49,7 +49,7 @@ PY_MINOR=$(python3 -c 'import sys; print(sys.version_info[1])')
 APT_PKGS="build-essential dpkg-dev libboost-system-dev libboost-thread-dev
   libboost-filesystem-dev libboost-python-dev libgflags-dev libgoogle-glog-dev
   libhdf5-dev libleveldb-dev liblmdb-dev libopenblas-dev libopencv-dev
-  libprotobuf-dev libprotoc-dev libsnappy-dev protobuf-compiler python3-venv"
+  libprotobuf-dev libprotoc-dev libsnappy-dev protobuf-compiler python3-dev python3-venv"
 step "Debian build dependencies"
 missing=""
 for p in $APT_PKGS; do
