@@ -1,0 +1,185 @@
+"""The command line: ``python tools/bench.py`` / ``pyirg bench``, and the run that ties it all.
+
+Why here and not in each part: the order matters. Caffe is imported first so the bound
+uses its OpenBLAS, both libraries get the same thread count, and every part writes into
+one bench.json that the markdown and the plot are rebuilt from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pyirg.bench.blas import OpenBLAS, find_caffe_openblas
+from pyirg.bench.config import FULL_C, FULL_N, QUICK_C, QUICK_N, TRAIN_METHODS, Settings
+from pyirg.bench.console import (
+    print_memory,
+    print_profile,
+    print_tables,
+    print_targets,
+    print_training,
+)
+from pyirg.bench.layers import NetFiles, bench_layer, ratios
+from pyirg.bench.machine import machine_info
+from pyirg.bench.memory import memory_rows
+from pyirg.bench.report import markdown, plot, to_json
+from pyirg.bench.targets import evaluate_targets, training_targets
+from pyirg.bench.training import bench_training
+
+
+def settings(args: argparse.Namespace) -> Settings:
+    """Full or quick sizes, then the options that narrow them: one place decides what runs."""
+    if args.quick:
+        s = Settings(
+            QUICK_N,
+            QUICK_C,
+            reps=3,
+            warmup=1,
+            min_sample_s=0.002,
+            train_methods=("IRG",),
+            train_batch=16,
+            train_warmup=1,
+            train_reps=2,
+            attribution_reps=1,
+            quick=True,
+        )
+    else:
+        s = Settings(
+            FULL_N,
+            FULL_C,
+            reps=15,
+            warmup=3,
+            min_sample_s=0.02,
+            train_methods=TRAIN_METHODS,
+            train_batch=64,
+            train_warmup=2,
+            train_reps=12,
+            attribution_reps=5,
+        )
+    if args.reps:
+        s.reps = args.reps
+    if args.skip_train:
+        s.train_methods = ()
+    if args.train_only:
+        s.ns, s.cs = (), ()
+    s.transform_pool = args.transform_pool
+    return s
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options, checked before Caffe and PyTorch load so a typo fails fast."""
+    p = argparse.ArgumentParser(
+        prog="bench.py",
+        description="Benchmark the IRG Caffe layers against PyTorch, the GEMM bound, and "
+        "their share of a distillation training iteration.",
+    )
+    p.add_argument("--quick", action="store_true", help="a few sizes, seconds (for tests)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out/bench"),
+        help="folder for bench.json and bench.png (default: out/bench)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="BLAS threads for Caffe's OpenBLAS and PyTorch (default: OpenBLAS's "
+        "own count: OPENBLAS_NUM_THREADS or the cores)",
+    )
+    p.add_argument("--reps", type=int, default=None, help="repetitions per size")
+    p.add_argument(
+        "--skip-train", action="store_true", help="leave out the training-iteration comparison"
+    )
+    p.add_argument(
+        "--train-only", action="store_true", help="only the training-iteration comparison"
+    )
+    p.add_argument(
+        "--transform-pool",
+        choices=("Pooling", "Reduction"),
+        default="Pooling",
+        help="how the IRG-t nets average block outputs (default: the authors' Pooling)",
+    )
+    args = p.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be >= 1")
+    if args.reps is not None and args.reps < 1:
+        p.error("--reps must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Caffe first (its OpenBLAS is the bound), one thread count for both, then every part."""
+    args = parse(argv)
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    import caffe  # first: its OpenBLAS is the one the bound must use
+
+    caffe.set_mode_cpu()
+    import torch
+
+    s = settings(args)
+    blas = OpenBLAS(find_caffe_openblas())
+    if args.threads is not None:
+        blas.set_threads(args.threads)
+    threads = blas.threads
+    torch.set_num_threads(threads)
+    meta = machine_info(blas)
+    print(
+        f"CPU {meta['cpu_model']} ({meta['cpus_usable']} usable of {meta['cpu_count']}); "
+        f"OpenBLAS {meta['openblas']['corename']} x{threads} threads "
+        f"({meta['openblas']['path']}); torch {torch.__version__} x{torch.get_num_threads()} "
+        f"({meta['torch_blas']}); load {meta['loadavg_start']}"
+    )
+    files = NetFiles()
+    started = time.time()
+    try:
+        rows = []
+        for layer in ("map", "vector"):
+            for c in s.cs:
+                for n in s.ns:
+                    row = bench_layer(layer, n, c, s, blas, files, seed=n * 7919 + c)
+                    row["ratios"] = ratios(row)
+                    rows.append(row)
+                    print(
+                        f"  {layer:>6} N={n:>4} C={c:>5}: caffe "
+                        f"{row['timings']['caffe'].median * 1e3:.3f} ms, "
+                        f"/torch {row['ratios']['vs_torch']:.2f}, "
+                        f"/bound {row['ratios']['vs_bound']:.2f}",
+                        flush=True,
+                    )
+        memory = memory_rows(s.ns, files)
+        train = []
+        for method in s.train_methods:
+            print(f"  training: {method} ...", flush=True)
+            train.append(bench_training(method, s, files))
+    finally:
+        files.close()
+    targets = evaluate_targets(rows)
+    targets += training_targets(train)
+    print_tables(rows)
+    print_targets(targets)
+    print_profile(rows, targets)
+    print_memory(memory)
+    print_training(train)
+    meta["loadavg_end"] = os.getloadavg()
+    meta["wall_s"] = time.time() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "meta": meta,
+        "settings": {k: getattr(s, k) for k in Settings.__dataclass_fields__},
+        "threads": threads,
+        "layers": to_json(rows),
+        "targets": targets,
+        "memory": memory,
+        "training": train,
+    }
+    (args.out / "bench.json").write_text(json.dumps(result, indent=1))
+    (args.out / "bench.md").write_text(markdown(json.loads(json.dumps(result))))
+    if rows:
+        plot(rows, args.out / "bench.png")
+    print(f"\nwrote bench.json, bench.md, bench.png in {args.out} ({meta['wall_s']:.0f} s)")
+    return 0

@@ -1,0 +1,174 @@
+"""The IRG layers' share of a real distillation iteration (``solver.step(1)``).
+
+Why: a fast layer matters only as a share of training. End-to-end differences drown in
+the noise of a shared machine, so the IRG layers' own per-layer time is measured too,
+against the same nets with the IRG layers stripped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from pyirg.bench.config import Settings
+from pyirg.bench.layers import NetFiles
+from pyirg.bench.timing import measure
+
+IRG_TYPES = frozenset({"BatchEuclideanMap", "BatchEuclideanVector"})
+# Parameter-free layers pyirg.distill adds only to feed the IRG layers (pooling of block
+# outputs, zero padding); removed with them when nobody reads their tops any more.
+HELPER_TYPES = frozenset({"Pooling", "Reduction", "Power", "Slice", "Silence", "Concat"})
+
+
+def strip_irg(net: Any) -> tuple[Any, list[str]]:
+    """The same net without its IRG layers, their EuclideanLoss and their helpers.
+
+    Removes every BatchEuclideanMap/Vector, every layer reading one of their tops (the
+    losses), then, repeatedly, every parameter-free helper (pooling of block outputs,
+    zero padding) whose tops nobody reads any more. ``Pooling1`` feeds the classifier and
+    stays; the logits loss is not an IRG layer and stays.
+    """
+    from caffe.proto import caffe_pb2
+
+    removed: list[str] = []
+    dead: set[str] = set()
+    kept = []
+    for layer in net.layer:
+        if layer.type in IRG_TYPES or (layer.type == "EuclideanLoss" and dead & set(layer.bottom)):
+            removed.append(layer.name)
+            dead.update(layer.top)
+        else:
+            kept.append(layer)
+    changed = True
+    while changed:
+        changed = False
+        read = {b for layer in kept for b in layer.bottom}
+        for layer in list(kept):
+            if layer.type in HELPER_TYPES and not set(layer.top) & read:
+                kept.remove(layer)
+                removed.append(layer.name)
+                changed = True
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(net)
+    del out.layer[:]
+    out.layer.extend(kept)
+    return out, removed
+
+
+def distill_nets(method: str, batch: int, transform_pool: str = "Pooling") -> Any:
+    """The paper's net for ``method`` with Input-fed data (pyirg.distill).
+
+    ``transform_pool``: the authors' global Pooling for IRG-t, or pyirg's Reduction.
+    """
+    from pyirg.arch import cifar_resnet
+    from pyirg.distill import DistillConfig, distill_net
+    from pyirg.netspec import DataConfig
+
+    teacher = cifar_resnet(20)
+    student = (
+        cifar_resnet(14, 0.5, numbering_depth=20) if method == "IRG-t" else cifar_resnet(20, 0.5)
+    )
+    data = DataConfig(kind="input", train_batch=batch)
+    return distill_net(
+        DistillConfig.for_method(method, teacher, student, data=data, transform_pool=transform_pool)
+    )
+
+
+def _solver(net_text: str, files: NetFiles, seed: int) -> Any:
+    """SGD solver on the net, fed once with synthetic images and labels, sane BN stats."""
+    import caffe
+
+    path = files.write(net_text)
+    solver_text = (
+        f'net: "{path}"\nbase_lr: 0.01\nmomentum: 0.9\nweight_decay: 0.0005\n'
+        'lr_policy: "fixed"\nmax_iter: 100000000\ndisplay: 0\nsnapshot: 0\n'
+        "snapshot_after_train: false\n"
+    )
+    solver = caffe.SGDSolver(files.write(solver_text, "solver"))
+    net = solver.net
+    rng = np.random.default_rng(seed)
+    images = net.blobs["Data1"]
+    images.data[...] = rng.standard_normal(images.data.shape)
+    net.blobs["Data2"].data[...] = rng.integers(0, 10, net.blobs["Data2"].data.shape)
+    # A frozen teacher uses its stored statistics; all-zero ones would blow activations up
+    # to inf/NaN over 20 layers, and NaN arithmetic is no honest timing.
+    for layer in net.layers:
+        if layer.type == "BatchNorm":
+            layer.blobs[1].data[...] = 1
+            layer.blobs[2].data[...] = 1
+    return solver
+
+
+def _per_layer(net: Any, reps: int) -> list[dict[str, float]]:
+    """Forward + backward time of every layer, each run alone, ``reps`` times."""
+    names = list(net._layer_names)
+    out = []
+    for _ in range(reps):
+        times = dict.fromkeys(names, 0.0)
+        for i, name in enumerate(names):
+            t0 = time.perf_counter()
+            net._forward(i, i)
+            times[name] += time.perf_counter() - t0
+        for i in reversed(range(len(names))):
+            t0 = time.perf_counter()
+            net._backward(i, i)
+            times[names[i]] += time.perf_counter() - t0
+        out.append(times)
+    return out
+
+
+def bench_training(method: str, s: Settings, files: NetFiles) -> dict[str, Any]:
+    """Iteration time with and without the IRG layers, and the IRG layers' own time."""
+    full_net = distill_nets(method, s.train_batch, s.transform_pool)
+    stripped, removed = strip_irg(full_net)
+    full, base = _solver(str(full_net), files, 1), _solver(str(stripped), files, 1)
+    steps = {"with_irg": lambda: full.step(1), "without_irg": lambda: base.step(1)}
+    timings = measure(
+        steps, dict.fromkeys(steps, "openblas"), s.train_reps, 0.0, s.train_warmup, s.settle
+    )
+    layers = _per_layer(full.net, s.attribution_reps)
+    irg_times = [sum(t[name] for name in removed) for t in layers]
+    all_times = [sum(t.values()) for t in layers]
+    # Our layers and their losses, apart from the stock Caffe layers that only feed them
+    # (global pooling of block outputs, zero padding): a miss must say which it is.
+    types = {layer.name: layer.type for layer in full_net.layer}
+    core = [n for n in removed if types[n] in IRG_TYPES or types[n] == "EuclideanLoss"]
+    core_med = float(np.median([sum(t[n] for n in core) for t in layers]))
+    helper_med = float(np.median([sum(t[n] for n in removed if n not in core) for t in layers]))
+    with_t, without_t = timings["with_irg"], timings["without_irg"]
+    paired = [a - b for a, b in zip(with_t.samples, without_t.samples)]
+    base_med = without_t.median
+    losses = {
+        k: float(np.asarray(v.data).sum())
+        for k, v in full.net.blobs.items()
+        if k.endswith("loss") or k.endswith("Loss1")
+    }
+    return {
+        "method": method,
+        "batch": s.train_batch,
+        "removed_layers": removed,
+        "layers_with_irg": len(full_net.layer),
+        "layers_without_irg": len(stripped.layer),
+        "with_irg": with_t.summary(),
+        "without_irg": without_t.summary(),
+        "end_to_end_overhead_pct": 100 * (with_t.median - base_med) / base_med,
+        "end_to_end_paired_diff_pct_q1_q3": [
+            100 * float(np.percentile(paired, p)) / base_med for p in (25, 75)
+        ],
+        "irg_layers_ms": [1e3 * t for t in irg_times],
+        "all_layers_ms": [1e3 * t for t in all_times],
+        "attributed_overhead_pct": 100 * float(np.median(irg_times)) / base_med,
+        "removed_layer_ms": {
+            n: {"type": types[n], "median_ms": 1e3 * float(np.median([t[n] for t in layers]))}
+            for n in removed
+        },
+        "irg_core_ms": 1e3 * core_med,
+        "irg_core_overhead_pct": 100 * core_med / base_med,
+        "helpers_ms": 1e3 * helper_med,
+        "helpers_overhead_pct": 100 * helper_med / base_med,
+        "losses_finite": all(math.isfinite(v) for v in losses.values()),
+        "losses": losses,
+    }
