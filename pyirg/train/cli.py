@@ -1,0 +1,176 @@
+"""``pyirg train`` / ``tools/train.py``: the command line over :func:`train`.
+
+Errors the user can fix become a one-line message and exit status 2, an
+interrupt the conventional 128 + signal, so scripts can tell them apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from pyirg.data.core import DataError
+from pyirg.data.feed import array_batch_fn, pad_images, pixel_mean
+from pyirg.data.writer import read_npy_split
+from pyirg.train.common import DEFAULT_STUDENT_PREFIX, BatchFn, PathLike, caffe_pb2
+from pyirg.train.driver import train
+from pyirg.train.errors import TrainError, TrainingInterrupted
+from pyirg.train.solver_param import prepare_solver_param
+
+
+def input_batch_shapes(net_param: Any, phase: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(top, shape) of the Input layers of ``net_param`` that are active in ``phase``."""
+    tops: list[tuple[str, tuple[int, ...]]] = []
+    for layer in net_param.layer:
+        if layer.type != "Input":
+            continue
+        if layer.include and not any(r.phase == phase for r in layer.include):
+            continue
+        if any(r.HasField("phase") and r.phase == phase for r in layer.exclude):
+            continue
+        shapes = list(layer.input_param.shape)
+        for i, top in enumerate(layer.top):
+            shape = shapes[i] if i < len(shapes) else shapes[0]
+            tops.append((top, tuple(int(d) for d in shape.dim)))
+    return tops
+
+
+def npy_batch_fns(
+    data_dir: PathLike,
+    net_param: Any,
+    *,
+    seed: int,
+    pad: int = 0,
+    mirror: bool = False,
+    scale: float = 1.0,
+) -> tuple[BatchFn, BatchFn]:
+    """Batch functions over a prepared directory's .npy arrays for the net's Input layers.
+
+    The first Input top receives the images (minus the per-pixel train mean,
+    of the padded images when ``pad`` > 0), the second the labels; the batch
+    sizes are the Input shapes' first dimensions in each phase.
+    """
+    pb = caffe_pb2()
+    split = read_npy_split(data_dir)
+    fns = []
+    for phase in (pb.TRAIN, pb.TEST):
+        tops = input_batch_shapes(net_param, phase)
+        if len(tops) < 2:
+            raise TrainError(
+                f"--npy-data needs an Input layer with data and label tops in phase "
+                f"{pb.Phase.Name(phase)}; found {[t for t, _ in tops]}"
+            )
+        (data_blob, shape), (label_blob, _) = tops[0], tops[1]
+        if phase == pb.TRAIN:
+            mean = pixel_mean(pad_images(split.train_images, pad))
+            fns.append(
+                array_batch_fn(
+                    split.train_images,
+                    split.train_labels,
+                    shape[0],
+                    seed=seed,
+                    pad=pad,
+                    mirror=mirror,
+                    mean=mean,
+                    scale=scale,
+                    data_blob=data_blob,
+                    label_blob=label_blob,
+                )
+            )
+        else:
+            fns.append(
+                array_batch_fn(
+                    split.test_images,
+                    split.test_labels,
+                    shape[0],
+                    shuffle=False,
+                    mean=pixel_mean(split.train_images),
+                    scale=scale,
+                    data_blob=data_blob,
+                    label_blob=label_blob,
+                )
+            )
+    return fns[0], fns[1]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``train`` options; ``prog`` is fixed so help reads the same from both entry points."""
+    p = argparse.ArgumentParser(
+        prog="train",
+        description="Train a Caffe net or an IRG distillation net through pycaffe.",
+    )
+    p.add_argument("--solver", required=True, type=Path, help="solver .prototxt")
+    p.add_argument("--net", type=Path, help="net .prototxt (replaces the solver's net)")
+    p.add_argument("--teacher-weights", type=Path, help="teacher .caffemodel (distillation)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest snapshot")
+    p.add_argument("--max-iter", type=int, help="override the solver's max_iter")
+    p.add_argument("--test-interval", type=int, help="override test_interval (0: only at end)")
+    p.add_argument("--snapshot-interval", type=int, help="override snapshot (0: only at end)")
+    p.add_argument("--student-prefix", default=DEFAULT_STUDENT_PREFIX)
+    p.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-preflight", action="store_true", help="skip pyirg.check")
+    g = p.add_argument_group("Input-fed nets")
+    g.add_argument(
+        "--npy-data",
+        type=Path,
+        help="prepared directory with train/test *.npy (prepare_data digits) for Input layers",
+    )
+    g.add_argument("--pad", type=int, default=0, help="random crops from images padded by N")
+    g.add_argument("--mirror", action="store_true", help="random horizontal flips")
+    g.add_argument("--scale", type=float, default=1.0, help="multiply mean-subtracted pixels")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``train`` from the command line; return the process exit status."""
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("GLOG_minloglevel", "2")  # before pycaffe loads glog
+    try:
+        batch_fn = test_batch_fn = None
+        if args.npy_data is not None:
+            _, net_param, _ = prepare_solver_param(args.solver, args.net)
+            batch_fn, test_batch_fn = npy_batch_fns(
+                args.npy_data,
+                net_param,
+                seed=args.seed,
+                pad=args.pad,
+                mirror=args.mirror,
+                scale=args.scale,
+            )
+        result = train(
+            args.solver,
+            args.out,
+            net=args.net,
+            teacher_weights=args.teacher_weights,
+            seed=args.seed,
+            resume=args.resume,
+            batch_fn=batch_fn,
+            test_batch_fn=test_batch_fn,
+            max_iter=args.max_iter,
+            test_interval=args.test_interval,
+            snapshot_interval=args.snapshot_interval,
+            student_prefix=args.student_prefix,
+            progress=not args.no_progress,
+            preflight=not args.no_preflight,
+            gpu=args.gpu,
+        )
+    except TrainingInterrupted as e:
+        print(
+            f"train: {signal.Signals(e.signum).name} at iteration {e.result.iterations}: "
+            f"saved {e.result.solverstate}; continue with --resume",
+            file=sys.stderr,
+        )
+        return 128 + e.signum
+    except (TrainError, DataError) as e:
+        print(f"train: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"weights": str(result.weights), **result.metrics}, indent=2))
+    return 0

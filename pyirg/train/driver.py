@@ -1,0 +1,167 @@
+"""``train()``: check everything that would make Caffe abort or train wrongly, then run.
+
+Caffe's own periodic testing and snapshotting are switched off in the solver the
+driver runs (written to OUT as ``solver.effective.prototxt``); the loop does
+both itself, at ``test_interval`` and ``snapshot`` (or the overrides given).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from google.protobuf import text_format
+
+from pyirg.data.fsutil import atomic_write_text
+from pyirg.train.common import DEFAULT_STUDENT_PREFIX, BatchFn, PathLike, import_caffe
+from pyirg.train.errors import TrainError
+from pyirg.train.loop import TrainingRun
+from pyirg.train.preflight import run_preflight
+from pyirg.train.results import TrainResult
+from pyirg.train.snapshots import TMP_PREFIX, latest_snapshot, remove_stale_tmp, snapshot_name
+from pyirg.train.solver_param import prepare_solver_param
+from pyirg.train.weights import check_weights, load_teacher
+
+EFFECTIVE_SOLVER = "solver.effective.prototxt"
+#: Caffe tests when ``iter % test_interval == 0``; this interval is never reached.
+_NEVER = 2**31 - 1
+
+
+def train(
+    solver: PathLike | Any,
+    out_dir: PathLike,
+    *,
+    net: PathLike | Any | None = None,
+    teacher_weights: PathLike | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    batch_fn: BatchFn | None = None,
+    test_batch_fn: BatchFn | None = None,
+    max_iter: int | None = None,
+    test_interval: int | None = None,
+    snapshot_interval: int | None = None,
+    student_prefix: str = DEFAULT_STUDENT_PREFIX,
+    progress: bool = True,
+    preflight: bool = True,
+    gpu: int | None = None,
+) -> TrainResult:
+    """Train the solver's net (or ``net``) into ``out_dir`` and return the final metrics.
+
+    ``solver``: a solver .prototxt path or a SolverParameter.  ``net``: a net
+    .prototxt path or a NetParameter replacing the solver's net.  Input-fed nets
+    need ``batch_fn(iteration)`` (and ``test_batch_fn(batch_index)`` for Input-fed
+    test nets), each returning ``{blob name: array}``; they must be deterministic
+    in their argument for ``resume`` to reproduce an uninterrupted run.
+    ``max_iter``/``test_interval``/``snapshot_interval`` override the solver's
+    values (0 disables periodic tests or snapshots; the end of training always
+    tests and snapshots).  Snapshots are ``out_dir/<basename of the solver's
+    snapshot_prefix, default "snapshot">_iter_N.{caffemodel,solverstate}``; an
+    ``out_dir`` that already holds some is refused unless ``resume``.  Test
+    outputs are averaged over ``test_iter`` batches of each test net, which
+    shares the train net's weights.  Raises :class:`TrainError` (or a subclass) before
+    training when the setup is wrong, :class:`TrainingInterrupted` after saving a
+    snapshot on SIGINT/SIGTERM.
+    """
+    caffe = import_caffe()
+    pb = caffe.proto.caffe_pb2
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    param, net_param, source = prepare_solver_param(solver, net, out_dir=out)
+    if preflight:
+        for warning in run_preflight(net_param, source, student_prefix=student_prefix):
+            print(f"warning: {source}: {warning}", file=sys.stderr)
+
+    max_iter = param.max_iter if max_iter is None else max_iter
+    if max_iter <= 0:
+        raise TrainError(f"max_iter must be positive, got {max_iter}")
+    test_interval = param.test_interval if test_interval is None else test_interval
+    snapshot_interval = param.snapshot if snapshot_interval is None else snapshot_interval
+    if test_interval < 0 or snapshot_interval < 0:
+        raise TrainError("test_interval and snapshot_interval must be >= 0")
+    if batch_fn is not None and param.iter_size > 1:
+        raise TrainError("batch_fn feeds one batch per iteration; iter_size > 1 would reuse it")
+    name = snapshot_name(param.snapshot_prefix)
+    existing = latest_snapshot(out, name)
+    if existing is not None and not resume:
+        raise TrainError(
+            f"{out} already holds snapshot {existing.solverstate.name}; "
+            "pass --resume to continue from it, or choose another --out"
+        )
+
+    remove_stale_tmp(out)
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out))
+    try:
+        param.snapshot_prefix = str(tmp / name)
+        param.snapshot = 0
+        param.snapshot_after_train = False
+        param.snapshot_format = pb.SolverParameter.BINARYPROTO
+        param.random_seed = seed
+        param.max_iter = max_iter
+        param.test_interval = _NEVER
+        param.test_initialization = False
+        param.display = 0
+        solver_file = out / EFFECTIVE_SOLVER
+        atomic_write_text(
+            solver_file,
+            "# Written by pyirg.train: testing and snapshots are done by the driver.\n"
+            + text_format.MessageToString(param),
+        )
+        if gpu is None:
+            caffe.set_mode_cpu()
+        else:
+            caffe.set_device(gpu)
+            caffe.set_mode_gpu()
+        caffe.set_random_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        csolver = caffe.get_solver(str(solver_file))
+
+        resuming = resume and existing is not None
+        distill, shapes = load_teacher(
+            csolver, teacher_weights, student_prefix, source, required=not resuming
+        )
+        if csolver.net.inputs and batch_fn is None:
+            raise TrainError(
+                f"{source}: the train net is Input-fed ({', '.join(csolver.net.inputs)}) "
+                "but no batch_fn was given"
+            )
+        if any(t.inputs for t in csolver.test_nets) and test_batch_fn is None:
+            raise TrainError(f"{source}: the test net is Input-fed but no test_batch_fn was given")
+
+        run_info = {
+            "solver": str(solver) if not isinstance(solver, pb.SolverParameter) else "<param>",
+            "net": source,
+            "teacher_weights": str(teacher_weights) if teacher_weights else None,
+            "seed": seed,
+            "max_iter": max_iter,
+            "student_prefix": student_prefix,
+            "distillation": distill,
+        }
+        run = TrainingRun(
+            csolver,
+            param,
+            out,
+            tmp,
+            name,
+            batch_fn=batch_fn,
+            test_batch_fn=test_batch_fn,
+            max_iter=max_iter,
+            test_interval=test_interval,
+            snapshot_interval=snapshot_interval,
+            student_prefix=student_prefix,
+            distill=distill,
+            progress=progress,
+            run_info=run_info,
+        )
+        if resuming:
+            assert existing is not None
+            check_weights(shapes, existing.caffemodel)
+            run.restore(existing)
+        return run.run()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

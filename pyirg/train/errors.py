@@ -1,0 +1,29 @@
+"""The exceptions of the driver: one base class so callers can catch every setup problem."""
+
+from __future__ import annotations
+
+from pyirg.train.results import TrainResult
+
+
+class TrainError(RuntimeError):
+    """Training cannot start or continue; the message names the file or layer."""
+
+
+class TeacherWeightsError(TrainError):
+    """Teacher weights are missing, incomplete or of the wrong shape."""
+
+
+class PreflightError(TrainError):
+    """``pyirg.check.check_net`` reported errors in the net."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised after SIGINT/SIGTERM once a snapshot is saved; ``result`` describes it.
+
+    A KeyboardInterrupt, so that a caller looping over runs stops too.
+    """
+
+    def __init__(self, result: TrainResult, signum: int) -> None:
+        super().__init__(f"interrupted by signal {signum} at iteration {result.iterations}")
+        self.result = result
+        self.signum = signum

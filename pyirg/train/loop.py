@@ -1,0 +1,248 @@
+"""The training loop over a built solver, stepping one iteration at a time.
+
+Stepping singly lets the driver feed Input-fed nets per iteration, record each
+loss term, test and snapshot on its own schedule, and stop cleanly between
+iterations on a signal.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from pyirg.train import metrics
+from pyirg.train.common import BatchFn
+from pyirg.train.errors import TrainError, TrainingInterrupted
+from pyirg.train.results import Snapshot, TrainResult
+from pyirg.train.signals import StopRequest, stop_on_signals
+from pyirg.train.snapshots import restore_snapshot, save_snapshot
+
+
+class TrainingRun:
+    """One training run over a built solver: the loop, tests, snapshots, metrics."""
+
+    def __init__(
+        self,
+        solver: Any,
+        param: Any,
+        out: Path,
+        tmp: Path,
+        name: str,
+        *,
+        batch_fn: BatchFn | None,
+        test_batch_fn: BatchFn | None,
+        max_iter: int,
+        test_interval: int,
+        snapshot_interval: int,
+        student_prefix: str,
+        distill: bool,
+        progress: bool,
+        run_info: dict[str, Any],
+    ) -> None:
+        self.solver = solver
+        self.param = param
+        self.out, self.tmp, self.name = out, tmp, name
+        self.batch_fn, self.test_batch_fn = batch_fn, test_batch_fn
+        self.max_iter = max_iter
+        self.test_interval = test_interval
+        self.snapshot_interval = snapshot_interval
+        self.prefix = student_prefix
+        self.distill = distill
+        self.progress = progress
+        self.run_info = run_info
+        self.train_rows: list[dict[str, float]] = []
+        self.test_rows: list[dict[str, float]] = []
+        self.last_snapshot: Snapshot | None = None
+
+        net = solver.net
+        weights = net.blob_loss_weights
+        self.train_scalars = [b for b in net.outputs if net.blobs[b].count == 1]
+        self.loss_terms = [b for b, w in weights.items() if w != 0 and net.blobs[b].count == 1]
+        self.loss_weights = {b: float(weights[b]) for b in self.loss_terms}
+        batch = next(iter(net.blobs.values())).shape[0] if len(net.blobs) else 0
+        self.images_per_iter = batch * max(1, param.iter_size)
+        self.accuracy_blobs = self._accuracy_blobs()
+
+    def _accuracy_blobs(self) -> list[str]:
+        if not self.solver.test_nets:
+            return []
+        tnet = self.solver.test_nets[0]
+        return [
+            tnet.top_names[lname][0]
+            for lname, layer in zip(tnet._layer_names, tnet.layers)
+            if layer.type == "Accuracy" and tnet.top_names[lname]
+        ]
+
+    @property
+    def summary_accuracy_names(self) -> list[str]:
+        """The headline accuracies: the student's and teacher's apart in a distillation net."""
+        return ["student_accuracy", "teacher_accuracy"] if self.distill else ["accuracy"]
+
+    # -- feeding -----------------------------------------------------------------------
+    @staticmethod
+    def _feed(net: Any, batch: Mapping[str, np.ndarray], what: str) -> None:
+        missing = [b for b in net.inputs if b not in batch]
+        if missing:
+            raise TrainError(f"{what} gave no array for input blob(s) {', '.join(missing)}")
+        for name, value in batch.items():
+            if name not in net.blobs:
+                raise TrainError(f"{what} gave an array for '{name}', which the net does not have")
+            array = np.asarray(value, dtype=np.float32)
+            blob = net.blobs[name]
+            if array.shape != blob.data.shape:
+                blob.reshape(*array.shape)
+            blob.data[...] = array
+
+    # -- one iteration ----------------------------------------------------------------
+    def _train_one(self, bar: tqdm) -> None:
+        solver, net = self.solver, self.solver.net
+        it = solver.iter
+        start = time.perf_counter()
+        if self.batch_fn is not None:
+            self._feed(net, self.batch_fn(it), f"batch_fn({it})")
+        lr = float(solver.lr) if hasattr(solver, "lr") else math.nan
+        solver.step(1)
+        elapsed = time.perf_counter() - start
+        row: dict[str, float] = {"iter": it, "lr": lr}
+        row["images_per_s"] = self.images_per_iter / elapsed if elapsed > 0 else math.nan
+        for name in dict.fromkeys([*self.loss_terms, *self.train_scalars]):
+            row[name] = float(net.blobs[name].data.flat[0])
+        row["total_loss"] = sum(w * row[b] for b, w in self.loss_weights.items())
+        self.train_rows.append(row)
+        postfix = {b: f"{row[b]:.4g}" for b in self.loss_terms}
+        postfix["lr"] = f"{lr:.3g}"
+        postfix["img/s"] = f"{row['images_per_s']:.0f}"
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(1)
+
+    # -- testing ------------------------------------------------------------------------
+    def _test(self, bar: tqdm | None) -> None:
+        row: dict[str, float] = {"iter": self.solver.iter}
+        for k, tnet in enumerate(self.solver.test_nets):
+            tnet.share_with(self.solver.net)
+            n = self.param.test_iter[k]
+            scalars = [b for b in tnet.outputs if tnet.blobs[b].count == 1]
+            sums = dict.fromkeys(scalars, 0.0)
+            for i in range(n):
+                if tnet.inputs:
+                    assert self.test_batch_fn is not None  # checked before training
+                    self._feed(tnet, self.test_batch_fn(i), f"test_batch_fn({i})")
+                tnet.forward()
+                for b in scalars:
+                    sums[b] += float(tnet.blobs[b].data.flat[0])
+            tag = "" if k == 0 else f"test{k}/"
+            row.update({f"{tag}{b}": s / max(n, 1) for b, s in sums.items()})
+        student = [b for b in self.accuracy_blobs if b.startswith(self.prefix)]
+        teacher = [b for b in self.accuracy_blobs if not b.startswith(self.prefix)]
+        if self.distill:
+            if student:
+                row["student_accuracy"] = row[student[0]]
+            if teacher:
+                row["teacher_accuracy"] = row[teacher[0]]
+        elif self.accuracy_blobs:
+            row["accuracy"] = row[self.accuracy_blobs[0]]
+        self.test_rows.append(row)
+        shown = {k: row[k] for k in self.summary_accuracy_names if k in row} or {
+            k: v for k, v in row.items() if k != "iter"
+        }
+        text = ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+        if self.progress:
+            tqdm.write(f"[test] iteration {row['iter']}: {text}", file=sys.stderr)
+        self.write_metrics(plot=False)
+
+    # -- snapshots ----------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """Save a snapshot at the current iteration, unless one was just saved there."""
+        it = self.solver.iter
+        if self.last_snapshot is not None and self.last_snapshot.iteration == it:
+            return self.last_snapshot
+        self.last_snapshot = save_snapshot(self.solver, self.tmp, self.out, self.name)
+        self.write_metrics(plot=False)
+        return self.last_snapshot
+
+    def restore(self, snap: Snapshot) -> None:
+        """Continue from ``snap``, with the metric histories it had seen."""
+        restore_snapshot(self.solver, snap, self.tmp)
+        self.last_snapshot = snap
+        history = metrics.load_history(self.out, snap.iteration)
+        if history is not None:
+            self.train_rows, self.test_rows = history
+
+    # -- outputs ------------------------------------------------------------------------
+    def final_metrics(self) -> dict[str, float]:
+        """The summary of the run so far (see :func:`pyirg.train.metrics.final_metrics`)."""
+        return metrics.final_metrics(
+            self.solver.iter, self.train_rows, self.test_rows, self.summary_accuracy_names
+        )
+
+    def write_metrics(self, *, plot: bool) -> None:
+        """Rewrite the metric files in OUT; the PNG only when ``plot``."""
+        metrics.write_metrics(
+            self.out,
+            self.run_info,
+            self.final_metrics(),
+            self.train_rows,
+            self.test_rows,
+            plot=plot,
+            loss_names=self.loss_terms,
+            accuracy_names=self.accuracy_blobs,
+        )
+
+    def result(self, *, interrupted: bool) -> TrainResult:
+        """The run so far as a :class:`TrainResult`."""
+        snap = self.last_snapshot
+        return TrainResult(
+            out_dir=self.out,
+            weights=snap.caffemodel if snap else None,
+            solverstate=snap.solverstate if snap else None,
+            iterations=self.solver.iter,
+            metrics=self.final_metrics(),
+            train_history=list(self.train_rows),
+            test_history=list(self.test_rows),
+            interrupted=interrupted,
+        )
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """Train to ``max_iter``, then test and snapshot; on a signal, snapshot and raise."""
+        solver = self.solver
+        stop = StopRequest()
+        bar = tqdm(
+            total=self.max_iter,
+            initial=solver.iter,
+            disable=not self.progress,
+            desc=self.out.name,
+            unit="it",
+            dynamic_ncols=True,
+        )
+        with stop_on_signals(stop), bar:
+            try:
+                while solver.iter < self.max_iter and stop.signum is None:
+                    self._train_one(bar)
+                    it = solver.iter
+                    if self.test_interval and solver.test_nets and it % self.test_interval == 0:
+                        self._test(bar)
+                    if self.snapshot_interval and it % self.snapshot_interval == 0:
+                        self.snapshot()
+            except KeyboardInterrupt:
+                if stop.signum is not None:  # a second signal: stop now, no snapshot
+                    raise
+                stop.signum = signal.SIGINT  # e.g. raised by a batch function
+            if stop.signum is not None:
+                self.snapshot()
+                self.write_metrics(plot=True)
+                raise TrainingInterrupted(self.result(interrupted=True), stop.signum)
+            tested = bool(self.test_rows) and self.test_rows[-1]["iter"] == solver.iter
+            if solver.test_nets and not tested:
+                self._test(bar)
+            self.snapshot()
+            self.write_metrics(plot=True)
+        return self.result(interrupted=False)

@@ -1,0 +1,155 @@
+"""Check teacher weights against the net before Caffe's ``copy_from`` sees them.
+
+``copy_from`` silently leaves a teacher layer at its random initialisation when
+the .caffemodel lacks it, and aborts the process on a shape mismatch; these
+checks refuse such weights first, naming the layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pyirg.train.common import PathLike, caffe_pb2
+from pyirg.train.errors import TeacherWeightsError
+
+#: Per layer, each parameter blob's shape and whether it uses the legacy 4-axis form.
+BlobShapes = dict[str, list[tuple[tuple[int, ...], bool]]]
+
+
+def _blob_proto_shape(blob: Any) -> tuple[tuple[int, ...], bool]:
+    """A BlobProto's shape and whether it is given by the legacy num/channels/height/width."""
+    if blob.HasField("shape"):
+        return tuple(int(d) for d in blob.shape.dim), False
+    return (blob.num, blob.channels, blob.height, blob.width), True
+
+
+def _weights_blobs(path: PathLike) -> BlobShapes:
+    """Read only the blob shapes of a weights file; unreadable files raise with its name."""
+    path = Path(path)
+    if not path.is_file():
+        raise TeacherWeightsError(f"weights file '{path}' does not exist")
+    if path.suffix == ".h5":
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                data = f["data"]
+                return {
+                    name: [(tuple(data[name][str(i)].shape), False) for i in range(len(data[name]))]
+                    for name in data
+                }
+        except (OSError, KeyError) as e:
+            raise TeacherWeightsError(f"{path}: not Caffe HDF5 weights: {e}") from e
+    param = caffe_pb2().NetParameter()
+    try:
+        param.ParseFromString(path.read_bytes())
+    except Exception as e:  # protobuf's DecodeError differs between implementations
+        raise TeacherWeightsError(f"{path}: not a binary Caffe NetParameter: {e}") from e
+    blobs = {
+        layer.name: [_blob_proto_shape(b) for b in layer.blobs]
+        for layer in [*param.layer, *param.layers]  # V2 and legacy V1 layers
+    }
+    if not blobs:
+        raise TeacherWeightsError(f"{path}: holds no layers (not a trained .caffemodel?)")
+    return blobs
+
+
+def weights_shapes(path: PathLike) -> dict[str, list[tuple[int, ...]]]:
+    """Layer name -> parameter blob shapes of a .caffemodel (or Caffe .h5 weights)."""
+    return {name: [s for s, _ in blobs] for name, blobs in _weights_blobs(path).items()}
+
+
+def _shapes_match(source: tuple[int, ...], target: tuple[int, ...], legacy: bool) -> bool:
+    if not legacy:
+        return source == target
+    # Caffe compares legacy num/channels/height/width with the target padded to 4 axes.
+    return len(target) <= 4 and source == (1,) * (4 - len(target)) + target
+
+
+def net_param_shapes(nets: Sequence[Any]) -> dict[str, list[tuple[int, ...]]]:
+    """Layer name -> parameter blob shapes over the given pycaffe nets (first wins)."""
+    shapes: dict[str, list[tuple[int, ...]]] = {}
+    for net in nets:
+        for name, blobs in net.params.items():
+            shapes.setdefault(name, [tuple(b.data.shape) for b in blobs])
+    return shapes
+
+
+def check_weights(
+    net_shapes: Mapping[str, list[tuple[int, ...]]],
+    weights: PathLike,
+    *,
+    required: Sequence[str] = (),
+) -> None:
+    """Refuse weights that Caffe's copy_from would abort on or leave ``required`` layers unset.
+
+    Every layer present in both must have the same number of blobs and the same
+    shapes (Caffe aborts otherwise); every layer in ``required`` must be present
+    with its blobs (Caffe would silently keep the random initialisation).
+    """
+    source = _weights_blobs(weights)
+    missing = [name for name in required if not source.get(name)]
+    if missing:
+        raise TeacherWeightsError(
+            f"{weights}: no weights for teacher layer(s) {', '.join(missing)}; "
+            "they would stay uninitialised"
+        )
+    problems = []
+    for name, target in net_shapes.items():
+        got = source.get(name)
+        if got is None:
+            continue
+        if len(got) != len(target):
+            problems.append(
+                f"layer '{name}': {len(got)} blobs in the weights, {len(target)} in the net"
+            )
+            continue
+        for i, ((shape, legacy), want) in enumerate(zip(got, target)):
+            if not _shapes_match(shape, want, legacy):
+                problems.append(f"layer '{name}' blob {i}: weights {shape} vs net {want}")
+    if problems:
+        raise TeacherWeightsError(f"{weights}: shape mismatch: " + "; ".join(problems))
+
+
+def teacher_layers(
+    net_shapes: Mapping[str, list[tuple[int, ...]]], student_prefix: str
+) -> list[str]:
+    """Layers with parameters that belong to the teacher (no student prefix)."""
+    return [name for name in net_shapes if not name.startswith(student_prefix)]
+
+
+def load_teacher(
+    solver: Any,
+    teacher_weights: PathLike | None,
+    student_prefix: str,
+    source: str,
+    *,
+    required: bool,
+) -> tuple[bool, dict[str, list[tuple[int, ...]]]]:
+    """Check and load teacher weights; return (is a distillation net, parameter shapes).
+
+    A net is a distillation net when some layer carries the student prefix; its
+    other layers with parameters are the teacher's, and must all come from
+    ``teacher_weights`` (``required`` is False when a snapshot will supply them).
+    """
+    nets = [solver.net, *solver.test_nets]
+    shapes = net_param_shapes(nets)
+    distill = any(n.startswith(student_prefix) for n in solver.net._layer_names)
+    teacher = teacher_layers(shapes, student_prefix) if distill else []
+    if teacher_weights is not None:
+        if not distill:
+            raise TeacherWeightsError(
+                f"{source}: no layer carries the student prefix '{student_prefix}', so the "
+                "net is not a distillation net; teacher weights do not apply"
+            )
+        check_weights(shapes, teacher_weights, required=teacher)
+        for net in nets:  # test-only layers are not shared from the train net
+            net.copy_from(str(teacher_weights))
+    elif teacher and required:
+        raise TeacherWeightsError(
+            f"{source}: teacher layer(s) {', '.join(teacher)} have parameters "
+            "but no teacher weights were given (--teacher-weights)"
+        )
+    return distill, shapes
