@@ -7,13 +7,14 @@ pass with our patch and layers in the tree, so the drop-in breaks nothing.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run
+from conftest import REPO, run
 
 MODES = ["MaxSquared", "MaxL2", "MeanSquared", "MeanL2", "NoneSquared", "NoneL2"]
 
@@ -72,18 +73,48 @@ def _has_gpu() -> bool:
     return bool(smi) and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
 
 
-@pytest.mark.skipif(
-    not _has_gpu(),
-    reason="no CUDA GPU on this machine: the GPU gtests "
-    "are compiled by test_cuda_build.py but cannot run here",
-)
-def test_gpu_gtests(caffe_root: Path) -> None:
-    binary = _testbin(caffe_root)
-    listing = run([str(binary), "--gtest_list_tests"]).stdout
-    if "GPUDevice" not in listing:
-        pytest.skip("this Caffe build is CPU_ONLY: build a CUDA Caffe tree to run GPU tests")
-    # TestDtypesAndDevices: instances 2 and 3 are GPUDevice<float> and <double>.
+@pytest.fixture(scope="module")
+def cuda_tree() -> tuple[Path, dict[str, str]]:
+    """The drop-in tree built with CUDA (build_caffe.sh --cuda) and its library path."""
+    root = Path(os.environ.get("IRG_CAFFE_CUDA") or REPO / ".caffe-cuda").resolve()
+    binary = root / ".build_release" / "test" / "test_all.testbin"
+    if not binary.exists():
+        pytest.skip("no CUDA build (tools/build_caffe.sh --cuda, which needs nvcc)")
+    libs = (root / ".irg-ld-library-path").read_text().strip()
+    path = os.pathsep.join(p for p in (libs, os.environ.get("LD_LIBRARY_PATH", "")) if p)
+    return binary, dict(os.environ, LD_LIBRARY_PATH=path)
+
+
+def test_cuda_build_has_the_gpu_gtests(cuda_tree: tuple[Path, dict[str, str]]) -> None:
+    binary, env = cuda_tree
+    listing = run([str(binary), "--gtest_list_tests"], env=env).stdout
+    # TestDtypesAndDevices with CUDA: instances 2 and 3 are GPUDevice<float> and <double>.
+    for layer in ("BatchEuclideanMapLayerTest", "BatchEuclideanVectorLayerTest"):
+        for instance in (2, 3):
+            block = re.search(rf"^{layer}/{instance}\.[^\n]*\n((?:  .*\n)+)", listing, re.M)
+            assert block, f"{layer}/{instance} (GPU) missing from the CUDA test binary"
+            for mode in MODES:
+                assert f"TestGradient{mode}" in block.group(1), (layer, instance, mode)
+
+
+def test_cuda_build_cpu_cases_pass(cuda_tree: tuple[Path, dict[str, str]]) -> None:
+    """The CUDA build's CPU path (CPU_ONLY off, no GPU needed) passes our tests too."""
+    binary, env = cuda_tree
     proc = run(
-        [str(binary), "--gtest_filter=*BatchEuclidean*/2.*:*BatchEuclidean*/3.*"], cwd=caffe_root
+        [str(binary), "--gtest_filter=*BatchEuclidean*/0.*:*BatchEuclidean*/1.*"],
+        cwd=binary.parents[2],
+        env=env,
     )
     assert proc.returncode == 0
+    assert _passed(proc.stdout) >= 56
+
+
+@pytest.mark.skipif(
+    not _has_gpu(),
+    reason="no CUDA GPU on this machine: the GPU gtests are built (CUDA tree) but cannot run",
+)
+def test_gpu_gtests(cuda_tree: tuple[Path, dict[str, str]]) -> None:
+    binary, env = cuda_tree
+    proc = run([str(binary), "--gtest_filter=*BatchEuclidean*"], cwd=binary.parents[2], env=env)
+    assert proc.returncode == 0
+    assert _passed(proc.stdout) >= 66 + 56

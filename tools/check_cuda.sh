@@ -6,41 +6,19 @@
 #   bash tools/check_cuda.sh CAFFE_ROOT [ARCH...]     (default arch: sm_75 sm_90)
 #
 # Caffe's GPU headers include cuBLAS and cuRAND, which a bare CUDA toolkit may
-# lack: their headers come from PyPI's nvidia-cublas / nvidia-curand wheels,
-# downloaded once into the cache (headers only are unpacked). Exit status 77
-# means "no nvcc here" (reported as skipped by the tests).
+# lack: tools/cuda_deps.sh takes their headers from PyPI's nvidia-cublas /
+# nvidia-curand wheels. Exit status 77 means "no nvcc here" (reported as skipped
+# by the tests).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CAFFE_ROOT=${1:?usage: check_cuda.sh CAFFE_ROOT [ARCH...]}
 shift
 ARCHS=("${@:-sm_75}")
 [ $# -gt 0 ] || ARCHS=(sm_75 sm_90)
-CACHE=${IRG_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/irg-caffe}
 NVCC=${NVCC:-$(command -v nvcc || true)}
 [ -n "$NVCC" ] || { echo "check_cuda: no nvcc on PATH: CUDA compile check skipped"; exit 77; }
-PY=${PYTHON:-$REPO/.venv/bin/python}
 
-HEADERS=$CACHE/cuda-headers
-if [ ! -f "$HEADERS/.complete" ]; then
-  echo "check_cuda: fetching cuBLAS/cuRAND headers (PyPI wheels, headers only)"
-  rm -rf "$HEADERS" && mkdir -p "$HEADERS/wheels"
-  "$PY" -m pip download -q --no-deps -d "$HEADERS/wheels" \
-    "nvidia-cublas>=13,<14" "nvidia-curand>=10.4,<11" 2>&1 | grep -v '^WARNING' || true
-  "$PY" - "$HEADERS" <<'EOF'
-import sys, zipfile
-from pathlib import Path
-out = Path(sys.argv[1])
-for wheel in (out / "wheels").glob("*.whl"):
-    with zipfile.ZipFile(wheel) as z:
-        for name in z.namelist():
-            if "/include/" in name and name.endswith(".h"):
-                (out / "include" / Path(name).name).parent.mkdir(parents=True, exist_ok=True)
-                (out / "include" / Path(name).name).write_bytes(z.read(name))
-EOF
-  rm -rf "$HEADERS/wheels"
-  ls "$HEADERS/include/cublas_v2.h" "$HEADERS/include/curand.h" > /dev/null
-  touch "$HEADERS/.complete"
-fi
+HEADERS=$(bash "$REPO/tools/cuda_deps.sh")
 
 # The toolkit's own include directories, as nvcc itself reports them (nvcc
 # may be a wrapper script outside the toolkit).

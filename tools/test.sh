@@ -9,7 +9,12 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
-bash tools/build_caffe.sh --with-tests
+# With nvcc, also the CUDA build, so that the GPU gtests are built (they run where a GPU is).
+if command -v nvcc > /dev/null; then
+  bash tools/build_caffe.sh --with-tests --cuda
+else
+  bash tools/build_caffe.sh --with-tests
+fi
 # shellcheck disable=SC1091
 source tools/env.sh
 export GLOG_minloglevel=${GLOG_minloglevel:-2}
