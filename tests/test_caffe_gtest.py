@@ -26,6 +26,12 @@ def _testbin(caffe_root: Path) -> Path:
     return binary
 
 
+def _instance_tests(listing: str, layer: str, instance: int) -> str | None:
+    """The test names gtest lists under ``layer/instance.``, or None if it lists none."""
+    block = re.search(rf"^{layer}/{instance}\.[^\n]*\n((?:  .*\n)+)", listing, re.M)
+    return block.group(1) if block else None
+
+
 def _passed(output: str) -> int:
     match = re.search(r"\[  PASSED  \] (\d+) tests?\.", output)
     assert match, output[-3000:]
@@ -37,9 +43,8 @@ def test_irg_layer_tests_are_all_there(caffe_root: Path) -> None:
     # TestDtypesAndDevices lists CPUDevice<float> (instance 0) and CPUDevice<double> (1).
     for layer in ("BatchEuclideanMapLayerTest", "BatchEuclideanVectorLayerTest"):
         for instance, dtype in ((0, "float"), (1, "double")):
-            block = re.search(rf"^{layer}/{instance}\.[^\n]*\n((?:  .*\n)+)", listing, re.M)
-            assert block, f"{layer} <{dtype}> missing from the test binary"
-            names = block.group(1)
+            names = _instance_tests(listing, layer, instance)
+            assert names, f"{layer} <{dtype}> missing from the test binary"
             for mode in MODES:
                 assert f"TestGradient{mode}" in names, (layer, dtype, mode)
             for name in (
@@ -91,10 +96,10 @@ def test_cuda_build_has_the_gpu_gtests(cuda_tree: tuple[Path, dict[str, str]]) -
     # TestDtypesAndDevices with CUDA: instances 2 and 3 are GPUDevice<float> and <double>.
     for layer in ("BatchEuclideanMapLayerTest", "BatchEuclideanVectorLayerTest"):
         for instance in (2, 3):
-            block = re.search(rf"^{layer}/{instance}\.[^\n]*\n((?:  .*\n)+)", listing, re.M)
-            assert block, f"{layer}/{instance} (GPU) missing from the CUDA test binary"
+            names = _instance_tests(listing, layer, instance)
+            assert names, f"{layer}/{instance} (GPU) missing from the CUDA test binary"
             for mode in MODES:
-                assert f"TestGradient{mode}" in block.group(1), (layer, instance, mode)
+                assert f"TestGradient{mode}" in names, (layer, instance, mode)
 
 
 def test_cuda_build_cpu_cases_pass(cuda_tree: tuple[Path, dict[str, str]]) -> None:
