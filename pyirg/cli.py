@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 #: subcommand -> (module, one-line help). tools/<script>.py calls the same mains.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,14 +27,35 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: pyirg COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "pyirg COMMAND --help shows a command's options."]
+    lines += [
+        "",
+        "pyirg COMMAND --help shows a command's options; pyirg --version shows the",
+        "versions and the BLAS kernel Caffe runs on.",
+    ]
     return "\n".join(lines)
+
+
+def version_line() -> str:
+    """pyirg's version, the Caffe it imports, and the BLAS kernel that Caffe runs on."""
+    from pyirg import __version__
+    from pyirg.blas import kernel_line
+
+    try:
+        import caffe
+
+        blas = kernel_line()
+    except ImportError as e:
+        return f"pyirg {__version__}; pycaffe not importable ({e}): source tools/env.sh"
+    return f"pyirg {__version__}; Caffe {Path(caffe.__file__).resolve().parents[2]}; {blas}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
         print(usage())
+        return 0
+    if args[0] == "--version":
+        print(version_line())
         return 0
     name, rest = args[0], args[1:]
     if name not in COMMANDS:

@@ -173,6 +173,20 @@ build_dropin() {
   fi
 }
 
+# The smoke check: pycaffe imports with the layers registered, and reports the
+# OpenBLAS kernel it runs on (chosen from the CPU's flags by pyirg/blas.py unless
+# OPENBLAS_CORETYPE is already set).
+smoke_check() {  # smoke_check ROOT
+  step "Smoke check: pycaffe from $1"
+  PYTHONPATH="$1/python${PYTHONPATH:+:$PYTHONPATH}" \
+    LD_LIBRARY_PATH="$1/.build_release/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    GLOG_minloglevel=2 "$PY" -c '
+import pyirg, caffe
+from pyirg.cli import version_line
+assert "BatchEuclideanMap" in caffe.layer_type_list(), "IRG layers not registered"
+print(version_line())' || die "pycaffe from $1 does not import with the IRG layers"
+}
+
 # --- 3a. a user's own tree --------------------------------------------------------
 if [ -n "$USER_ROOT" ]; then
   step "Drop-in build in $USER_ROOT"
@@ -181,6 +195,7 @@ if [ -n "$USER_ROOT" ]; then
   [ -f "$USER_ROOT/Makefile.config" ] || makefile_config > "$USER_ROOT/Makefile.config"
   build_dropin "$USER_ROOT" "user-$LAYERS_KEY"
   ln -sfn "$USER_ROOT" "$REPO/.caffe"
+  smoke_check "$USER_ROOT"
   step "Done in $((SECONDS - START)) s. Caffe with the IRG layers: $USER_ROOT"
   echo "Use it from bash with:  source tools/env.sh"
   exit 0
@@ -288,6 +303,7 @@ fi
 
 ln -sfn "$DROPIN" "$REPO/.caffe"
 ln -sfn "$BASE" "$REPO/.caffe-base"
+smoke_check "$DROPIN"
 # Builds under other keys that no run has used for a week are stale. (Other
 # checkouts may share this cache, so recent ones stay.)
 touch "$BUILD/.irg-last-used"

@@ -21,5 +21,8 @@ if [ -f "$_irg_repo/.venv/bin/activate" ]; then
   # shellcheck disable=SC1091
   VIRTUAL_ENV_DISABLE_PROMPT=1 . "$_irg_repo/.venv/bin/activate"
 fi
+# Caffe's OpenBLAS on the best kernel this CPU supports (pyirg/blas.py); a value already
+# set in the environment is left alone.
+eval "$(python -c 'import pyirg.blas as b; print(b.export_line())' 2>/dev/null)"
 unset -f _irg_prepend
 unset _irg_repo _irg_root

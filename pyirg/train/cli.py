@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", required=True, type=Path, help="solver .prototxt")
     p.add_argument("--net", type=Path, help="net .prototxt (replaces the solver's net)")
     p.add_argument("--teacher-weights", type=Path, help="teacher .caffemodel (distillation)")
+    p.add_argument(
+        "--init-weights",
+        type=Path,
+        help="a .caffemodel the trained layers start from (by layer name) instead of "
+        "their fillers; every trained layer must be in it (like caffe train --weights)",
+    )
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from the latest snapshot")
@@ -161,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
             preflight=not args.no_preflight,
             gpu=args.gpu,
+            init_weights=args.init_weights,
         )
     except TrainingInterrupted as e:
         print(

@@ -11,6 +11,7 @@ import random
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from pyirg.train.preflight import run_preflight
 from pyirg.train.results import TrainResult
 from pyirg.train.snapshots import TMP_PREFIX, latest_snapshot, remove_stale_tmp, snapshot_name
 from pyirg.train.solver_param import prepare_solver_param
-from pyirg.train.weights import check_weights, load_teacher
+from pyirg.train.weights import check_weights, load_init_weights, load_teacher
 
 EFFECTIVE_SOLVER = "solver.effective.prototxt"
 #: Caffe tests when ``iter % test_interval == 0``; this interval is never reached.
@@ -49,6 +50,8 @@ def train(
     progress: bool = True,
     preflight: bool = True,
     gpu: int | None = None,
+    init_weights: PathLike | None = None,
+    on_iteration: Callable[[int, Any], None] | None = None,
 ) -> TrainResult:
     """Train the solver's net (or ``net``) into ``out_dir`` and return the final metrics.
 
@@ -65,7 +68,11 @@ def train(
     outputs are averaged over ``test_iter`` batches of each test net, which
     shares the train net's weights.  Raises :class:`TrainError` (or a subclass) before
     training when the setup is wrong, :class:`TrainingInterrupted` after saving a
-    snapshot on SIGINT/SIGTERM.
+    snapshot on SIGINT/SIGTERM.  ``init_weights``: a .caffemodel the trained layers
+    start from instead of their fillers (every one of them must be in it), so that
+    runs of several nets can start from identical weights; ignored when resuming.
+    ``on_iteration(i, net)`` is called with the iterations done and the train net, before
+    the first iteration and after each one.
     """
     caffe = import_caffe()
     pb = caffe.proto.caffe_pb2
@@ -122,6 +129,8 @@ def train(
         csolver = caffe.get_solver(str(solver_file))
 
         resuming = resume and existing is not None
+        if init_weights is not None and not resuming:
+            load_init_weights(csolver, init_weights, student_prefix)
         distill, shapes = load_teacher(
             csolver, teacher_weights, student_prefix, source, required=not resuming
         )
@@ -141,6 +150,7 @@ def train(
             "max_iter": max_iter,
             "student_prefix": student_prefix,
             "distillation": distill,
+            "init_weights": str(init_weights) if init_weights else None,
         }
         run = TrainingRun(
             csolver,
@@ -157,6 +167,7 @@ def train(
             distill=distill,
             progress=progress,
             run_info=run_info,
+            on_iteration=on_iteration,
         )
         if resuming:
             assert existing is not None

@@ -11,7 +11,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class TrainingRun:
         distill: bool,
         progress: bool,
         run_info: dict[str, Any],
+        on_iteration: Callable[[int, Any], None] | None = None,
     ) -> None:
         self.solver = solver
         self.param = param
@@ -58,6 +59,7 @@ class TrainingRun:
         self.distill = distill
         self.progress = progress
         self.run_info = run_info
+        self.on_iteration = on_iteration
         self.train_rows: list[dict[str, float]] = []
         self.test_rows: list[dict[str, float]] = []
         self.last_snapshot: Snapshot | None = None
@@ -122,6 +124,8 @@ class TrainingRun:
         postfix["img/s"] = f"{row['images_per_s']:.0f}"
         bar.set_postfix(postfix, refresh=False)
         bar.update(1)
+        if self.on_iteration is not None:
+            self.on_iteration(solver.iter, net)
 
     # -- testing ------------------------------------------------------------------------
     def _test(self, bar: tqdm | None) -> None:
@@ -223,6 +227,8 @@ class TrainingRun:
             unit="it",
             dynamic_ncols=True,
         )
+        if self.on_iteration is not None:
+            self.on_iteration(solver.iter, solver.net)
         with stop_on_signals(stop), bar:
             try:
                 while solver.iter < self.max_iter and stop.signum is None:

@@ -82,6 +82,7 @@ def check_weights(
     weights: PathLike,
     *,
     required: Sequence[str] = (),
+    role: str = "teacher",
 ) -> None:
     """Refuse weights that Caffe's copy_from would abort on or leave ``required`` layers unset.
 
@@ -93,7 +94,7 @@ def check_weights(
     missing = [name for name in required if not source.get(name)]
     if missing:
         raise TeacherWeightsError(
-            f"{weights}: no weights for teacher layer(s) {', '.join(missing)}; "
+            f"{weights}: no weights for {role} layer(s) {', '.join(missing)}; "
             "they would stay uninitialised"
         )
     problems = []
@@ -153,3 +154,20 @@ def load_teacher(
             "but no teacher weights were given (--teacher-weights)"
         )
     return distill, shapes
+
+
+def load_init_weights(solver: Any, weights: PathLike, student_prefix: str) -> None:
+    """Start the trained layers from ``weights`` (by layer name) instead of their fillers.
+
+    Every trained layer with parameters (the student's in a distillation net, every
+    layer otherwise) must be in the file with the net's shapes: a missing one would
+    silently keep its random initialisation, which defeats the point (identical
+    starting weights for several nets).
+    """
+    nets = [solver.net, *solver.test_nets]
+    shapes = net_param_shapes(nets)
+    distill = any(n.startswith(student_prefix) for n in solver.net._layer_names)
+    trained = [n for n in shapes if n.startswith(student_prefix)] if distill else list(shapes)
+    check_weights(shapes, weights, required=trained, role="trained")
+    for net in nets:
+        net.copy_from(str(weights))

@@ -1,0 +1,72 @@
+"""Command-line options declared once, on the dataclass that holds them.
+
+Why: a config whose fields are re-listed as ``add_argument`` calls and again as
+constructor arguments drifts (a field without a flag, a flag without help). Here each
+field carries its help text in ``metadata``; :func:`add_options` makes the flags from
+the fields and :func:`from_args` builds the dataclass back from the parsed namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def option(default: Any, help: str, **argparse_kwargs: Any) -> Any:  # noqa: A002
+    """A dataclass field with its command-line help (and extra ``add_argument`` keywords)."""
+    meta = {"help": help, "argparse": argparse_kwargs}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use an immutable default (a tuple) for an option")
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def flag_name(field_name: str) -> str:
+    """``student_width`` -> ``--student-width``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of ``cls`` that has help metadata, default from the field.
+
+    bool fields become ``--name``/``--no-name`` switches, tuples ``nargs="+"`` lists.
+    Use ``argparse.ArgumentDefaultsHelpFormatter`` so the help shows each default.
+    """
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or "help" not in f.metadata:
+            continue
+        kind = hints[f.name]
+        kwargs: dict[str, Any] = {"default": f.default, "help": f.metadata["help"]}
+        kwargs.update(f.metadata.get("argparse", {}))
+        origin = typing.get_origin(kind)
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin is tuple:
+            kwargs.setdefault("type", typing.get_args(kind)[0])
+            kwargs["nargs"] = "+"
+            kwargs["default"] = list(f.default)
+        elif typing.get_origin(kind) is typing.Union:  # Optional[X]
+            kwargs.setdefault("type", next(a for a in typing.get_args(kind) if a is not type(None)))
+        else:
+            kwargs.setdefault("type", Path if kind is Path else kind)
+        parser.add_argument(flag_name(f.name), dest=f.name, **kwargs)
+
+
+def from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
+    """The dataclass from parsed options (tuples restored), with ``overrides`` applied."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if not hasattr(args, f.name):
+            continue
+        value = getattr(args, f.name)
+        if typing.get_origin(hints[f.name]) is tuple and value is not None:
+            value = tuple(value)
+        values[f.name] = value
+    values.update(overrides)
+    return cls(**values)
