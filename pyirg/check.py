@@ -46,6 +46,8 @@ from pathlib import Path
 from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
+from pyirg.options import HelpFormatter
+
 ERROR, WARNING = "error", "warning"
 IRG_MAP, IRG_VECTOR = "BatchEuclideanMap", "BatchEuclideanVector"
 IRG_TYPES = (IRG_MAP, IRG_VECTOR)
@@ -465,20 +467,27 @@ def load_net(path: str | Path) -> caffe_pb2.NetParameter:
     return net
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """``check``'s options."""
+    parser = argparse.ArgumentParser(
+        prog="check_net",
+        description="Pre-flight checks of Caffe (IRG distillation) nets.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("nets", nargs="+", metavar="NET.prototxt", help="net prototxts to check")
+    parser.add_argument(
+        "--teacher-prefix", default="", help="name prefix of teacher layers ('': none)"
+    )
+    parser.add_argument("--student-prefix", default="stu_", help="name prefix of student layers")
+    parser.add_argument(
+        "--stage", action="append", default=[], help="net state stage (repeat for several)"
+    )
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """``check_net NET.prototxt...``: print every problem; exit 1 if any is an error."""
-    parser = argparse.ArgumentParser(
-        prog="check_net", description="Pre-flight checks of Caffe (IRG distillation) nets."
-    )
-    parser.add_argument("nets", nargs="+", metavar="NET.prototxt")
-    parser.add_argument(
-        "--teacher-prefix", default="", help="name prefix of teacher layers (default: none)"
-    )
-    parser.add_argument(
-        "--student-prefix", default="stu_", help="name prefix of student layers (default: stu_)"
-    )
-    parser.add_argument("--stage", action="append", default=[], help="net state stage")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     failed = False
     for path in args.nets:
         try:

@@ -15,11 +15,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gen": ("pyirg.gen", "generate teacher, student and distillation prototxts"),
     "check": ("pyirg.check", "check a net prototxt before Caffe aborts on it"),
     "prepare-data": ("pyirg.prepare", "convert CIFAR-10/100 or digits to LMDB + mean files"),
-    "train": ("pyirg.train", "train a plain or a distillation net through pycaffe"),
+    "train": ("pyirg.train.cli", "train a plain or a distillation net through pycaffe"),
     "main": ("pyirg.experiment", "the main job: distillation on the embedded digits data"),
-    "verify": ("pyirg.verify", "compare the Caffe layers and nets with the PyTorch reference"),
+    "verify": ("pyirg.verify.cli", "compare the Caffe layers and nets with the PyTorch reference"),
     "export-onnx": ("pyirg.export", "export a trained student to ONNX and check it"),
-    "bench": ("pyirg.bench", "benchmark the layers against PyTorch and the GEMM bound"),
+    "bench": ("pyirg.bench.cli", "benchmark the layers against PyTorch and the GEMM bound"),
 }
 
 

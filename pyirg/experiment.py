@@ -58,7 +58,7 @@ from pyirg.data import load_digits_split, pad_images, pixel_mean
 from pyirg.data.feed import array_batch_fn
 from pyirg.distill import METHOD_WEIGHTS, DistillConfig, distill_net
 from pyirg.netspec import DATASETS, DataConfig, deploy_net, train_net
-from pyirg.options import add_options, from_args, option
+from pyirg.options import HelpFormatter, add_options, from_args, option
 from pyirg.solver import Schedule, make_solver
 
 METHODS = ("baseline", "IRG", "IRG-t", "MTK")
@@ -738,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyirg main",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_options(parser, ExperimentConfig)
     parser.add_argument(

@@ -47,6 +47,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pyirg.options import HelpFormatter
+
 #: Layer types the exporter understands (everything a deploy_net ResNet contains).
 CONVERTIBLE = (
     "Input",
@@ -378,11 +380,13 @@ def input_batch(deploy: Deploy, batch: int | None, path: str | None, seed: int) 
 # ----------------------------------------------------------------------------- CLI
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """``export-onnx``'s options."""
     p = argparse.ArgumentParser(
         prog="export_onnx.py",
         description="Export a student's deploy prototxt + caffemodel to ONNX through PyTorch, "
         "check the file and compare ONNX Runtime with Caffe on one batch.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("deploy", help="deploy prototxt (pyirg.netspec.deploy_net)")
     p.add_argument("weights", help="trained .caffemodel (a distillation snapshot is fine)")
@@ -390,12 +394,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--prefix", help="layer-name prefix, e.g. stu_ (default: from the prototxt)")
     p.add_argument("--batch", type=int, help="comparison batch size (default: the prototxt's)")
     p.add_argument("--input", help=".npy batch N x C x H x W to compare on (default: random)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random batch (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random batch")
     p.add_argument("--depth", type=int, help="expected ResNet depth (checked against the prototxt)")
     p.add_argument("--width", type=float, help="expected width multiplier (checked likewise)")
     p.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
-    p.add_argument("--atol", type=float, default=1e-4, help="max |ONNX - Caffe| (default 1e-4)")
-    return p.parse_args(argv)
+    p.add_argument("--atol", type=float, default=1e-4, help="max |ONNX - Caffe|")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> int:

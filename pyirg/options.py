@@ -70,3 +70,16 @@ def from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
         values[f.name] = value
     values.update(overrides)
     return cls(**values)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default after its help, except where there is none to show.
+
+    ``None`` (the help says what happens instead, e.g. "the solver's") and the ``False``
+    of an on/off switch would only add noise.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or (action.nargs == 0 and action.default is False):
+            return action.help
+        return super()._get_help_string(action)

@@ -26,6 +26,7 @@ from pyirg.data import (
     load_digits_split,
     write_dataset,
 )
+from pyirg.options import HelpFormatter
 
 #: Default padding: CIFAR 4 pixels (40x40 -> 32x32 crops), digits 1 pixel (10x10 -> 8x8).
 DEFAULT_PAD = {"cifar10": 4, "cifar100": 4, "digits": 1}
@@ -33,7 +34,9 @@ DEFAULT_PAD = {"cifar10": 4, "cifar100": 4, "digits": 1}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="prepare_data", description="Convert a data set to Caffe LMDBs and mean files."
+        prog="prepare_data",
+        description="Convert a data set to Caffe LMDBs and mean files.",
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="dataset", required=True)
 
@@ -43,26 +46,33 @@ def build_parser() -> argparse.ArgumentParser:
             "--pad",
             type=int,
             default=DEFAULT_PAD[dataset],
-            help=f"zero padding of the padded train LMDB (default {DEFAULT_PAD[dataset]}; "
-            "0 = none)",
+            help="zero padding of the padded train LMDB (0 = none)",
         )
         p.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     for name in CIFAR_VARIANTS:
-        p = sub.add_parser(name, help=f"{name} from the official Python archive")
+        p = sub.add_parser(
+            name, help=f"{name} from the official Python archive", formatter_class=HelpFormatter
+        )
         p.add_argument("archive", type=Path, help="the .tar.gz archive or its extracted directory")
         common(p, name)
         if name == "cifar100":
-            p.add_argument("--labels", choices=("fine", "coarse"), default="fine")
+            p.add_argument(
+                "--labels", choices=("fine", "coarse"), default="fine", help="which labels"
+            )
         p.add_argument("--npy", action="store_true", help="also write the arrays as .npy")
-    p = sub.add_parser("digits", help="scikit-learn's bundled 8x8 digits (no download)")
+    p = sub.add_parser(
+        "digits",
+        help="scikit-learn's bundled 8x8 digits (no download)",
+        formatter_class=HelpFormatter,
+    )
     common(p, "digits")
     p.add_argument(
         "--test-fraction",
         type=float,
         default=DIGITS_TEST_FRACTION,
-        help="share of the 1797 images held out for testing (default 797/1797)",
+        help="share of the 1797 images held out for testing (797/1797)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
     return parser

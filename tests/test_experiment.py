@@ -2,27 +2,53 @@
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import importlib
 import json
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO, run
 
-pytest.importorskip("caffe")
+from pyirg import experiment
+from pyirg.cli import COMMANDS
+from pyirg.experiment import ExperimentConfig, Run, paired, summarize
+
+ENV = dict(os.environ, GLOG_minloglevel="2", MPLBACKEND="Agg")
+
+
+def _quick(out: Path, *extra: str) -> tuple:
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "pyirg",
+            "main",
+            "--quick",
+            "--no-progress",
+            "--out",
+            str(out),
+            *extra,
+        ],
+        cwd=REPO,
+        env=ENV,
+    )
+    assert proc.returncode == 0
+    return proc, json.loads((out / "results.json").read_text())
+
+
+def _digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def test_main_job_quick(tmp_path: Path) -> None:
+    pytest.importorskip("caffe")
     out = tmp_path / "digits"
-    env = dict(os.environ, GLOG_minloglevel="2", MPLBACKEND="Agg")
-    proc = run(
-        [sys.executable, "-m", "pyirg", "main", "--quick", "--no-progress", "--out", str(out)],
-        cwd=REPO,
-        env=env,
-    )
-    assert proc.returncode == 0
-    results = json.loads((out / "results.json").read_text())
+    proc, results = _quick(out, "--jobs", "2")
     methods = {r["method"] for r in results["runs"]}
     assert methods == {"baseline", "IRG", "IRG-t", "MTK"}
     assert len(results["runs"]) == 8  # two seeds in --quick
@@ -35,7 +61,13 @@ def test_main_job_quick(tmp_path: Path) -> None:
     table = (out / "results.md").read_text()
     for method in methods:
         assert f"| {method} |" in table
-    assert "| method | test accuracy % (mean ± std)" in proc.stdout
+    assert "| method | test accuracy % (mean ± std) | paired Δ vs baseline" in proc.stdout
+    # the table says where it came from: CPU, BLAS kernel, threads, date
+    machine = results["machine"]
+    assert machine["kernel"] and machine["blas"].startswith("OpenBLAS")
+    assert machine["blas_threads_per_training"] == 1 and machine["parallel_trainings"] == 2
+    assert f"kernel {machine['kernel']}" in table and machine["date"] in table
+    assert "| seed | baseline | IRG | IRG-t | MTK |" in table  # the per-seed data
     # distillation nets really contain the IRG layers they are named for
     irg = (out / "IRG" / "seed0" / "solver.effective.prototxt").read_text()
     assert "BatchEuclideanMap" in irg and "BatchEuclideanVector" not in irg
@@ -70,3 +102,119 @@ def test_tools_are_thin_wrappers_with_help(script: str) -> None:
     proc = run([sys.executable, str(REPO / "tools" / script), "--help"], cwd=REPO)
     assert proc.returncode == 0
     assert "usage:" in proc.stdout
+
+
+def test_results_are_the_same_whatever_jobs_is(tmp_path: Path) -> None:
+    """--jobs 1 (in this process, in order) and --jobs 2 (worker processes) give the same
+    bits: every accuracy and every trained .caffemodel; so do two runs on one machine."""
+    pytest.importorskip("caffe")
+    _, one = _quick(tmp_path / "one", "--jobs", "1")
+    _, two = _quick(tmp_path / "two", "--jobs", "2")
+    assert one["teacher_accuracy"] == two["teacher_accuracy"]
+    assert _digest(one["teacher_weights"]) == _digest(two["teacher_weights"])
+    assert len(one["runs"]) == len(two["runs"]) == 8
+    for a, b in zip(one["runs"], two["runs"]):
+        assert (a["method"], a["seed"]) == (b["method"], b["seed"])
+        assert a["accuracy"] == b["accuracy"] and a["curve"] == b["curve"]
+        assert _digest(a["weights"]) == _digest(b["weights"]), a["weights"]
+    assert one["summary"] == two["summary"]
+
+
+def test_every_method_starts_from_the_same_student_weights(tmp_path: Path) -> None:
+    """Paired design: for one seed, the baseline's and MTK's students start identical."""
+    pytest.importorskip("caffe")
+    cfg = ExperimentConfig(
+        out=tmp_path, seeds=(0, 1), max_iter=4, teacher_iter=4, test_interval=0, progress=False
+    )
+    _, student = experiment._specs(cfg)
+    for seed in cfg.seeds:
+        experiment.write_init_weights(cfg, student, seed)
+    teacher = experiment.train_run(cfg, Run("teacher", 0), None)
+    starts: dict[tuple[str, int], dict[str, list[np.ndarray]]] = {}
+
+    def capture(key: tuple[str, int]):
+        def on_iteration(done: int, net) -> None:
+            if done == 0:
+                starts[key] = {
+                    name: [b.data.copy() for b in blobs]
+                    for name, blobs in net.params.items()
+                    if name.startswith(experiment.STUDENT_PREFIX)
+                }
+
+        return on_iteration
+
+    for method, seed in (("baseline", 0), ("MTK", 0), ("baseline", 1)):
+        experiment.train_run(
+            cfg, Run(method, seed), Path(teacher["weights"]), on_iteration=capture((method, seed))
+        )
+    base, mtk, other = starts[("baseline", 0)], starts[("MTK", 0)], starts[("baseline", 1)]
+    assert base.keys() == mtk.keys() and len(base) > 10
+    for name in base:
+        for a, b in zip(base[name], mtk[name]):
+            assert np.array_equal(a, b), name
+    # another seed is another start (so the comparison above could fail)
+    conv = next(n for n in base if "Convolution" in n)
+    assert not np.array_equal(base[conv][0], other[conv][0])
+
+
+def test_paired_statistics_match_scipy() -> None:
+    scipy_stats = pytest.importorskip("scipy.stats")
+    base = [0.80, 0.82, 0.79, 0.85, 0.81]
+    other = [0.83, 0.82, 0.80, 0.88, 0.80]
+    p = paired(base, other)
+    ci = scipy_stats.ttest_rel(other, base).confidence_interval(0.95)
+    assert p["ci_low"] == pytest.approx(ci.low) and p["ci_high"] == pytest.approx(ci.high)
+    assert p["mean_diff"] == pytest.approx(np.mean(np.subtract(other, base)))
+    assert (p["wins"], p["ties"], p["losses"]) == (3, 1, 1)
+    one = paired([0.5], [0.6])
+    assert one["n"] == 1 and np.isnan(one["ci_low"])
+    with pytest.raises(ValueError):
+        paired([0.5, 0.6], [0.6])
+
+
+def test_summary_pairs_runs_by_seed_not_by_order() -> None:
+    runs = [
+        {"method": "baseline", "seed": 1, "accuracy": 0.7},
+        {"method": "IRG", "seed": 0, "accuracy": 0.9},
+        {"method": "baseline", "seed": 0, "accuracy": 0.8},
+        {"method": "IRG", "seed": 1, "accuracy": 0.7},
+    ]
+    s = summarize(runs, ("baseline", "IRG"))["IRG"]["vs_baseline"]
+    assert s["mean_diff"] == pytest.approx(0.05)
+    assert (s["wins"], s["ties"], s["losses"]) == (1, 1, 0)
+
+
+def test_verdict_says_what_the_interval_says() -> None:
+    ahead = paired([0.80, 0.81, 0.79], [0.85, 0.85, 0.84])
+    assert "excludes 0" in experiment.verdict("IRG", ahead) and "ahead" in experiment.verdict(
+        "IRG", ahead
+    )
+    noise = paired([0.80, 0.81, 0.79], [0.81, 0.79, 0.80])
+    assert "contains 0" in experiment.verdict("IRG", noise)
+
+
+def _parsers(parser):
+    yield parser
+    for action in parser._actions:
+        if action.choices and isinstance(action.choices, dict):  # subcommands
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_option_has_help_with_its_default(command: str) -> None:
+    """Every option of every subcommand says what it does, and the help shows its default."""
+    module = importlib.import_module(COMMANDS[command][0])
+    for parser in _parsers(module.build_parser()):
+        assert issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter), (
+            f"{parser.prog}: help would not show the defaults"
+        )
+        for action in parser._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            assert action.help, f"{parser.prog}: {action.option_strings} has no help"
+            shown = action.default is not None and not (action.nargs == 0 and not action.default)
+            assert not (shown and "(default" in action.help), (
+                f"{parser.prog}: {action.option_strings} repeats the default by hand"
+            )
+        assert "usage:" in parser.format_help()

@@ -29,6 +29,7 @@ from pyirg.bench.memory import memory_rows
 from pyirg.bench.report import markdown, plot, to_json
 from pyirg.bench.targets import evaluate_targets, training_targets
 from pyirg.bench.training import bench_training
+from pyirg.options import HelpFormatter
 
 
 def settings(args: argparse.Namespace) -> Settings:
@@ -70,28 +71,31 @@ def settings(args: argparse.Namespace) -> Settings:
     return s
 
 
-def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The options, checked before Caffe and PyTorch load so a typo fails fast."""
+def build_parser() -> argparse.ArgumentParser:
+    """``bench``'s options."""
     p = argparse.ArgumentParser(
         prog="bench.py",
         description="Benchmark the IRG Caffe layers against PyTorch, the GEMM bound, and "
         "their share of a distillation training iteration.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="a few sizes, seconds (for tests)")
     p.add_argument(
         "--out",
         type=Path,
         default=Path("out/bench"),
-        help="folder for bench.json and bench.png (default: out/bench)",
+        help="folder for bench.json and bench.png",
     )
     p.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="BLAS threads for Caffe's OpenBLAS and PyTorch (default: OpenBLAS's "
+        help="BLAS threads for Caffe's OpenBLAS and PyTorch (else OpenBLAS's "
         "own count: OPENBLAS_NUM_THREADS or the cores)",
     )
-    p.add_argument("--reps", type=int, default=None, help="repetitions per size")
+    p.add_argument(
+        "--reps", type=int, default=None, help="repetitions per size (else 15; 3 with --quick)"
+    )
     p.add_argument(
         "--skip-train", action="store_true", help="leave out the training-iteration comparison"
     )
@@ -102,8 +106,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--transform-pool",
         choices=("Pooling", "Reduction"),
         default="Pooling",
-        help="how the IRG-t nets average block outputs (default: the authors' Pooling)",
+        help="how the IRG-t nets average block outputs (the authors' Pooling, or Reduction)",
     )
+    return p
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options, checked before Caffe and PyTorch load so a typo fails fast."""
+    p = build_parser()
     args = p.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")

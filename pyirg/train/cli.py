@@ -17,6 +17,7 @@ from typing import Any
 from pyirg.data.core import DataError
 from pyirg.data.feed import array_batch_fn, pad_images, pixel_mean
 from pyirg.data.writer import read_npy_split
+from pyirg.options import HelpFormatter
 from pyirg.train.common import DEFAULT_STUDENT_PREFIX, BatchFn, PathLike, caffe_pb2
 from pyirg.train.driver import train
 from pyirg.train.errors import TrainError, TrainingInterrupted
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train",
         description="Train a Caffe net or an IRG distillation net through pycaffe.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--solver", required=True, type=Path, help="solver .prototxt")
     p.add_argument("--net", type=Path, help="net .prototxt (replaces the solver's net)")
@@ -114,12 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
         "their fillers; every trained layer must be in it (like caffe train --weights)",
     )
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (Caffe, numpy, batches)")
     p.add_argument("--resume", action="store_true", help="continue from the latest snapshot")
-    p.add_argument("--max-iter", type=int, help="override the solver's max_iter")
+    p.add_argument("--max-iter", type=int, help="override the solver's max_iter (else its own)")
     p.add_argument("--test-interval", type=int, help="override test_interval (0: only at end)")
     p.add_argument("--snapshot-interval", type=int, help="override snapshot (0: only at end)")
-    p.add_argument("--student-prefix", default=DEFAULT_STUDENT_PREFIX)
+    p.add_argument(
+        "--student-prefix",
+        default=DEFAULT_STUDENT_PREFIX,
+        help="name prefix of the student's layers in a distillation net",
+    )
     p.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-preflight", action="store_true", help="skip pyirg.check")

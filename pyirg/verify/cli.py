@@ -17,22 +17,29 @@ from collections.abc import Sequence
 
 import torch
 
+from pyirg.options import HelpFormatter
 from pyirg.verify.layer_checks import check_layers
 from pyirg.verify.net_checks import check_nets
 from pyirg.verify.report import format_table, write_json
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """``verify``'s options."""
     p = argparse.ArgumentParser(
         prog="verify.py",
         description="Compare the Caffe IRG layers and distillation nets with the PyTorch "
         "reference (and a NumPy float64 implementation); exit 1 on any mismatch.",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--full", action="store_true", help="every mode x case (default: a subset)")
+    p.add_argument("--full", action="store_true", help="every mode x case (else a subset)")
     p.add_argument("--json", metavar="OUT", help="also write the rows as JSON to OUT")
     p.add_argument("--no-nets", action="store_true", help="skip the whole-net comparisons")
-    p.add_argument("--seed", type=int, default=0, help="random inputs (default 0)")
-    return p.parse_args(argv)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
