@@ -104,3 +104,107 @@ class OpenBLAS:
             copy(n, py, 1, pdy, 1)
 
         return (lambda: dot(n, px, 1, py, 1)), backward
+
+
+# -- which BLAS for Caffe's convolutions ------------------------------------------------
+
+#: Times Caffe's convolution GEMMs with one BLAS library in a fresh process, one thread:
+#: the kernel (OPENBLAS_CORETYPE) is fixed when the library loads, so each candidate
+#: needs its own process. argv: library path, JSON list of [M, N, K, count], reps.
+_GEMM_PROBE = r"""
+import ctypes, json, sys, time
+import numpy as np
+path, shapes, reps = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+lib = ctypes.CDLL(path)
+if "mkl" in path:
+    lib.MKL_Set_Num_Threads(1)
+    name = "MKL"
+else:
+    lib.openblas_set_num_threads(1)
+    lib.openblas_get_corename.restype = ctypes.c_char_p
+    name = "OpenBLAS " + lib.openblas_get_corename().decode()
+i, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
+lib.cblas_sgemm.argtypes = [i, i, i, i, i, i, f, p, i, p, i, f, p, i]
+rng = np.random.default_rng(0)
+out = []
+for m, n, k, count in shapes:
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    c = np.zeros((m, n), np.float32)
+    inner = max(1, int(2e7 / (m * n * k)))
+    call = lambda: lib.cblas_sgemm(101, 111, 111, m, n, k, 1.0, a.ctypes.data, k,
+                                   b.ctypes.data, n, 0.0, c.ctypes.data, n)
+    call()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        for _ in range(inner):
+            call()
+        best = min(best, (time.perf_counter() - t) / inner)
+    err = float(np.abs(c - a.astype(np.float64) @ b).max() / max(1.0, np.abs(c).max()))
+    out.append({"m": m, "n": n, "k": k, "count": count, "s": best, "err": err})
+print(json.dumps({"library": name, "path": path, "gemms": out}))
+"""
+
+
+def conv_gemms(spec: Any, height: int) -> list[list[int]]:
+    """Caffe's im2col GEMMs [M, N, K, count] for one image through every convolution of
+    ``spec`` (a :class:`pyirg.arch.ResNetSpec`): forward and both backward products."""
+    counts: dict[tuple[int, int, int], int] = {}
+
+    def add(conv: Any, size: int) -> int:
+        out = (size + 2 * conv.pad - conv.kernel) // conv.stride + 1
+        k, hw = conv.in_channels * conv.kernel * conv.kernel, out * out
+        # forward W x col; weight gradient top x col^T; data gradient W^T x top
+        for shape in (
+            (conv.out_channels, hw, k),
+            (conv.out_channels, k, hw),
+            (k, hw, conv.out_channels),
+        ):
+            counts[shape] = counts.get(shape, 0) + 1
+        return out
+
+    size = add(spec.stem, height)
+    for block in spec.blocks:
+        if block.proj is not None:
+            add(block.proj, size)
+        size = add(block.conv_b, add(block.conv_a, size))
+    return [[m, n, k, c] for (m, n, k), c in counts.items()]
+
+
+def compare_blas(
+    libraries: list[tuple[str, dict[str, str]]], shapes: list[list[int]], reps: int
+) -> list[dict[str, Any]]:
+    """Run the GEMM probe once per (library path, extra environment); one result each."""
+    import json
+    import sys
+
+    results = []
+    for path, extra in libraries:
+        env = dict(os.environ, **extra)
+        proc = subprocess.run(
+            [sys.executable, "-c", _GEMM_PROBE, path, json.dumps(shapes), str(reps)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        if proc.returncode:
+            results.append({"library": path, "error": proc.stderr.strip()[-300:]})
+            continue
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        row["per_image_s"] = sum(g["s"] * g["count"] for g in row["gemms"])
+        results.append(row)
+    return results
+
+
+def find_mkl() -> str | None:
+    """libmkl_rt from a ``pip install mkl`` (this interpreter's prefix), if there is one."""
+    import glob
+    import sys
+
+    for prefix in {sys.prefix, sys.base_prefix, os.environ.get("MKL_PREFIX", "")}:
+        if prefix:
+            found = sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")))
+            if found:
+                return found[0]
+    return None

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pyirg.bench.blas import OpenBLAS, find_caffe_openblas
+from pyirg.bench.blas import OpenBLAS, compare_blas, conv_gemms, find_caffe_openblas, find_mkl
 from pyirg.bench.config import FULL_C, FULL_N, QUICK_C, QUICK_N, TRAIN_METHODS, Settings
 from pyirg.bench.console import (
     print_memory,
@@ -26,7 +26,7 @@ from pyirg.bench.console import (
 from pyirg.bench.layers import NetFiles, bench_layer, ratios
 from pyirg.bench.machine import machine_info
 from pyirg.bench.memory import memory_rows
-from pyirg.bench.report import markdown, plot, to_json
+from pyirg.bench.report import blas_markdown, markdown, plot, to_json
 from pyirg.bench.targets import evaluate_targets, training_targets
 from pyirg.bench.training import bench_training
 from pyirg.options import HelpFormatter
@@ -65,8 +65,10 @@ def settings(args: argparse.Namespace) -> Settings:
         s.reps = args.reps
     if args.skip_train:
         s.train_methods = ()
-    if args.train_only:
+    if args.train_only or args.blas_only:
         s.ns, s.cs = (), ()
+    if args.blas_only:
+        s.train_methods = ()
     s.transform_pool = args.transform_pool
     return s
 
@@ -103,12 +105,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-only", action="store_true", help="only the training-iteration comparison"
     )
     p.add_argument(
+        "--blas-only",
+        action="store_true",
+        help="only the BLAS comparison: Caffe's convolution GEMMs with every OpenBLAS "
+        "kernel this CPU runs, and MKL where `pip install mkl` put it",
+    )
+    p.add_argument(
         "--transform-pool",
         choices=("Pooling", "Reduction"),
         default="Pooling",
         help="how the IRG-t nets average block outputs (the authors' Pooling, or Reduction)",
     )
     return p
+
+
+def blas_choice(blas: OpenBLAS, reps: int) -> list[dict]:
+    """Caffe's ResNet-20 convolution GEMMs timed with each OpenBLAS kernel this CPU can run
+    (each in its own process: the kernel is fixed at load) and with MKL if installed."""
+    from pyirg.arch import cifar_resnet
+    from pyirg.blas import CORETYPE_ENV, KERNEL_TIERS, read_cpuinfo
+
+    vendor, _, flags = read_cpuinfo()
+    in_use = blas.info()["corename"]
+    kernels = [
+        name
+        for name, needs, only in KERNEL_TIERS
+        if needs <= flags and (only is None or only == vendor)
+    ]
+    libraries = [(blas.path, {CORETYPE_ENV: k}) for k in dict.fromkeys([in_use, *kernels])]
+    mkl = find_mkl()
+    if mkl:
+        libraries.append((mkl, {"MKL_NUM_THREADS": "1"}))
+    rows = compare_blas(libraries, conv_gemms(cifar_resnet(20, 1.0, 10, 3), 32), reps)
+    for row in rows:
+        row["chosen"] = row.get("library") == f"OpenBLAS {in_use}"
+    return rows
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -168,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             train.append(bench_training(method, s, files))
     finally:
         files.close()
+    print("  BLAS for Caffe's convolutions ...", flush=True)
+    blas_rows = blas_choice(blas, reps=3 if s.quick else 7)
     targets = evaluate_targets(rows)
     targets += training_targets(train)
     print_tables(rows)
@@ -175,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_profile(rows, targets)
     print_memory(memory)
     print_training(train)
+    print("\n".join(blas_markdown(blas_rows)))
     meta["loadavg_end"] = os.getloadavg()
     meta["wall_s"] = time.time() - started
     args.out.mkdir(parents=True, exist_ok=True)
@@ -186,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": targets,
         "memory": memory,
         "training": train,
+        "blas_choice": blas_rows,
     }
     (args.out / "bench.json").write_text(json.dumps(result, indent=1))
     (args.out / "bench.md").write_text(markdown(json.loads(json.dumps(result))))

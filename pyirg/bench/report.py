@@ -113,7 +113,33 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {m['layer']} | {m['n']} | {m['computed']['total']} | {parts} | "
             f"{m['observed_residual']} | {net if net is not None else '-'} |"
         )
+    lines += blas_markdown(result.get("blas_choice", []))
     return "\n".join(lines) + "\n"
+
+
+def blas_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The BLAS comparison: Caffe's convolution GEMMs per library/kernel, one thread."""
+    ok = [r for r in rows if "per_image_s" in r]
+    if not ok:
+        return []
+    chosen = next((r for r in ok if r.get("chosen")), ok[0])
+    lines = [
+        "",
+        "**BLAS for Caffe's convolutions**: the im2col GEMMs (forward, weight and data "
+        "gradients) of one 32x32 image through ResNet-20, one thread, best of the repetitions",
+        "",
+        "| library / kernel | ms per image | time / in use | max rel. error vs float64 |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in ok:
+        mark = " (in use)" if r is chosen else ""
+        err = max(g["err"] for g in r["gemms"])
+        lines.append(
+            f"| {r['library']}{mark} | {1e3 * r['per_image_s']:.3f} | "
+            f"{r['per_image_s'] / chosen['per_image_s']:.2f} | {err:.1e} |"
+        )
+    lines += [f"| {r['library']} | failed: {r['error']} | | |" for r in rows if "error" in r]
+    return lines
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
