@@ -444,3 +444,39 @@ def test_cli_refusal_is_reported(nets, tmp_path: Path, capsys) -> None:
     argv = ["--solver", str(solver), "--out", str(tmp_path / "out"), "--no-preflight"]
     assert main([*argv, "--no-progress"]) == 2
     assert "ip1, ip2" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ shared initial weights
+
+
+def test_init_weights_replace_the_fillers(nets, feeds, teacher, tmp_path: Path) -> None:
+    """--init-weights: the run starts from the file, not from its seed's fillers."""
+    seen: dict[int, dict[str, np.ndarray]] = {}
+
+    def grab(seed: int):
+        def on_iteration(done: int, net) -> None:
+            if done == 0:
+                seen[seed] = {n: b[0].data.copy() for n, b in net.params.items()}
+
+        return on_iteration
+
+    run(nets["plain"], tmp_path / "a", feeds, seed=3, max_iter=1, on_iteration=grab(3))
+    run(
+        nets["plain"], tmp_path / "b", feeds, seed=4, max_iter=1,
+        init_weights=teacher.weights, on_iteration=grab(4),
+    )  # fmt: skip
+    start = weights(teacher.weights)
+    for name, value in seen[4].items():
+        assert np.array_equal(value.ravel(), start[name][0].ravel()), name
+    assert not np.array_equal(seen[3]["ip1"], seen[4]["ip1"])
+
+
+def test_init_weights_missing_a_trained_layer_are_refused(nets, feeds, teacher, tmp_path) -> None:
+    param = caffe_pb2.NetParameter.FromString(teacher.weights.read_bytes())
+    kept = [layer for layer in param.layer if layer.name != "ip2"]
+    del param.layer[:]
+    param.layer.extend(kept)
+    partial = tmp_path / "partial.caffemodel"
+    partial.write_bytes(param.SerializeToString())
+    with pytest.raises(TeacherWeightsError, match="trained layer.*ip2"):
+        run(nets["plain"], tmp_path / "out", feeds, init_weights=partial)
