@@ -34,7 +34,6 @@ Steps, each of which fails with a one-line error naming the layer (exit status 2
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import warnings
@@ -447,7 +446,6 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("GLOG_minloglevel", "2")
     try:
         return run(args)
     except ValueError as err:  # ExportError, and the converters' errors naming the layer

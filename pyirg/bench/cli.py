@@ -156,7 +156,6 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Caffe first (its OpenBLAS is the bound), one thread count for both, then every part."""
     args = parse(argv)
-    os.environ.setdefault("GLOG_minloglevel", "2")
     import caffe  # first: its OpenBLAS is the one the bound must use
 
     caffe.set_mode_cpu()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -144,7 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``train`` from the command line; return the process exit status."""
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("GLOG_minloglevel", "2")  # before pycaffe loads glog
     try:
         batch_fn = test_batch_fn = None
         if args.npy_data is not None:

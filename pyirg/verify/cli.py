@@ -11,7 +11,6 @@ Exit status: 0 when every row passes, 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Sequence
 
@@ -44,7 +43,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("GLOG_minloglevel", "2")
     start = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: extra threads only contend (10x slower on 2 cores)
