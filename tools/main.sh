@@ -2,7 +2,8 @@
 # The main job, from nothing: set up (tools/build_caffe.sh: Debian packages, .venv,
 # Caffe with the IRG layers; cached), then distill on scikit-learn's digits
 # (no download): teacher ResNet-20, students baseline / IRG / IRG-t / MTK over
-# three seeds, a table like the paper's, plots and weights in out/digits.
+# 24 paired seeds, trainings in parallel (one per core), a table with paired
+# confidence intervals, plots and weights in out/digits.
 #
 #   bash tools/main.sh [pyirg main options, e.g. --out DIR --seeds 0 1 2 3]
 set -euo pipefail
