@@ -19,6 +19,8 @@ separate libraries that pyirg does not load through Caffe.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ KERNEL_TIERS: tuple[tuple[str, frozenset[str], str | None], ...] = (
     ("Sandybridge", frozenset({"avx"}), None),
     ("Nehalem", frozenset({"sse4_2"}), None),
     ("Core2", frozenset({"ssse3"}), None),
-    ("Prescott", frozenset(), None),
+    ("Prescott", frozenset({"pni"}), None),  # pni: SSE3
 )
 
 
@@ -69,12 +71,15 @@ def read_cpuinfo(path: str | Path = "/proc/cpuinfo") -> tuple[str, str, frozense
 
 
 def best_coretype(flags: Iterable[str], vendor: str = "") -> str:
-    """The best OpenBLAS 0.3.21 kernel whose instructions are all among ``flags``."""
+    """The best OpenBLAS 0.3.21 kernel whose instructions are all among ``flags``.
+
+    "" when none fits (a CPU without SSE3): then OpenBLAS is left to decide.
+    """
     have = frozenset(flags)
     for name, needs, only_vendor in KERNEL_TIERS:
         if needs <= have and (only_vendor is None or only_vendor == vendor):
             return name
-    return "Prescott"  # pragma: no cover - the last tier needs nothing
+    return ""
 
 
 def ensure_coretype(environ: MutableMapping[str, str] | None = None) -> str:
@@ -88,9 +93,20 @@ def ensure_coretype(environ: MutableMapping[str, str] | None = None) -> str:
     vendor, _, flags = read_cpuinfo()
     if not flags or not ({"sse2", "lm"} <= flags):  # not an x86-64 CPU (or no /proc)
         return ""
-    env[CORETYPE_ENV] = best_coretype(flags, vendor)
-    env[SOURCE_ENV] = CPU_FLAGS_SOURCE
-    return env[CORETYPE_ENV]
+    chosen = best_coretype(flags, vendor)
+    if chosen:
+        env[CORETYPE_ENV] = chosen
+        env[SOURCE_ENV] = _marker(chosen)
+    return chosen
+
+
+def _marker(value: str) -> str:
+    """The source marker names the value chosen, so a value changed later is not ours."""
+    return f"{CPU_FLAGS_SOURCE}:{value}"
+
+
+def _chosen_by_pyirg(env: MutableMapping[str, str]) -> bool:
+    return bool(env.get(CORETYPE_ENV)) and env.get(SOURCE_ENV) == _marker(env[CORETYPE_ENV])
 
 
 def coretype_source(environ: MutableMapping[str, str] | None = None) -> str:
@@ -98,34 +114,57 @@ def coretype_source(environ: MutableMapping[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     if not env.get(CORETYPE_ENV):
         return "unset (OpenBLAS detects the CPU itself)"
-    if env.get(SOURCE_ENV) == CPU_FLAGS_SOURCE:
+    if _chosen_by_pyirg(env):
         return "chosen by pyirg from the CPU flags"
     return "set in the environment (left alone)"
 
 
-def caffe_openblas() -> dict[str, Any]:
-    """threadpoolctl's record of the OpenBLAS that libcaffe uses: path, version, kernel, threads.
+def caffe_blas_path() -> str | None:
+    """The BLAS library libcaffe itself links (resolved), or None if it cannot be found.
 
-    Caffe is imported here if it is not yet. numpy and scipy bundle their own OpenBLAS
-    under ``site-packages``; libcaffe's is the system library, so that one is chosen.
+    Caffe is imported here if it is not yet; libcaffe is found in this process's maps and
+    its BLAS dependency resolved with ``ldd``, so that numpy's or scipy's bundled copies
+    (also loaded, also OpenBLAS) are never mistaken for it.
     """
-    import caffe  # noqa: F401  (loads libcaffe and its OpenBLAS)
+    import caffe  # noqa: F401  (loads libcaffe and its BLAS)
+
+    with open("/proc/self/maps") as f:
+        loaded = sorted({line.split()[-1] for line in f if ".so" in line.rsplit("/", 1)[-1]})
+    libcaffe = next((p for p in loaded if "/libcaffe" in p), None)
+    if libcaffe is None:
+        return None
+    out = subprocess.run(["ldd", libcaffe], capture_output=True, text=True).stdout
+    # libopenblas first: libcaffe names it directly; a libblas line may come from elsewhere.
+    for pattern in (
+        r"libopenblas[^\s]*\s*=>\s*(\S+)",
+        r"lib(?:mkl_rt|cblas|blas)[^\s]*\s*=>\s*(\S+)",
+    ):
+        match = re.search(pattern, out)
+        if match:
+            return os.path.realpath(match.group(1))
+    return None
+
+
+def caffe_openblas() -> dict[str, Any] | None:
+    """threadpoolctl's record of libcaffe's OpenBLAS (path, version, kernel, threads).
+
+    None when libcaffe's BLAS is not an OpenBLAS that threadpoolctl knows (ATLAS, MKL).
+    """
     from threadpoolctl import threadpool_info
 
-    candidates = [
-        info
-        for info in threadpool_info()
-        if info.get("internal_api") == "openblas" and "site-packages" not in info["filepath"]
-    ]
-    if not candidates:
-        raise RuntimeError("cannot find the OpenBLAS that libcaffe uses (threadpoolctl)")
-    return candidates[0]
+    path = caffe_blas_path()
+    for info in threadpool_info():
+        if path and os.path.realpath(info["filepath"]) == path:
+            return info if info.get("internal_api") == "openblas" else None
+    return None
 
 
 def kernel_line() -> str:
     """One line for reports: CPU, Caffe's OpenBLAS version, kernel in use, threads, its source."""
     info = caffe_openblas()
     _, model, _ = read_cpuinfo()
+    if info is None:
+        return f"CPU {model or 'unknown'}; Caffe's BLAS is not OpenBLAS ({caffe_blas_path()})"
     return (
         f"CPU {model or 'unknown'}; OpenBLAS {info.get('version')} kernel "
         f"{info.get('architecture')} x{info.get('num_threads')} threads "
@@ -135,7 +174,7 @@ def kernel_line() -> str:
 
 def export_line() -> str:
     """Shell ``export`` of the kernel for tools/env.sh; "" when the user set the variable."""
-    if os.environ.get(CORETYPE_ENV) and os.environ.get(SOURCE_ENV) != CPU_FLAGS_SOURCE:
+    if os.environ.get(CORETYPE_ENV) and not _chosen_by_pyirg(os.environ):
         return ""
     value = ensure_coretype()
-    return f"export {CORETYPE_ENV}={value} {SOURCE_ENV}={CPU_FLAGS_SOURCE}" if value else ""
+    return f"export {CORETYPE_ENV}={value} {SOURCE_ENV}={_marker(value)}" if value else ""

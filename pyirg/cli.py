@@ -44,7 +44,7 @@ def version_line() -> str:
         import caffe
 
         blas = kernel_line()
-    except ImportError as e:
+    except (ImportError, OSError, RuntimeError) as e:
         return f"pyirg {__version__}; pycaffe not importable ({e}): source tools/env.sh"
     return f"pyirg {__version__}; Caffe {Path(caffe.__file__).resolve().parents[2]}; {blas}"
 

@@ -122,6 +122,8 @@ class ExperimentConfig:
             raise ValueError(
                 f"batch must be >= 2 (an IRG graph needs two instances), got {self.batch}"
             )
+        if not 1 <= self.train_per_class < 174:  # the smallest digits class has 174 images
+            raise ValueError(f"train_per_class must lie in [1, 173], got {self.train_per_class}")
         if self.jobs < 0:
             raise ValueError(f"jobs must be >= 0 (0: one per core), got {self.jobs}")
         if self.test_interval < 0:
@@ -268,7 +270,7 @@ def init_weights_path(cfg: ExperimentConfig, seed: int) -> Path:
     return cfg.out / "init" / f"student_seed{seed}.caffemodel"
 
 
-def write_init_weights(cfg: ExperimentConfig, student: ResNetSpec, seed: int) -> Path:
+def write_init_weights(cfg: ExperimentConfig, seed: int) -> Path:
     """Draw the student's initial weights for ``seed`` once (the baseline net's fillers).
 
     Caffe's fillers draw from one random stream in layer order, so the same student
@@ -328,6 +330,7 @@ def train_run(
     import caffe
     from threadpoolctl import threadpool_limits
 
+    from pyirg.blas import caffe_openblas
     from pyirg.train import train
 
     caffe.set_mode_cpu()
@@ -377,10 +380,12 @@ def train_run(
             on_iteration=step,
         )
         accuracy = evaluate(spec, result.weights, prefix, data)
+        blas = caffe_openblas()
     return {
         "method": run.method,
         "seed": run.seed,
         "accuracy": accuracy,
+        "blas_threads": None if blas is None else blas.get("num_threads"),
         "weights": str(result.weights),
         "curve": result.accuracy_history,
     }
@@ -392,18 +397,23 @@ _QUEUE: Any = None
 
 
 def _worker_init(queue: Any) -> None:
-    """Each worker: one BLAS/OpenMP thread, quiet glog, progress to the parent's queue."""
+    """Each worker sends its progress to the parent's queue (a Manager queue: a put is a
+    call to the manager process, so a full pipe can never block a worker's exit).
+
+    Its BLAS threads are limited in :func:`train_run` (threadpoolctl): environment
+    variables set here would come too late, since unpickling this function already
+    imports pycaffe and its OpenBLAS.
+    """
     global _QUEUE
     _QUEUE = queue
-    os.environ["OPENBLAS_NUM_THREADS"] = "1"
-    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def _report(key: str, done: int) -> None:
     _QUEUE.put((key, done))
 
 
-def _worker_run(cfg: ExperimentConfig, run: Run, teacher_weights: Path | None) -> dict[str, Any]:
+def worker_run(cfg: ExperimentConfig, run: Run, teacher_weights: Path | None) -> dict[str, Any]:
+    """What a worker process runs for one :class:`Run`."""
     return train_run(cfg, run, teacher_weights, progress=_report)
 
 
@@ -412,11 +422,14 @@ class Scheduler:
 
     The teacher and the baselines start at once (the baselines need no teacher); the
     distillation students are queued when the teacher is done. With one worker,
-    everything runs here in order, with a progress bar per run.
+    everything runs here in order, with a progress bar per run. A run that fails (or
+    Ctrl-C) stops the job: queued runs are cancelled, the error is raised once the
+    runs in progress have stopped. ``worker`` is what each process runs (tests swap it).
     """
 
-    def __init__(self, cfg: ExperimentConfig) -> None:
+    def __init__(self, cfg: ExperimentConfig, worker: Callable[..., dict] = worker_run) -> None:
         self.cfg = cfg
+        self.worker = worker
         self.students = [Run(m, s) for m in cfg.methods for s in cfg.seeds]
         self.results: dict[Run, dict[str, Any]] = {}
         self.teacher_weights: Path | None = None
@@ -447,7 +460,6 @@ class Scheduler:
 
         cfg = self.cfg
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked Caffe state
-        queue = ctx.Queue()
         teacher = Run(TEACHER, cfg.teacher_seed)
         waiting = [r for r in self.students if r.method != "baseline"]
         ready = [teacher] + [r for r in self.students if r.method == "baseline"]
@@ -459,28 +471,39 @@ class Scheduler:
             desc=f"{len(self.students) + 1} trainings, {cfg.workers} at a time",
             dynamic_ncols=True,
         )
-        pool = ProcessPoolExecutor(
-            cfg.workers, mp_context=ctx, initializer=_worker_init, initargs=(queue,)
-        )
-        with pool, bar:
-            running: dict[Future, Run] = {pool.submit(_worker_run, cfg, r, None): r for r in ready}
-            while running:
-                finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+        with ctx.Manager() as manager, bar:
+            queue = manager.Queue()
+            pool = ProcessPoolExecutor(
+                cfg.workers, mp_context=ctx, initializer=_worker_init, initargs=(queue,)
+            )
+            running: dict[Future, Run] = {}
+
+            def drain() -> None:
                 while not queue.empty():
                     key, done = queue.get_nowait()
                     bar.update(done - done_iters.get(key, 0))
                     done_iters[key] = done
-                for future in finished:
-                    run = running.pop(future)
-                    result = future.result()  # a failed run stops the job with its error
-                    self.results[run] = result
-                    if run.method == TEACHER:
-                        self._teacher_done(result)
-                        for r in waiting:
-                            running[pool.submit(_worker_run, cfg, r, self.teacher_weights)] = r
-                    else:
-                        self._print_run(result)
-                    bar.set_postfix_str(f"{len(self.results)}/{len(self.students) + 1} done")
+
+            try:
+                for r in ready:
+                    running[pool.submit(self.worker, cfg, r, None)] = r
+                while running:
+                    finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+                    drain()
+                    for future in finished:
+                        run = running.pop(future)
+                        self.results[run] = result = future.result()
+                        if run.method == TEACHER:
+                            self._teacher_done(result)
+                            for r in waiting:
+                                running[pool.submit(self.worker, cfg, r, self.teacher_weights)] = r
+                        else:
+                            self._print_run(result)
+                        bar.set_postfix_str(f"{len(self.results)}/{len(self.students) + 1} done")
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # the running ones stop soon
+                raise
+            pool.shutdown(wait=True)
 
     def run(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """(teacher result, student results in (method, seed) order)."""
@@ -500,20 +523,56 @@ def machine_line(workers: int) -> dict[str, Any]:
     from pyirg import __version__
     from pyirg.blas import caffe_openblas, coretype_source, read_cpuinfo
 
-    info = caffe_openblas()
+    info = caffe_openblas() or {}
     _, model, _ = read_cpuinfo()
     return {
         "cpu": model or platform.processor() or "unknown",
         "cores": usable_cores(),
-        "blas": f"OpenBLAS {info.get('version')}",
-        "kernel": info.get("architecture"),
+        "blas": f"OpenBLAS {info['version']}" if info else "not OpenBLAS",
+        "kernel": info.get("architecture", "unknown"),
         "kernel_source": coretype_source(),
-        "blas_threads_per_training": 1,
         "parallel_trainings": workers,
         "date": datetime.date.today().isoformat(),
         "pyirg": __version__,
         "python": platform.python_version(),
     }
+
+
+#: Settings that do not change what a run computes: a job may be extended with more
+#: seeds or methods, or re-run with other --jobs, into the same folder.
+_NOT_RESULTS = ("out", "seeds", "methods", "jobs", "progress")
+JOB_FILE = "job.json"
+
+
+def check_job_folder(cfg: ExperimentConfig) -> None:
+    """Refuse an --out whose finished runs were made with other settings (they would be
+    resumed and reported as if made with these); record the settings in a new folder."""
+    settings = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in asdict(cfg).items()
+        if k not in _NOT_RESULTS
+    }
+    path = cfg.out / JOB_FILE
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        diff = [
+            f"{k}: {stored.get(k)!r} there, {v!r} here"
+            for k, v in settings.items()
+            if stored.get(k) != v
+        ]
+        if diff:
+            raise ValueError(
+                f"{cfg.out} holds runs made with other settings ({'; '.join(diff)}); "
+                "choose another --out"
+            )
+        return
+    if any(cfg.out.glob("*/metrics.json")) or any(cfg.out.glob("*/seed*/metrics.json")):
+        raise ValueError(
+            f"{cfg.out} holds runs of an earlier pyirg main that recorded no settings; "
+            "choose another --out (or remove that folder)"
+        )
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def run(cfg: ExperimentConfig, command: str = "") -> dict:
@@ -522,7 +581,8 @@ def run(cfg: ExperimentConfig, command: str = "") -> dict:
 
     caffe.set_mode_cpu()
     started = time.time()
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    check_job_folder(cfg)
+    machine = machine_line(cfg.workers)
     data = Data.load(cfg.train_per_class)
     teacher, student = _specs(cfg)
     print(
@@ -537,12 +597,12 @@ def run(cfg: ExperimentConfig, command: str = "") -> dict:
         deploy = deploy_net(spec, prefix=prefix, batch=1, channels=1, height=8, width=8)
         (cfg.out / f"deploy_{name}.prototxt").write_text(str(deploy))
     for seed in cfg.seeds:
-        write_init_weights(cfg, student, seed)
+        write_init_weights(cfg, seed)
     t_result, runs = Scheduler(cfg).run()
     results = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "data": {"train": len(data.train_labels), "test": len(data.test_labels)},
-        "machine": machine_line(cfg.workers),
+        "machine": machine,
         "command": command,
         "teacher_accuracy": t_result["accuracy"],
         "teacher_weights": t_result["weights"],
@@ -550,7 +610,10 @@ def run(cfg: ExperimentConfig, command: str = "") -> dict:
         "summary": summarize(runs, cfg.methods),
         "seconds": time.time() - started,
     }
-    results["machine"]["seconds"] = round(results["seconds"])
+    machine["seconds"] = round(results["seconds"])
+    machine["blas_threads_per_training"] = sorted(
+        {r.get("blas_threads") for r in [t_result, *runs]}, key=str
+    )
     (cfg.out / "results.json").write_text(json.dumps(results, indent=2, default=list))
     table = format_table(results)
     (cfg.out / "results.md").write_text(table + "\n\n" + per_seed_table(results) + "\n")
@@ -601,10 +664,13 @@ def summarize(runs: Sequence[dict], methods: Sequence[str]) -> dict[str, dict[st
         accs = [r["accuracy"] for r in rows]
         out[method] = {
             "mean": statistics.fmean(accs),
-            "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "std": statistics.stdev(accs) if len(accs) > 1 else math.nan,
             "n": len(accs),
         }
         if method != "baseline" and "baseline" in by_method:
+            seeds = [r["seed"] for r in rows]
+            if seeds != [r["seed"] for r in by_method["baseline"]]:
+                raise ValueError(f"{method} and baseline ran other seeds: no pairing")
             base = [r["accuracy"] for r in by_method["baseline"]]
             out[method]["vs_baseline"] = paired(base, accs)
     return out
@@ -630,6 +696,13 @@ def verdict(method: str, p: dict[str, float]) -> str:
     )
 
 
+def _seed_label(seeds: Sequence[int]) -> str:
+    contiguous = list(seeds) == list(range(seeds[0], seeds[0] + len(seeds)))
+    return (
+        f"{seeds[0]}..{seeds[-1]}" if contiguous and len(seeds) > 2 else ", ".join(map(str, seeds))
+    )
+
+
 def format_table(results: dict) -> str:
     """The job's table: where it came from, then per method mean ± std and the paired test."""
     cfg, m, data = results["config"], results["machine"], results["data"]
@@ -639,9 +712,10 @@ def format_table(results: dict) -> str:
         f"{data['train']} train / {data['test']} test): teacher ResNet-{cfg['teacher_depth']}x"
         f"{cfg['teacher_width']:g} -> student ResNet-{cfg['student_depth']}x"
         f"{cfg['student_width']:g}, {cfg['max_iter']} iterations of batch {cfg['batch']}, "
-        f"{len(seeds)} paired seeds ({seeds[0]}..{seeds[-1]}).",
+        f"{len(seeds)} paired seeds ({_seed_label(seeds)}).",
         f"Machine: {m['cpu']} ({m['cores']} cores), {m['blas']} kernel {m['kernel']} "
-        f"({m['kernel_source']}), {m['blas_threads_per_training']} BLAS thread per training, "
+        f"({m['kernel_source']}), BLAS threads per training "
+        f"{'/'.join(map(str, m['blas_threads_per_training']))}, "
         f"{m['parallel_trainings']} trainings in parallel; {m['date']}; pyirg {m['pyirg']}; "
         f"{m['seconds']} s.",
         "",
@@ -650,7 +724,8 @@ def format_table(results: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for method, s in results["summary"].items():
-        row = f"| {method} | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} |"
+        std = "n/a" if math.isnan(s["std"]) else f"{100 * s['std']:.2f}"
+        row = f"| {method} | {100 * s['mean']:.2f} ± {std} |"
         p = s.get("vs_baseline")
         if p is None:
             row += " | | |"
@@ -761,5 +836,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = from_args(ExperimentConfig, args, **quick)
     except (ValueError, TypeError) as err:
         parser.error(str(err))
-    run(cfg, command=" ".join(["pyirg main", *(argv if argv is not None else sys.argv[1:])]))
+    command = " ".join(["pyirg main", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        run(cfg, command=command)
+    except ValueError as err:
+        print(f"pyirg main: error: {err}", file=sys.stderr)
+        return 2
     return 0

@@ -39,6 +39,7 @@ AVX512 = AVX2 | {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
         (SSE, "GenuineIntel", "Nehalem"),
         (SSE - {"sse4_2"}, "GenuineIntel", "Core2"),
         ({"sse", "sse2", "pni", "lm"}, "GenuineIntel", "Prescott"),
+        ({"sse", "sse2", "lm"}, "GenuineIntel", ""),  # no SSE3: OpenBLAS decides
     ],
 )
 def test_best_kernel_never_needs_a_missing_flag(flags: set, vendor: str, kernel: str) -> None:
@@ -86,6 +87,16 @@ def test_export_line_for_env_sh_respects_a_user_value(monkeypatch: pytest.Monkey
     assert export_line() == ""
 
 
+def test_a_value_changed_after_pyirg_chose_is_the_users() -> None:
+    env: dict[str, str] = {}
+    if not ensure_coretype(env):
+        pytest.skip("no x86-64 /proc/cpuinfo here")
+    assert "chosen by pyirg" in coretype_source(env)
+    env[CORETYPE_ENV] = "Nehalem"  # e.g. exported by the user after tools/env.sh
+    assert "left alone" in coretype_source(env)
+    assert ensure_coretype(env) == "Nehalem"
+
+
 # -- through Caffe ------------------------------------------------------------------------
 
 _PROBE = r"""
@@ -95,24 +106,33 @@ import pyirg, caffe
 from caffe import layers as L
 from pyirg.blas import caffe_openblas
 
-caffe.set_mode_cpu()
-m, n, k = 300, 257, 129
-ns = caffe.NetSpec()
-ns.x = L.Input(shape=dict(dim=[m, k]))
-ns.y = L.InnerProduct(ns.x, num_output=n, bias_term=False, weight_filler=dict(type="gaussian"))
 import tempfile
-with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
-    f.write(str(ns.to_proto()))
-net = caffe.Net(f.name, caffe.TEST)
-os.unlink(f.name)
+caffe.set_mode_cpu()
 rng = np.random.default_rng(0)
-x = rng.standard_normal((m, k)).astype(np.float32)
-w = rng.standard_normal((n, k)).astype(np.float32)
-net.blobs["x"].data[...] = x
-net.params["y"][0].data[...] = w
-y = net.forward()["y"].copy()
-want = x.astype(np.float64) @ w.astype(np.float64).T
-err = float(np.abs(y - want).max() / np.abs(want).max())
+err = 0.0
+# InnerProduct's forward is X W^T (NT), its backward top^T X (TN) and top W (NN), all
+# through caffe_cpu_gemm; a large product and the small ones of thin convolutions.
+for m, n, k in [(300, 257, 129), (64, 4, 36), (16, 8, 72), (7, 16, 3)]:
+    ns = caffe.NetSpec()
+    ns.x = L.Input(shape=dict(dim=[m, k]))
+    ns.y = L.InnerProduct(ns.x, num_output=n, bias_term=False, weight_filler=dict(type="gaussian"))
+    with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
+        f.write("force_backward: true\n" + str(ns.to_proto()))
+    net = caffe.Net(f.name, caffe.TRAIN)
+    os.unlink(f.name)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    g = rng.standard_normal((m, n)).astype(np.float32)
+    net.blobs["x"].data[...] = x
+    net.params["y"][0].data[...] = w
+    net.params["y"][0].diff[...] = 0
+    net.forward()
+    net.blobs["y"].diff[...] = g
+    net.backward()
+    x64, w64, g64 = x.astype(np.float64), w.astype(np.float64), g.astype(np.float64)
+    for got, want in ((net.blobs["y"].data, x64 @ w64.T), (net.params["y"][0].diff, g64.T @ x64),
+                      (net.blobs["x"].diff, g64 @ w64)):
+        err = max(err, float(np.abs(got - want).max() / np.abs(want).max()))
 info = caffe_openblas()
 print(json.dumps({"kernel": info["architecture"], "err": err,
                   "env": os.environ.get("OPENBLAS_CORETYPE")}))
@@ -139,7 +159,7 @@ def test_caffe_runs_the_chosen_kernel_and_its_gemm_matches_numpy() -> None:
     assert got["kernel"].lower() == expected.lower(), f"OpenBLAS ignored {expected}: {got}"
     if user_value is None and {"avx2", "fma"} <= flags:
         assert got["kernel"] != "Prescott"
-    # caffe_cpu_gemm (InnerProduct's forward) through that kernel still computes X W^T.
+    # caffe_cpu_gemm (InnerProduct forward and backward) through that kernel matches numpy.
     assert got["err"] < 1e-5, got
 
 

@@ -7,7 +7,7 @@ _irg_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 _irg_root=${CAFFE_ROOT:-$(readlink -f "$_irg_repo/.caffe" 2>/dev/null || true)}
 if [ -z "$_irg_root" ] || [ ! -f "$_irg_root/python/caffe/_caffe.so" ]; then
   echo "tools/env.sh: no Caffe build found; run: bash tools/build_caffe.sh" >&2
-  unset _irg_repo _irg_root
+  unset _irg_repo _irg_root _irg_export
   return 1 2>/dev/null || exit 1
 fi
 export CAFFE_ROOT=$_irg_root
@@ -23,6 +23,10 @@ if [ -f "$_irg_repo/.venv/bin/activate" ]; then
 fi
 # Caffe's OpenBLAS on the best kernel this CPU supports (pyirg/blas.py); a value already
 # set in the environment is left alone.
-eval "$(python -c 'import pyirg.blas as b; print(b.export_line())' 2>/dev/null)"
+if ! _irg_export=$(python3 -c 'import pyirg.blas as b; print(b.export_line())' 2>&1); then
+  echo "tools/env.sh: cannot choose the BLAS kernel (pyirg not importable): $_irg_export" >&2
+  _irg_export=
+fi
+eval "$_irg_export"
 unset -f _irg_prepend
-unset _irg_repo _irg_root
+unset _irg_repo _irg_root _irg_export

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import re
 import subprocess
 from collections.abc import Callable
 from typing import Any
@@ -16,34 +15,15 @@ from typing import Any
 import numpy as np
 
 
-def _loaded_libraries() -> list[str]:
-    with open("/proc/self/maps") as f:
-        return sorted(
-            {line.split()[-1] for line in f if line.rstrip().endswith(".so") or ".so." in line}
-        )
-
-
 def find_caffe_openblas() -> str:
-    """Path of the OpenBLAS that libcaffe itself links (not numpy's or scipy's bundled one).
+    """Path of the OpenBLAS that libcaffe itself links (:func:`pyirg.blas.caffe_blas_path`),
+    so the bound is timed with the library (and thread pool) ``caffe_cpu_gemm`` calls."""
+    from pyirg.blas import caffe_blas_path
 
-    Caffe must already be imported: libcaffe is located in this process's maps, and its
-    ``libopenblas`` dependency resolved with ``ldd``, so the bound is timed with the
-    library (and thread pool) that ``caffe_cpu_gemm`` calls.
-    """
-    loaded = _loaded_libraries()
-    libcaffe = next((p for p in loaded if "/libcaffe" in p), None)
-    if libcaffe is not None:
-        out = subprocess.run(["ldd", libcaffe], capture_output=True, text=True).stdout
-        # libopenblas first: libcaffe names it directly (its cblas_* bind there); a libblas
-        # line may come from another dependency.
-        for pattern in (r"libopenblas[^\s]*\s*=>\s*(\S+)", r"libblas[^\s]*\s*=>\s*(\S+)"):
-            match = re.search(pattern, out)
-            if match:
-                return os.path.realpath(match.group(1))
-    for path in loaded:  # fallback: a system OpenBLAS, not a wheel's private copy
-        if "openblas" in path and "site-packages" not in path:
-            return path
-    raise RuntimeError("cannot find the OpenBLAS that libcaffe uses (is caffe imported?)")
+    path = caffe_blas_path()
+    if path is None or "openblas" not in os.path.basename(path):
+        raise RuntimeError(f"libcaffe's BLAS is not OpenBLAS ({path}); the bound needs it")
+    return path
 
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
