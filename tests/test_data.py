@@ -418,3 +418,18 @@ def test_array_batch_fn_is_a_function_of_the_iteration() -> None:
     # without padding, shuffling or scale the data are the images minus the mean
     seq = array_batch_fn(images, labels, 5, shuffle=False, mean=pixel_mean(images))
     np.testing.assert_allclose(seq(1)["data"], images[5:10] - images.mean(axis=0), atol=1e-5)
+
+
+def test_digits_with_k_training_images_per_class() -> None:
+    split = load_digits_split(train_per_class=10)
+    assert np.bincount(split.train_labels).tolist() == [10] * 10
+    assert len(split.train_labels) + len(split.test_labels) == 1797
+    train = {
+        img.tobytes() + bytes([lab]) for img, lab in zip(split.train_images, split.train_labels)
+    }
+    test = [img.tobytes() + bytes([lab]) for img, lab in zip(split.test_images, split.test_labels)]
+    assert len(train & set(test)) <= 2  # the digits data holds a few exact duplicates
+    again = load_digits_split(train_per_class=10)
+    assert np.array_equal(split.train_images, again.train_images)  # a fixed choice
+    with pytest.raises(ValueError, match="train_per_class"):
+        load_digits_split(train_per_class=174)

@@ -50,19 +50,12 @@ def load_digits_split(
             )
         )
         test_idx = np.setdiff1d(np.arange(len(labels)), train_idx)
-        return DataSplit(
-            name="digits",
-            train_images=images[train_idx],
-            train_labels=labels[train_idx],
-            test_images=images[test_idx],
-            test_labels=labels[test_idx],
-            label_names=tuple(str(i) for i in range(10)),
+    else:
+        # An integer test size avoids the ceil() sklearn applies to fractions.
+        n_test = int(round(test_fraction * len(labels)))
+        train_idx, test_idx = train_test_split(
+            np.arange(len(labels)), test_size=n_test, stratify=labels, random_state=seed
         )
-    # An integer test size avoids the ceil() sklearn applies to fractions.
-    n_test = int(round(test_fraction * len(labels)))
-    train_idx, test_idx = train_test_split(
-        np.arange(len(labels)), test_size=n_test, stratify=labels, random_state=seed
-    )
     return DataSplit(
         name="digits",
         train_images=images[train_idx],
