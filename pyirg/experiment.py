@@ -837,9 +837,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as err:
         parser.error(str(err))
     command = " ".join(["pyirg main", *(argv if argv is not None else sys.argv[1:])])
+    from pyirg.train import TrainError
+
     try:
         run(cfg, command=command)
-    except ValueError as err:
+    except (ValueError, TrainError) as err:
         print(f"pyirg main: error: {err}", file=sys.stderr)
         return 2
     return 0

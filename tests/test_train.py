@@ -29,6 +29,7 @@ from pyirg.train import (  # noqa: E402
     PreflightError,
     TeacherWeightsError,
     TrainError,
+    TrainingDiverged,
     TrainingInterrupted,
     latest_snapshot,
     main,
@@ -480,3 +481,102 @@ def test_init_weights_missing_a_trained_layer_are_refused(nets, feeds, teacher, 
     partial.write_bytes(param.SerializeToString())
     with pytest.raises(TeacherWeightsError, match="trained layer.*ip2"):
         run(nets["plain"], tmp_path / "out", feeds, init_weights=partial)
+
+
+# -------------------------------------------------------------------------------- divergence
+
+
+def test_divergence_stops_training_and_keeps_the_last_finite_weights(
+    nets, feeds, tmp_path: Path
+) -> None:
+    """base_lr 1e6: the loss goes non-finite within a few iterations; training must stop
+    there (not run on and report an accuracy), naming the iteration, loss and lr."""
+    out = tmp_path / "out"
+    with pytest.raises(TrainingDiverged) as info:
+        run(nets["plain"], out, feeds, solver=dict(base_lr=1e6), snapshot_interval=0)
+    message = str(info.value)
+    assert "training diverged at iteration" in message and "learning rate 1e+06" in message
+    assert "loss" in message
+    saved = Path(info.value.last_finite)
+    assert saved.is_file() and saved.parent == out
+    for blobs in weights(saved).values():
+        assert all(np.isfinite(b).all() for b in blobs)
+    it = int(saved.name.split("_iter_")[1].split("_")[0])
+    assert it < 20  # it stopped early, before max_iter
+    rows = json.loads((out / METRICS_JSON).read_text())
+    assert rows  # the metrics up to the divergence are written
+    assert not list(out.glob("tiny_iter_20.*"))  # no final snapshot of NaN weights
+
+
+def test_cli_exits_non_zero_on_divergence(nets, digits_dir: Path, tmp_path: Path, capsys) -> None:
+    solver = _solver_file(tmp_path / "solver.prototxt", Path("plain.prototxt"))
+    text = solver.read_text().replace("base_lr: 0.05", "base_lr: 1000000.0")
+    solver.write_text(text)
+    argv = ["--solver", str(solver), "--net", str(nets["plain"]), "--out", str(tmp_path / "o")]
+    argv += ["--npy-data", str(digits_dir), "--no-progress", "--no-preflight"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "diverged at iteration" in err and "last_finite.caffemodel" in err
+
+
+# ------------------------------------------------------------ resume from complete snapshots
+
+
+def _cut_caffemodel_at_layer(path: Path) -> None:
+    """Cut a .caffemodel's bytes where its last layer with blobs begins (a layer boundary)."""
+    param = caffe_pb2.NetParameter.FromString(path.read_bytes())
+    whole = param.SerializeToString()
+    last = max(i for i, layer in enumerate(param.layer) if layer.blobs)
+    kept = list(param.layer)[:last]
+    del param.layer[:]
+    param.layer.extend(kept)
+    prefix = param.SerializeToString()
+    assert whole.startswith(prefix) and len(prefix) < len(whole)  # really a byte prefix
+    path.write_bytes(prefix)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "caffemodel_at_layer_boundary",
+        "caffemodel_inside_a_record",
+        "solverstate_after_history",
+        "solverstate_inside_a_record",
+    ],
+)
+def test_resume_falls_back_past_a_truncated_snapshot(
+    nets, feeds, reference, tmp_path: Path, damage: str, capfd
+) -> None:
+    out = tmp_path / "out"
+    run(nets["plain"], out, feeds, seed=5, max_iter=20)  # snapshots at 10 and 20
+    model, state = out / "tiny_iter_20.caffemodel", out / "tiny_iter_20.solverstate"
+    if damage == "caffemodel_at_layer_boundary":
+        _cut_caffemodel_at_layer(model)
+        caffe_pb2.NetParameter.FromString(model.read_bytes())  # still parses
+    elif damage == "caffemodel_inside_a_record":
+        model.write_bytes(model.read_bytes()[:-17])
+    elif damage == "solverstate_after_history":
+        full = caffe_pb2.SolverState.FromString(state.read_bytes())
+        cut = caffe_pb2.SolverState(iter=full.iter, learned_net=full.learned_net)
+        cut.history.extend(full.history[:1])
+        state.write_bytes(cut.SerializeToString())
+    else:
+        state.write_bytes(state.read_bytes()[:-7])
+    resumed = run(nets["plain"], out, feeds, seed=5, resume=True)
+    assert "not resuming from iteration 20" in capfd.readouterr().err
+    assert resumed.iterations == 20  # from iteration 10, retrained to 20
+    assert_same_weights(resumed.weights, reference.weights)
+
+
+def test_resume_with_nothing_complete_is_refused(nets, feeds, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run(nets["plain"], out, feeds, seed=5, max_iter=10, snapshot_interval=0)
+    (out / "tiny_iter_10.caffemodel").write_bytes(b"")
+    with pytest.raises(TrainError, match="no complete snapshot"):
+        run(nets["plain"], out, feeds, seed=5, resume=True)
+
+
+def test_resume_with_nothing_to_resume_says_so(nets, feeds, tmp_path: Path, capfd) -> None:
+    result = run(nets["plain"], tmp_path / "fresh", feeds, seed=5, max_iter=2, resume=True)
+    assert result.iterations == 2
+    assert "holds no snapshot" in capfd.readouterr().err

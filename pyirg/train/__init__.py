@@ -49,6 +49,7 @@ from pyirg.train.errors import (
     PreflightError,
     TeacherWeightsError,
     TrainError,
+    TrainingDiverged,
     TrainingInterrupted,
 )
 from pyirg.train.metrics import CURVES_PNG, METRICS_JSON, TEST_CSV, TRAIN_CSV, plot_curves
@@ -72,6 +73,7 @@ __all__ = [
     "TeacherWeightsError",
     "TrainError",
     "TrainResult",
+    "TrainingDiverged",
     "TrainingInterrupted",
     "build_parser",
     "check_weights",

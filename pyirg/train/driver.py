@@ -24,13 +24,31 @@ from pyirg.train.errors import TrainError
 from pyirg.train.loop import TrainingRun
 from pyirg.train.preflight import run_preflight
 from pyirg.train.results import TrainResult
-from pyirg.train.snapshots import TMP_PREFIX, latest_snapshot, remove_stale_tmp, snapshot_name
+from pyirg.train.snapshots import (
+    TMP_PREFIX,
+    latest_snapshot,
+    remove_stale_tmp,
+    snapshot_name,
+    snapshot_pairs,
+    snapshot_problem,
+)
 from pyirg.train.solver_param import prepare_solver_param
-from pyirg.train.weights import check_weights, load_init_weights, load_teacher
+from pyirg.train.weights import load_init_weights, load_teacher, net_param_shapes
 
 EFFECTIVE_SOLVER = "solver.effective.prototxt"
 #: Caffe tests when ``iter % test_interval == 0``; this interval is never reached.
 _NEVER = 2**31 - 1
+
+
+def resumable_snapshot(out: Path, name: str, shapes: dict[str, list[tuple[int, ...]]]) -> Any:
+    """The newest complete snapshot pair in ``out``; older ones are fallen back to with a
+    notice when the newest is truncated (a kill while writing, a full disk)."""
+    for snap in snapshot_pairs(out, name):
+        problem = snapshot_problem(snap, shapes)
+        if problem is None:
+            return snap
+        print(f"notice: not resuming from iteration {snap.iteration}: {problem}", file=sys.stderr)
+    raise TrainError(f"{out}: no complete snapshot '{name}_iter_*' to resume from")
 
 
 def train(
@@ -170,9 +188,11 @@ def train(
             on_iteration=on_iteration,
         )
         if resuming:
-            assert existing is not None
-            check_weights(shapes, existing.caffemodel)
-            run.restore(existing)
+            run.restore(resumable_snapshot(out, name, net_param_shapes([csolver.net])))
+        elif resume:
+            print(
+                f"notice: {out} holds no snapshot '{name}_iter_*': starting at 0", file=sys.stderr
+            )
         return run.run()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -17,6 +17,17 @@ class PreflightError(TrainError):
     """``pyirg.check.check_net`` reported errors in the net."""
 
 
+class TrainingDiverged(TrainError):
+    """A loss term or the update became non-finite; the last finite weights were saved."""
+
+    def __init__(self, message: str, last_finite: str | None = None) -> None:
+        super().__init__(message)
+        self.last_finite = last_finite
+
+    def __reduce__(self) -> tuple:  # keeps last_finite across processes (the main job)
+        return (type(self), (str(self), self.last_finite))
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Raised after SIGINT/SIGTERM once a snapshot is saved; ``result`` describes it.
 

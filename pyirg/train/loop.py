@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pyirg.train import metrics
 from pyirg.train.common import BatchFn
-from pyirg.train.errors import TrainError, TrainingInterrupted
+from pyirg.train.errors import TrainError, TrainingDiverged, TrainingInterrupted
 from pyirg.train.results import Snapshot, TrainResult
 from pyirg.train.signals import StopRequest, stop_on_signals
 from pyirg.train.snapshots import restore_snapshot, save_snapshot
@@ -61,6 +61,10 @@ class TrainingRun:
         self.run_info = run_info
         self.on_iteration = on_iteration
         self.train_rows: list[dict[str, float]] = []
+        # The weights before the current step, so a diverged run can still save them.
+        self._finite: list[np.ndarray] = [
+            b.data.copy() for blobs in solver.net.params.values() for b in blobs
+        ]
         self.test_rows: list[dict[str, float]] = []
         self.last_snapshot: Snapshot | None = None
 
@@ -111,6 +115,9 @@ class TrainingRun:
         if self.batch_fn is not None:
             self._feed(net, self.batch_fn(it), f"batch_fn({it})")
         lr = float(solver.lr) if hasattr(solver, "lr") else math.nan
+        params = [b for blobs in net.params.values() for b in blobs]
+        for saved, blob in zip(self._finite, params):
+            np.copyto(saved, blob.data)
         solver.step(1)
         elapsed = time.perf_counter() - start
         row: dict[str, float] = {"iter": it, "lr": lr}
@@ -118,7 +125,14 @@ class TrainingRun:
         for name in dict.fromkeys([*self.loss_terms, *self.train_scalars]):
             row[name] = float(net.blobs[name].data.flat[0])
         row["total_loss"] = sum(w * row[b] for b, w in self.loss_weights.items())
+        # After a step each param's diff holds the update it just applied.
+        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN are what we look for
+            row["update_norm"] = math.sqrt(
+                sum(float(np.dot(p.diff.ravel(), p.diff.ravel())) for p in params)
+            )
         self.train_rows.append(row)
+        if not (math.isfinite(row["total_loss"]) and math.isfinite(row["update_norm"])):
+            self._diverged(row, it)
         postfix = {b: f"{row[b]:.4g}" for b in self.loss_terms}
         postfix["lr"] = f"{lr:.3g}"
         postfix["img/s"] = f"{row['images_per_s']:.0f}"
@@ -126,6 +140,25 @@ class TrainingRun:
         bar.update(1)
         if self.on_iteration is not None:
             self.on_iteration(solver.iter, net)
+
+    def _diverged(self, row: dict[str, float], it: int) -> None:
+        """Save the weights before the step that diverged, write the metrics, raise."""
+        net = self.solver.net
+        params = [b for blobs in net.params.values() for b in blobs]
+        for saved, blob in zip(self._finite, params):
+            blob.data[...] = saved
+        path = self.out / f"{self.name}_iter_{it}_last_finite.caffemodel"
+        tmp = self.tmp / path.name
+        net.save(str(tmp))
+        tmp.replace(path)
+        self.write_metrics(plot=True)
+        terms = ", ".join(f"{b} {row[b]:.4g}" for b in self.loss_terms)
+        raise TrainingDiverged(
+            f"training diverged at iteration {it + 1}: loss terms {terms}; update norm "
+            f"{row['update_norm']:.4g}; learning rate {row['lr']:.4g}. The weights before "
+            f"that iteration are in {path}; lower base_lr or check the data scaling",
+            str(path),
+        )
 
     # -- testing ------------------------------------------------------------------------
     def _test(self, bar: tqdm | None) -> None:

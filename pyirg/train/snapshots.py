@@ -24,22 +24,53 @@ from pyirg.train.results import Snapshot
 TMP_PREFIX = ".snapshot-tmp-"
 
 
-def latest_snapshot(out_dir: PathLike, name: str = "snapshot") -> Snapshot | None:
-    """The complete snapshot (.caffemodel and .solverstate) with the highest iteration."""
+def snapshot_pairs(out_dir: PathLike, name: str = "snapshot") -> list[Snapshot]:
+    """Every (.caffemodel, .solverstate) pair in OUT, the highest iteration first."""
     out = Path(out_dir)
     if not out.is_dir():
-        return None
+        return []
     pattern = re.compile(rf"^{re.escape(name)}_iter_(\d+)\.solverstate$")
-    best: Snapshot | None = None
+    pairs = []
     for path in out.iterdir():
         m = pattern.match(path.name)
-        if not m:
-            continue
-        it = int(m.group(1))
-        model = out / f"{name}_iter_{it}.caffemodel"
-        if model.is_file() and (best is None or it > best.iteration):
-            best = Snapshot(it, model, path)
-    return best
+        if m and (out / f"{name}_iter_{m.group(1)}.caffemodel").is_file():
+            it = int(m.group(1))
+            pairs.append(Snapshot(it, out / f"{name}_iter_{it}.caffemodel", path))
+    return sorted(pairs, key=lambda s: -s.iteration)
+
+
+def latest_snapshot(out_dir: PathLike, name: str = "snapshot") -> Snapshot | None:
+    """The snapshot pair (.caffemodel and .solverstate) with the highest iteration."""
+    pairs = snapshot_pairs(out_dir, name)
+    return pairs[0] if pairs else None
+
+
+def snapshot_problem(snap: Snapshot, shapes: dict[str, list[tuple[int, ...]]]) -> str | None:
+    """Why ``snap`` cannot be resumed from, or None when it is complete.
+
+    Complete: the .caffemodel holds every layer with parameters with the net's shapes
+    (a file cut at a layer boundary still parses, and Caffe would keep the missing
+    layers' random initialisation), and the .solverstate parses, is at the snapshot's
+    iteration and has its last field: Caffe always sets ``current_step`` (field 4, after
+    the history blobs), so a file cut anywhere after ``iter`` lacks it (Caffe would abort
+    on the missing history).
+    """
+    from pyirg.train.errors import TeacherWeightsError
+    from pyirg.train.weights import check_weights
+
+    try:
+        check_weights(shapes, snap.caffemodel, required=list(shapes), role="net")
+    except TeacherWeightsError as e:
+        return str(e)
+    try:
+        state = caffe_pb2().SolverState.FromString(snap.solverstate.read_bytes())
+    except Exception as e:  # protobuf's DecodeError differs between implementations
+        return f"{snap.solverstate}: unreadable ({e})"
+    if state.iter != snap.iteration or not state.HasField("current_step"):
+        return (
+            f"{snap.solverstate}: incomplete (cut short after {len(state.history)} history blobs)"
+        )
+    return None
 
 
 def snapshot_name(prefix: str) -> str:
