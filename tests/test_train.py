@@ -580,3 +580,36 @@ def test_resume_with_nothing_to_resume_says_so(nets, feeds, tmp_path: Path, capf
     result = run(nets["plain"], tmp_path / "fresh", feeds, seed=5, max_iter=2, resume=True)
     assert result.iterations == 2
     assert "holds no snapshot" in capfd.readouterr().err
+
+
+# ------------------------------------------------------------------ run folders and --out
+
+
+def test_another_run_into_the_same_out_is_refused(nets, feeds, tmp_path: Path) -> None:
+    """A second solver (another snapshot stem) must not overwrite the first run's records."""
+    out = tmp_path / "out"
+    first = run(nets["plain"], out, feeds, seed=5, max_iter=4)
+    rows = (out / TRAIN_CSV).read_text()
+    with pytest.raises(TrainError, match="already holds a run"):
+        run(nets["plain"], out, feeds, seed=5, solver=dict(snapshot_prefix="other"))
+    assert (out / TRAIN_CSV).read_text() == rows and first.weights.is_file()
+    # resuming with other settings names the difference
+    with pytest.raises(TrainError, match="other settings.*seed: 5 there, 6 now"):
+        run(nets["plain"], out, feeds, seed=6, resume=True)
+    with pytest.raises(TrainError, match="other settings.*solver"):
+        run(nets["plain"], out, feeds, seed=5, resume=True, solver=dict(base_lr=0.5))
+
+
+def test_overwrite_moves_only_a_run_folder_aside(nets, feeds, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run(nets["plain"], out, feeds, seed=5, max_iter=4)
+    again = run(nets["plain"], out, feeds, seed=5, max_iter=2, overwrite=True)
+    assert again.iterations == 2
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("out.replaced-")]
+    assert len(aside) == 1 and (aside[0] / "tiny_iter_4.caffemodel").is_file()
+    other = tmp_path / "not_a_run"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(TrainError, match="no run folder"):
+        run(nets["plain"], other, feeds, seed=5, max_iter=2, overwrite=True)
+    assert (other / "notes.txt").read_text() == "mine"

@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--seed", type=int, default=0, help="random seed (Caffe, numpy, batches)")
     p.add_argument("--resume", action="store_true", help="continue from the latest snapshot")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="move a previous run in --out aside (to OUT.replaced-DATE) and start afresh",
+    )
     p.add_argument("--max-iter", type=int, help="override the solver's max_iter (else its own)")
     p.add_argument("--test-interval", type=int, help="override test_interval (0: only at end)")
     p.add_argument("--snapshot-interval", type=int, help="override snapshot (0: only at end)")
@@ -172,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             preflight=not args.no_preflight,
             gpu=args.gpu,
             init_weights=args.init_weights,
+            overwrite=args.overwrite,
         )
     except TrainingInterrupted as e:
         print(

@@ -23,6 +23,7 @@ from pyirg.train.common import DEFAULT_STUDENT_PREFIX, BatchFn, PathLike, import
 from pyirg.train.errors import TrainError
 from pyirg.train.loop import TrainingRun
 from pyirg.train.preflight import run_preflight
+from pyirg.train.record import prepare_run_folder, run_settings
 from pyirg.train.results import TrainResult
 from pyirg.train.snapshots import (
     TMP_PREFIX,
@@ -70,6 +71,7 @@ def train(
     gpu: int | None = None,
     init_weights: PathLike | None = None,
     on_iteration: Callable[[int, Any], None] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train the solver's net (or ``net``) into ``out_dir`` and return the final metrics.
 
@@ -89,13 +91,14 @@ def train(
     snapshot on SIGINT/SIGTERM.  ``init_weights``: a .caffemodel the trained layers
     start from instead of their fillers (every one of them must be in it), so that
     runs of several nets can start from identical weights; ignored when resuming.
+    ``out_dir`` records the run's settings (``run.json``): a folder holding another run is
+    refused, and resumed only with the same settings; ``overwrite`` moves it aside first.
     ``on_iteration(i, net)`` is called with the iterations done and the train net, before
     the first iteration and after each one.
     """
     caffe = import_caffe()
     pb = caffe.proto.caffe_pb2
     out = Path(out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
     param, net_param, source = prepare_solver_param(solver, net, out_dir=out)
     if preflight:
         for warning in run_preflight(net_param, source, student_prefix=student_prefix):
@@ -111,6 +114,15 @@ def train(
     if batch_fn is not None and param.iter_size > 1:
         raise TrainError("batch_fn feeds one batch per iteration; iter_size > 1 would reuse it")
     name = snapshot_name(param.snapshot_prefix)
+    settings = run_settings(
+        param,
+        net_param,
+        seed=seed,
+        teacher_weights=None if teacher_weights is None else str(teacher_weights),
+        init_weights=None if init_weights is None else str(init_weights),
+        student_prefix=student_prefix,
+    )
+    prepare_run_folder(out, settings, resume=resume, overwrite=overwrite)
     existing = latest_snapshot(out, name)
     if existing is not None and not resume:
         raise TrainError(
