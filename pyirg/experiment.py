@@ -64,8 +64,8 @@ from pyirg.solver import Schedule, make_solver
 METHODS = ("baseline", "IRG", "IRG-t", "MTK")
 TEACHER = "teacher"
 STUDENT_PREFIX = "stu_"
-PAD = 1
-SCALE = 1.0 / 255
+PAD = DATASETS["digits"].pad
+SCALE = DATASETS["digits"].scale
 BN_FRACTION = 0.95
 #: The worker reports its progress to the job's display every this many iterations.
 PROGRESS_EVERY = 8

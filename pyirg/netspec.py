@@ -36,6 +36,7 @@ from caffe.net_spec import NetSpec, Top
 from caffe.proto import caffe_pb2
 
 from pyirg.arch import ConvSpec, ResNetSpec
+from pyirg.data.core import MIRROR, PIXEL_SCALE
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
@@ -75,6 +76,16 @@ class Dataset:
     @property
     def root(self) -> str:
         return f"data/{self.name}"
+
+    @property
+    def scale(self) -> float:
+        """Pixel scale after mean subtraction (:data:`pyirg.data.core.PIXEL_SCALE`)."""
+        return PIXEL_SCALE.get(self.name, 1.0)
+
+    @property
+    def mirror(self) -> bool:
+        """Whether random mirroring suits the data set (:data:`pyirg.data.core.MIRROR`)."""
+        return MIRROR.get(self.name, True)
 
 
 DATASETS: dict[str, Dataset] = {
@@ -159,10 +170,12 @@ def _data_layer(data: DataConfig, phase: int) -> tuple[Top, Top]:
     if data.kind == "lmdb":
         mean_pad, mean = data.means
         transform = (
-            {"mirror": True, "crop_size": ds.size, "mean_file": mean_pad}
+            {"mirror": ds.mirror, "crop_size": ds.size, "mean_file": mean_pad}
             if train
             else {"mean_file": mean}
         )
+        if ds.scale != 1.0:
+            transform["scale"] = ds.scale
         return L.Data(
             ntop=2,
             transform_param=transform,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import tarfile
@@ -353,8 +354,16 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     (out / "keep.txt").write_text("old")
     assert prepare.main(["digits", str(out), "--quiet"]) == 2
     assert (out / "keep.txt").exists()
-    assert prepare.main(["digits", str(out), "--quiet", "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and (out / "train_lmdb").is_dir()
+    # --overwrite replaces only a folder prepare-data wrote, never someone's own files
+    assert prepare.main(["digits", str(out), "--quiet", "--overwrite"]) == 2
+    assert (out / "keep.txt").read_text() == "old"
+    made = tmp_path / "made"
+    assert prepare.main(["digits", str(made), "--quiet"]) == 0
+    (made / "extra.txt").write_text("stale")
+    assert prepare.main(["digits", str(made), "--quiet", "--overwrite"]) == 0
+    assert not (made / "extra.txt").exists() and (made / "train_lmdb").is_dir()
+    info = json.loads((made / "info.json").read_text())
+    assert info["scale"] == pytest.approx(1 / 255)  # the data set's one preprocessing
     assert leftovers(tmp_path) == []
 
 

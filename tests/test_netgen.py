@@ -447,3 +447,21 @@ def test_reduction_pooling_gives_the_same_transformation_terms() -> None:
     for key in outputs[0]:
         assert outputs[1][key] == pytest.approx(outputs[0][key], rel=1e-5), key
     assert any(v > 0 for v in outputs[0].values())
+
+
+def test_each_data_set_has_one_preprocessing_everywhere() -> None:
+    """Generated digits LMDB nets scale and (don't) mirror as the main job trains."""
+    from pyirg import experiment
+    from pyirg.netspec import DATASETS, DataConfig, train_net
+
+    digits = DATASETS["digits"]
+    assert experiment.SCALE == digits.scale == pytest.approx(1 / 255)
+    assert experiment.PAD == digits.pad
+    net = train_net(cifar_resnet(8, 0.25, 10, 1), DataConfig(kind="lmdb", dataset=digits), "d")
+    transforms = [layer.transform_param for layer in net.layer if layer.type == "Data"]
+    assert len(transforms) == 2
+    for t in transforms:
+        assert t.scale == pytest.approx(1 / 255) and not t.mirror
+    cifar = train_net(cifar_resnet(8, 0.25, 10, 3), DataConfig(kind="lmdb"), "c")
+    train = next(layer for layer in cifar.layer if layer.type == "Data")
+    assert train.transform_param.mirror and not train.transform_param.HasField("scale")

@@ -11,6 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: Each data set's preprocessing, the one home every net (generated LMDB nets, the main
+#: job's Input-fed nets) and tool (train --npy-data) takes it from: the pixel scale after
+#: mean subtraction (CIFAR: none, as the authors' IRG nets; digits: 1/255, as the main
+#: job trains) and whether random mirroring is a valid augmentation (not for digits).
+PIXEL_SCALE: dict[str, float] = {"cifar10": 1.0, "cifar100": 1.0, "digits": 1.0 / 255}
+MIRROR: dict[str, bool] = {"cifar10": True, "cifar100": True, "digits": False}
+
 
 class DataError(ValueError):
     """Input data that cannot be converted; the message names the offending file."""

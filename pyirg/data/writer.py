@@ -34,7 +34,7 @@ import lmdb
 import numpy as np
 from tqdm import tqdm
 
-from .core import DataError, DataSplit
+from .core import PIXEL_SCALE, DataError, DataSplit
 from .feed import pad_images, pixel_mean
 from .fsutil import atomic_directory
 
@@ -141,6 +141,8 @@ def write_dataset(
     if pad < 0:
         raise ValueError(f"pad must be >= 0, got {pad}")
     out = Path(out_dir)
+    if overwrite and out.is_dir() and any(out.iterdir()) and not (out / "info.json").is_file():
+        raise DataError(f"--overwrite: {out} was not written by prepare-data (no info.json)")
     with atomic_directory(out, overwrite=overwrite) as tmp:
         for part in ("train", "test"):
             write_datum_lmdb(
@@ -175,6 +177,7 @@ def write_dataset(
             "train_count": len(split.train_labels),
             "test_count": len(split.test_labels),
             "pad": pad,
+            "scale": PIXEL_SCALE.get(split.name, 1.0),
             "files": files + ["labels.txt"],
         }
         (tmp / "info.json").write_text(json.dumps(info, indent=2) + "\n")

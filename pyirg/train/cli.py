@@ -141,7 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--pad", type=int, default=0, help="random crops from images padded by N")
     g.add_argument("--mirror", action="store_true", help="random horizontal flips")
-    g.add_argument("--scale", type=float, default=1.0, help="multiply mean-subtracted pixels")
+    g.add_argument(
+        "--scale",
+        type=float,
+        help="multiply mean-subtracted pixels (else the data set's, from --npy-data's "
+        "info.json: 1/255 for digits, as the main job and generated nets)",
+    )
     return p
 
 
@@ -152,13 +157,17 @@ def main(argv: list[str] | None = None) -> int:
         batch_fn = test_batch_fn = None
         if args.npy_data is not None:
             _, net_param, _ = prepare_solver_param(args.solver, args.net)
+            scale = args.scale
+            if scale is None:
+                info = args.npy_data / "info.json"
+                scale = json.loads(info.read_text()).get("scale", 1.0) if info.is_file() else 1.0
             batch_fn, test_batch_fn = npy_batch_fns(
                 args.npy_data,
                 net_param,
                 seed=args.seed,
                 pad=args.pad,
                 mirror=args.mirror,
-                scale=args.scale,
+                scale=scale,
             )
         result = train(
             args.solver,
