@@ -29,7 +29,19 @@ in milliseconds, without data, and lists every problem with the layer and blob n
 - ``loss-weight``: ``loss_weight`` on a layer whose type is not a loss (``*Loss``), or
   more loss weights than tops;
 - ``teacher-loss`` (warning): a loss fed only by the teacher with nonzero weight: its
-  gradient is computed for nothing and its value inflates the reported loss.
+  gradient is computed for nothing and its value inflates the reported loss;
+- ``irg-in-place``: a layer in place on an IRG layer's top. The IRG layers read their
+  top's data in the backward, so the loss is right and the gradients are wrong;
+- ``irg-batch-1``: an IRG layer fed a batch of one instance: its map (or vector, after
+  normalizing) is always 0, so the term trains nothing;
+- ``class-mismatch``: a EuclideanLoss between two InnerProduct tops of different
+  ``num_output`` (e.g. logits of a teacher and a student trained on other class counts):
+  Caffe aborts;
+- ``missing-file``: a Data/ImageData/HDF5Data source or a mean file that does not exist
+  (relative paths are taken from the current folder, as Caffe does).
+
+N is also followed through Concat and Slice along axis 0 (the sum of the bottoms', or
+the slice sizes), so an N changed there is reported as a ``batch-mismatch``.
 
 Problems are errors unless marked as warnings; the command exits 1 on any error.
 """
@@ -98,6 +110,8 @@ class _Blob:
     n: int | None  # instances along the first axis, when known
     n_from: str = ""  # the data layer that set n
     irg: bool = False  # produced by an IRG layer or from one
+    irg_top: str = ""  # the IRG layer whose top this is (in-place layers on it are wrong)
+    features: int | None = None  # num_output of an InnerProduct top
 
 
 @dataclass
@@ -355,6 +369,7 @@ def _check_phase(
             known.append(blobs.get(b))
         _check_batches(layer, known, out, pname)
         owner = prefixes.owner(layer)
+        _check_irg_use(layer, known, out, pname)
         if layer.type in DATA_TYPES:
             tops = [_Blob(layer.name, DATA, n, layer.name) for n in _data_batches(layer)]
         else:
@@ -363,7 +378,16 @@ def _check_phase(
             irg = layer.type in IRG_TYPES or any(k is not None and k.irg for k in known)
             n = first.n if keep and first is not None else None
             n_from = first.n_from if keep and first is not None else ""
-            tops = [_Blob(layer.name, owner, n, n_from, irg) for _ in layer.top]
+            ns = _axis0_batches(layer, known) or [n] * len(layer.top)
+            if any(m is not None for m in ns) and n is None:
+                n_from = next((k.n_from for k in known if k is not None and k.n_from), "")
+            tops = [_Blob(layer.name, owner, m, n_from, irg) for m in ns]
+            if layer.type in IRG_TYPES:
+                for top in tops:
+                    top.irg_top = layer.name
+            if layer.type == "InnerProduct" and layer.inner_product_param.num_output:
+                for top in tops:
+                    top.features = layer.inner_product_param.num_output
         for j, (top, info) in enumerate(zip(layer.top, tops)):
             in_place = j < len(layer.bottom) and layer.bottom[j] == top
             if top in blobs and not in_place:
@@ -379,6 +403,84 @@ def _check_phase(
                 info.owner = blobs[top].owner
             blobs[top] = info
     return blobs
+
+
+def _axis0_batches(
+    layer: caffe_pb2.LayerParameter, known: list[_Blob | None]
+) -> list[int | None] | None:
+    """N of each top of a Concat or Slice along axis 0 (None: not such a layer)."""
+    if layer.type == "Concat" and layer.concat_param.axis == 0:
+        ns = [k.n if k is not None else None for k in known]
+        total = sum(ns) if ns and all(m is not None for m in ns) else None  # type: ignore[arg-type]
+        return [total] * len(layer.top)
+    if layer.type == "Slice" and layer.slice_param.axis == 0 and known and known[0] is not None:
+        n, points = known[0].n, list(layer.slice_param.slice_point)
+        if n is None:
+            return [None] * len(layer.top)
+        if points:
+            edges = [0, *points, n]
+            return [b - a for a, b in zip(edges, edges[1:])]
+        return [n // len(layer.top) if layer.top else None] * len(layer.top)
+    return None
+
+
+def _check_irg_use(
+    layer: caffe_pb2.LayerParameter, known: list[_Blob | None], out: _Collector, phase: str
+) -> None:
+    """In-place layers on IRG tops, IRG layers fed one instance, logits of other widths."""
+    for j, (bottom, k) in enumerate(zip(layer.bottom, known)):
+        if k is not None and k.irg_top and j < len(layer.top) and layer.top[j] == bottom:
+            out.add(
+                ERROR,
+                "irg-in-place",
+                layer.name,
+                f"{layer.type} runs in place on {bottom!r}, the top of {k.irg_top!r}; the IRG "
+                "layers read their top's data in the backward, so the loss would be right "
+                "and the gradients wrong: give this layer its own top",
+                phase,
+            )
+    if layer.type in IRG_TYPES and known and known[0] is not None and known[0].n == 1:
+        out.add(
+            ERROR,
+            "irg-batch-1",
+            layer.name,
+            f"{layer.type} gets a batch of N=1 (from {known[0].n_from}): a graph of one "
+            "instance has no edges, its term is always 0 and trains nothing",
+            phase,
+        )
+    widths = [(b, k.features) for b, k in zip(layer.bottom, known) if k is not None]
+    if layer.type == "EuclideanLoss" and len({f for _, f in widths if f}) > 1:
+        described = ", ".join(f"{b!r} ({f} outputs)" for b, f in widths)
+        out.add(
+            ERROR,
+            "class-mismatch",
+            layer.name,
+            f"EuclideanLoss between InnerProduct tops of different widths: {described}; "
+            "logits can only be matched between nets of the same classes (Caffe aborts)",
+            phase,
+        )
+
+
+def _check_files(layer: caffe_pb2.LayerParameter, out: _Collector) -> None:
+    """Data sources and mean files that Caffe would fail to open."""
+    paths = []
+    if layer.type == "Data":
+        paths.append(("source", layer.data_param.source))
+    elif layer.type == "ImageData":
+        paths.append(("source", layer.image_data_param.source))
+    elif layer.type == "HDF5Data":
+        paths.append(("source", layer.hdf5_data_param.source))
+    if layer.transform_param.HasField("mean_file"):
+        paths.append(("mean_file", layer.transform_param.mean_file))
+    for what, path in paths:
+        if path and not Path(path).exists():
+            out.add(
+                ERROR,
+                "missing-file",
+                layer.name,
+                f"{what} {path!r} does not exist (from {Path.cwd()}); prepare the data "
+                "(pyirg prepare-data) or fix the path",
+            )
 
 
 def _check_batches(
@@ -434,8 +536,12 @@ def check_net(
     teacher_prefix: str = "",
     student_prefix: str = "stu_",
     stages: Sequence[str] = (),
+    check_files: bool = True,
 ) -> list[Problem]:
-    """Every problem found in ``net`` (empty list: ready to train)."""
+    """Every problem found in ``net`` (empty list: ready to train).
+
+    ``check_files``: also report data sources and mean files that do not exist.
+    """
     if teacher_prefix == student_prefix:
         raise ValueError(f"teacher and student prefixes must differ, both are {teacher_prefix!r}")
     out = _Collector()
@@ -453,6 +559,8 @@ def check_net(
             owners.setdefault(name, blob.owner)
     for layer in net.layer:
         _check_layer_static(layer, out)
+        if check_files:
+            _check_files(layer, out)
     _check_teacher(net, prefixes, owners, out)
     return out.result()
 
@@ -482,6 +590,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stage", action="append", default=[], help="net state stage (repeat for several)"
     )
+    parser.add_argument(
+        "--no-files",
+        action="store_true",
+        help="skip the check that data sources and mean files exist (paths as Caffe "
+        "would open them from the current folder)",
+    )
     return parser
 
 
@@ -492,7 +606,11 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.nets:
         try:
             problems = check_net(
-                load_net(path), args.teacher_prefix, args.student_prefix, args.stage
+                load_net(path),
+                args.teacher_prefix,
+                args.student_prefix,
+                args.stage,
+                check_files=not args.no_files,
             )
         except (OSError, ValueError) as exc:
             print(f"{path}: ERROR {exc}")

@@ -613,3 +613,14 @@ def test_overwrite_moves_only_a_run_folder_aside(nets, feeds, tmp_path: Path) ->
     with pytest.raises(TrainError, match="no run folder"):
         run(nets["plain"], other, feeds, seed=5, max_iter=2, overwrite=True)
     assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_gpu_on_a_cpu_only_build_is_refused(nets, feeds, tmp_path: Path) -> None:
+    from pyirg.train.common import caffe_has_cuda
+
+    if caffe_has_cuda():
+        pytest.skip("this Caffe is a CUDA build")
+    with pytest.raises(TrainError, match="CPU_ONLY build"):
+        run(nets["plain"], tmp_path / "out", feeds, gpu=0)
+    # a run refused during set-up leaves no record: the same --out works afterwards
+    assert run(nets["plain"], tmp_path / "out", feeds, max_iter=2).iterations == 2

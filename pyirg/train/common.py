@@ -25,6 +25,20 @@ def import_caffe() -> Any:
     return caffe
 
 
+def caffe_has_cuda() -> bool:
+    """Whether the loaded libcaffe was built with CUDA (it links libcudart); a CPU_ONLY
+    build aborts the process on ``set_mode_gpu`` ("Cannot use GPU in CPU-only Caffe")."""
+    import subprocess
+
+    import_caffe()
+    with open("/proc/self/maps") as f:
+        libcaffe = next((line.split()[-1] for line in f if "/libcaffe" in line), None)
+    if libcaffe is None:
+        return False
+    ldd = subprocess.run(["ldd", libcaffe], capture_output=True, text=True).stdout
+    return "libcudart" in ldd
+
+
 def caffe_pb2() -> Any:
     """Caffe's protobuf module (``caffe.proto.caffe_pb2``), imported late like pycaffe."""
     return import_caffe().proto.caffe_pb2

@@ -19,11 +19,17 @@ import numpy as np
 from google.protobuf import text_format
 
 from pyirg.data.fsutil import atomic_write_text
-from pyirg.train.common import DEFAULT_STUDENT_PREFIX, BatchFn, PathLike, import_caffe
+from pyirg.train.common import (
+    DEFAULT_STUDENT_PREFIX,
+    BatchFn,
+    PathLike,
+    caffe_has_cuda,
+    import_caffe,
+)
 from pyirg.train.errors import TrainError
 from pyirg.train.loop import TrainingRun
 from pyirg.train.preflight import run_preflight
-from pyirg.train.record import prepare_run_folder, run_settings
+from pyirg.train.record import prepare_run_folder, record_run, run_settings
 from pyirg.train.results import TrainResult
 from pyirg.train.snapshots import (
     TMP_PREFIX,
@@ -150,6 +156,11 @@ def train(
         )
         if gpu is None:
             caffe.set_mode_cpu()
+        elif not caffe_has_cuda():
+            raise TrainError(
+                f"--gpu {gpu}: this Caffe ({Path(caffe.__file__).resolve().parents[2]}) is a "
+                "CPU_ONLY build; train on the CPU, or build it with CUDA (build_caffe.sh --cuda)"
+            )
         else:
             caffe.set_device(gpu)
             caffe.set_mode_gpu()
@@ -205,6 +216,7 @@ def train(
             print(
                 f"notice: {out} holds no snapshot '{name}_iter_*': starting at 0", file=sys.stderr
             )
+        record_run(out, settings)
         return run.run()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -69,7 +69,9 @@ def prepare_run_folder(
     out: Path, settings: dict[str, Any], *, resume: bool, overwrite: bool
 ) -> None:
     """Refuse an ``out`` that holds another run (or, resuming, a run of other settings);
-    with ``overwrite``, move an existing run folder aside first. Then record ``settings``."""
+    with ``overwrite``, move an existing run folder aside first. The settings are recorded
+    by :func:`record_run` once training really starts, so a run refused during set-up
+    leaves no record behind."""
     if overwrite and out.exists() and any(out.iterdir()):
         if not is_run_folder(out):
             raise TrainError(f"--overwrite: {out} is no run folder (no {RUN_FILE}); not moved")
@@ -96,4 +98,10 @@ def prepare_run_folder(
             "move them aside, or choose another --out"
         )
     out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def record_run(out: Path, settings: dict[str, Any]) -> None:
+    """Write ``run.json`` (once: a resumed run keeps the record it was checked against)."""
+    record = out / RUN_FILE
+    if not record.is_file():
+        record.write_text(json.dumps(settings, indent=2) + "\n")
