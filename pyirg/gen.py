@@ -37,6 +37,7 @@ from google.protobuf.message import Message
 from pyirg.arch import WIDTHS, cifar_resnet
 from pyirg.distill import (
     BACKWARD,
+    METHOD_WEIGHTS,
     METHODS,
     NORMALIZE,
     TRANSFORM_POOLS,
@@ -326,6 +327,52 @@ def write_files(files: dict[str, Message], out: Path) -> list[Path]:
     return written
 
 
+#: Options that only a net with that term uses: (term, options).
+_TERM_OPTIONS = {
+    "edges": ("edge_layers",),
+    "transform": ("transform_pairs", "student_transform_pairs", "transform_pool"),
+}
+_IRG_OPTIONS = ("normalize", "squared", "backward")
+
+
+def unused_or_invalid(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str | None:
+    """Why these options cannot make the net asked for: an option the method does not use
+    (it would be silently ignored), or a count, width or weight that is not a positive,
+    finite number. None when they are fine."""
+    import math
+
+    flag = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+    defaults = vars(parser.parse_args([]))
+    terms = set(METHOD_WEIGHTS[args.method]) if args.method != "baseline" else {"gt"}
+    given = {k for k, v in vars(args).items() if v != defaults.get(k)}
+    unused = [w for w in WEIGHT_NAMES if w in given and w not in terms]
+    for term, options in _TERM_OPTIONS.items():
+        if term not in terms:
+            unused += [o for o in options if o in given]
+    if not terms & {"edges", "transform"}:
+        unused += [o for o in _IRG_OPTIONS if o in given]
+    if args.method == "baseline":
+        unused += [o for o in ("teacher_depth", "teacher_width", "student_numbering") if o in given]
+    if unused:
+        flags = ", ".join(flag[k] for k in unused)
+        return (
+            f"{flags}: not used by --method {args.method} (its terms: {', '.join(sorted(terms))})"
+        )
+    for name in ("num_classes", "train_batch", "test_batch", "max_iter"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            return f"{flag[name]} must be >= 1, got {value}"
+    for name in ("teacher_width", "student_width"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            return f"{flag[name]} must be a positive finite number, got {value}"
+    for name in (*WEIGHT_NAMES, "base_lr", "weight_decay"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            return f"{flag[name]} must be a finite number >= 0, got {value}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gen`` (``tools/gen_prototxt.py``, ``pyirg gen``)."""
     parser = build_parser()
@@ -338,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         if given:
             flags = ", ".join("--" + k.replace("_", "-") for k in given)
             parser.error(f"{flags} apply only to one net: add --method")
+    else:
+        problem = unused_or_invalid(args, parser)
+        if problem:
+            parser.error(problem)
     net_dir = (args.net_dir or args.out).rstrip("/") or "."
     try:
         files = reference_files(net_dir) if args.method is None else custom_files(args, net_dir)

@@ -465,3 +465,26 @@ def test_each_data_set_has_one_preprocessing_everywhere() -> None:
     cifar = train_net(cifar_resnet(8, 0.25, 10, 3), DataConfig(kind="lmdb"), "c")
     train = next(layer for layer in cifar.layer if layer.type == "Data")
     assert train.transform_param.mirror and not train.transform_param.HasField("scale")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--method", "baseline", "--edge-weight", "0.1"], "--edge-weight: not used by"),
+        (["--method", "IRG-t", "--edge-layers", "Eltwise3"], "--edge-layers: not used by"),
+        (["--method", "IRG", "--transform-pool", "Reduction"], "--transform-pool: not used"),
+        (["--method", "logits", "--normalize", "MEAN"], "--normalize: not used by"),
+        (["--method", "baseline", "--teacher-depth", "32"], "--teacher-depth: not used by"),
+        (["--method", "IRG", "--num-classes", "0"], "--num-classes must be >= 1"),
+        (["--method", "IRG", "--train-batch", "0"], "--train-batch must be >= 1"),
+        (["--method", "MTK", "--student-width", "nan"], "--student-width must be a positive"),
+        (["--method", "MTK", "--teacher-width", "-1"], "--teacher-width must be a positive"),
+        (["--method", "IRG", "--logits-weight", "inf"], "--logits-weight must be a finite"),
+        (["--method", "IRG", "--edge-weight", "-0.1"], "--edge-weight must be a finite"),
+    ],
+)
+def test_gen_refuses_instead_of_ignoring(argv, message, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        gen_main(["--out", str(tmp_path), *argv])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written
