@@ -442,3 +442,42 @@ def test_digits_with_k_training_images_per_class() -> None:
     assert np.array_equal(split.train_images, again.train_images)  # a fixed choice
     with pytest.raises(ValueError, match="train_per_class"):
         load_digits_split(train_per_class=174)
+
+
+# --------------------------------------------------------------- archives read to the end
+
+
+def test_a_flipped_byte_fails_the_gzip_crc(tmp_path: Path, capsys) -> None:
+    """The tar stream ends before gzip's trailer: it must still be read and checked."""
+    path = write_archive(tmp_path / "c.tar.gz", "cifar10", make_cifar_batches("cifar10", n=2))
+    data = bytearray(path.read_bytes())
+    # A byte of the gzip trailer's CRC-32: the deflate stream itself stays valid, so only
+    # reading to the end notices (a flip inside the data could also break the inflater).
+    data[-6] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="CRC"):
+        load_cifar(path, "cifar10")
+    assert prepare.main(["cifar10", str(path), str(tmp_path / "out"), "--quiet"]) == 2
+    assert "CRC" in capsys.readouterr().err
+
+
+def test_python3_protocol_2_pickles_are_accepted(tmp_path: Path) -> None:
+    members = make_cifar_batches("cifar10", n=2, seed=7)
+    raw = {name: pickle.dumps(obj, protocol=2) for name, obj in members.items()}
+    assert b"_codecs" in raw["data_batch_1"]  # Python 3's bytes under protocol 2
+    path = write_archive(tmp_path / "p3.tar.gz", "cifar10", {}, raw)
+    split = load_cifar(path, "cifar10")
+    assert len(split.train_labels) == 10 and split.label_names[0] == "class0"
+
+
+def test_codecs_global_runs_nothing_but_latin1(tmp_path: Path) -> None:
+    evil = pickle.dumps({"data": b"x"}, protocol=2).replace(b"latin1", b"cp1252")
+    with pytest.raises(DataError):
+        safe_unpickle(evil, "evil")
+
+
+def test_fifo_is_refused_with_a_message(tmp_path: Path) -> None:
+    fifo = tmp_path / "archive.tar.gz"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="is a FIFO"):
+        load_cifar(fifo, "cifar10")

@@ -9,14 +9,25 @@ Everything else in those files (dicts, lists, byte strings, ints) is built by
 pickle opcodes without any global lookup.  They are loaded with
 ``encoding="bytes"`` because the image data are Python 2 ``str`` objects.
 
+Python 3 writes ``bytes`` into a protocol-2 pickle as ``_codecs.encode(text,
+"latin1")``, so that global is admitted too, as a function that only encodes text as
+latin-1 (nothing else can be called through it).
+
 The archive is read as a stream (one pass, never extracted to disk, so member
-paths cannot escape anywhere); an already-extracted directory is accepted too.
+paths cannot escape anywhere) and to its very end, so that the compressor's own
+check (gzip's CRC-32 and length, bz2's and xz's checksums) runs: a flipped byte
+is an error, not a silently different image. An already-extracted directory is
+accepted too; FIFOs, devices and sockets are refused.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
+import lzma
 import pickle
+import stat
 import tarfile
 import zlib
 from collections.abc import Callable
@@ -71,7 +82,15 @@ def _numpy_reconstruct() -> Callable[..., Any]:
     return _reconstruct
 
 
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """What protocol-2 pickles of ``bytes`` call: text -> latin-1 bytes, nothing else."""
+    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
+        raise UnsafePickleError(f"_codecs.encode only as latin-1 text, got {encoding!r}")
+    return text.encode("latin-1")
+
+
 _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
+    ("_codecs", "encode"): lambda: _latin1_encode,
     ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
     ("numpy", "ndarray"): lambda: np.ndarray,
@@ -112,6 +131,20 @@ def safe_unpickle(data: bytes, source: str) -> dict[str, Any]:
     return {(k.decode("latin-1") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
 
 
+def _open_decompressed(path: Path) -> io.BufferedIOBase:
+    """The archive's bytes, decompressed by the module that verifies the format's checksum
+    when the stream ends (tarfile's own stream mode never checks gzip's CRC)."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic[:2] == b"\x1f\x8b":
+        return gzip.open(path, "rb")
+    if magic[:3] == b"BZh":
+        return bz2.open(path, "rb")
+    if magic == b"\xfd7zXZ\x00":
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
 def _read_members(path: Path, variant: CifarVariant) -> dict[str, bytes]:
     """Return the raw bytes of every member ``variant`` needs, from a tar or a directory."""
     wanted = (*variant.train_members, variant.test_member, variant.meta_member)
@@ -122,9 +155,21 @@ def _read_members(path: Path, variant: CifarVariant) -> dict[str, bytes]:
                 if candidate.is_file():
                     found[name] = candidate.read_bytes()
                     break
+    elif path.exists() and not path.is_file() and not path.is_dir():
+        mode = path.stat().st_mode
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )
+        raise DataError(f"{path}: is {kind}; give the archive file or its extracted folder")
     elif path.is_file():
         try:
-            with tarfile.open(path, "r|*") as tar:
+            with _open_decompressed(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
                 for member in tar:
                     parts = PurePosixPath(member.name).parts
                     parts = tuple(p for p in parts if p != ".")
@@ -138,9 +183,11 @@ def _read_members(path: Path, variant: CifarVariant) -> dict[str, bytes]:
                     reader = tar.extractfile(member)
                     assert reader is not None  # isfile() members always have data
                     found[name] = reader.read()
+                while stream.read(1 << 20):  # to the end: the compressor checks its CRC
+                    pass
         except DataError:
             raise
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
             raise DataError(f"{path}: not a readable (complete) tar archive: {e}") from e
     else:
         raise DataError(f"{path}: no such file or directory")
