@@ -58,7 +58,7 @@ from pathlib import Path
 from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
-from pyirg.options import HelpFormatter
+from pyirg.options import ArgumentParser, HelpFormatter
 
 ERROR, WARNING = "error", "warning"
 IRG_MAP, IRG_VECTOR = "BatchEuclideanMap", "BatchEuclideanVector"
@@ -577,7 +577,7 @@ def load_net(path: str | Path) -> caffe_pb2.NetParameter:
 
 def build_parser() -> argparse.ArgumentParser:
     """``check``'s options."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="check_net",
         description="Pre-flight checks of Caffe (IRG distillation) nets.",
         formatter_class=HelpFormatter,

@@ -7,6 +7,7 @@ imported only when chosen, so ``pyirg gen --help`` does not pay for torch.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -25,12 +26,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: pyirg COMMAND [ARGS...]", "", "commands:"]
+    lines = ["usage: pyirg [--debug] COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
     lines += [
         "",
         "pyirg COMMAND --help shows a command's options; pyirg --version shows the",
-        "versions and the BLAS kernel Caffe runs on.",
+        "versions and the BLAS kernel Caffe runs on; pyirg --debug COMMAND ... shows the",
+        "traceback of an error (else one line).",
     ]
     return "\n".join(lines)
 
@@ -49,8 +51,41 @@ def version_line() -> str:
     return f"pyirg {__version__}; Caffe {Path(caffe.__file__).resolve().parents[2]}; {blas}"
 
 
+def _expected() -> tuple[type[BaseException], ...]:
+    """Failures a user can fix: one line naming the file, option or layer, exit status 2.
+    Anything else is a bug and keeps its traceback; ``--debug`` shows it for these too."""
+    from google.protobuf.message import DecodeError
+    from google.protobuf.text_format import ParseError
+
+    from pyirg.data.core import DataError
+    from pyirg.train.errors import TrainError
+
+    return (TrainError, DataError, ValueError, OSError, ParseError, DecodeError)
+
+
+def debugging() -> bool:
+    """Whether ``pyirg --debug`` (or PYIRG_DEBUG=1) asked for tracebacks instead of one line."""
+    return os.environ.get("PYIRG_DEBUG") == "1"
+
+
+def _fix_for_import(error: ImportError) -> str:
+    import importlib.util
+
+    if importlib.util.find_spec("caffe") is None or "caffe" in str(error):
+        return (
+            f"pycaffe is not importable ({error}); run `source tools/env.sh` first "
+            "(after `bash tools/build_caffe.sh`)"
+        )
+    return f"a module is missing ({error}); `bash tools/build_caffe.sh` installs them"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    """``pyirg [--debug] COMMAND ARGS``; ``tools/<script>.py`` calls this with its command."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["--debug"]:
+        os.environ["PYIRG_DEBUG"] = "1"
+        args = args[1:]
+    debug = debugging()
     if not args or args[0] in ("-h", "--help"):
         print(usage())
         return 0
@@ -61,8 +96,25 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"pyirg: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        return int(module.main(rest) or 0)
+    except ImportError as e:
+        if debug:
+            raise
+        print(f"pyirg {name}: error: {_fix_for_import(e)}", file=sys.stderr)
+        return 2
+    except _expected() as e:
+        if debug:
+            raise
+        text = " ".join(str(e).split()) or type(e).__name__
+        print(f"pyirg {name}: error: {text} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+
+
+def tool(command: str) -> None:
+    """What every ``tools/*.py`` wrapper runs: the same code as ``pyirg COMMAND``."""
+    sys.exit(main([command, *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

@@ -54,11 +54,12 @@ from typing import Any
 import numpy as np
 
 from pyirg.arch import ResNetSpec, cifar_resnet
+from pyirg.cli import debugging
 from pyirg.data import load_digits_split, pad_images, pixel_mean
 from pyirg.data.feed import array_batch_fn
 from pyirg.distill import METHOD_WEIGHTS, DistillConfig, distill_net
 from pyirg.netspec import DATASETS, DataConfig, deploy_net, train_net
-from pyirg.options import HelpFormatter, add_options, from_args, option
+from pyirg.options import ArgumentParser, HelpFormatter, add_options, from_args, option
 from pyirg.solver import Schedule, make_solver
 
 METHODS = ("baseline", "IRG", "IRG-t", "MTK")
@@ -810,7 +811,7 @@ def plot(results: dict, path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """``pyirg main``'s options: one per ExperimentConfig field, plus --quick."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pyirg main",
         description=__doc__.splitlines()[0],
         formatter_class=HelpFormatter,
@@ -835,13 +836,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = from_args(ExperimentConfig, args, **quick)
     except (ValueError, TypeError) as err:
-        parser.error(str(err))
+        parser.exit(2, f"pyirg main: error: {err}\n")
     command = " ".join(["pyirg main", *(argv if argv is not None else sys.argv[1:])])
     from pyirg.train import TrainError
 
     try:
         run(cfg, command=command)
     except (ValueError, TrainError) as err:
+        if debugging():
+            raise
         print(f"pyirg main: error: {err}", file=sys.stderr)
         return 2
     return 0

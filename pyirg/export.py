@@ -46,7 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pyirg.options import HelpFormatter
+from pyirg.cli import debugging
+from pyirg.options import ArgumentParser, HelpFormatter
 
 #: Layer types the exporter understands (everything a deploy_net ResNet contains).
 CONVERTIBLE = (
@@ -381,7 +382,7 @@ def input_batch(deploy: Deploy, batch: int | None, path: str | None, seed: int) 
 
 def build_parser() -> argparse.ArgumentParser:
     """``export-onnx``'s options."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="export_onnx.py",
         description="Export a student's deploy prototxt + caffemodel to ONNX through PyTorch, "
         "check the file and compare ONNX Runtime with Caffe on one batch.",
@@ -449,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except ValueError as err:  # ExportError, and the converters' errors naming the layer
+        if debugging():
+            raise
         print(f"export_onnx: error: {err}", file=sys.stderr)
         return 2
 

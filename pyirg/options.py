@@ -83,3 +83,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default is None or (action.nargs == 0 and action.default is False):
             return action.help
         return super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``prog: error: ...``), exit status 2.
+
+    argparse's own prints the whole usage first, which for pyirg's long option lists
+    buries the one line that matters; ``--help`` still shows it.
+    """
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pyirg.cli import debugging
 from pyirg.data import (
     CIFAR_VARIANTS,
     DIGITS_TEST_FRACTION,
@@ -26,14 +27,14 @@ from pyirg.data import (
     load_digits_split,
     write_dataset,
 )
-from pyirg.options import HelpFormatter
+from pyirg.options import ArgumentParser, HelpFormatter
 
 #: Default padding: CIFAR 4 pixels (40x40 -> 32x32 crops), digits 1 pixel (10x10 -> 8x8).
 DEFAULT_PAD = {"cifar10": 4, "cifar100": 4, "digits": 1}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="prepare_data",
         description="Convert a data set to Caffe LMDBs and mean files.",
         formatter_class=HelpFormatter,
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.quiet,
         )
     except (DataError, FileExistsError, ValueError) as e:
+        if debugging():
+            raise
         print(f"prepare_data: error: {e}", file=sys.stderr)
         return 2
     print(

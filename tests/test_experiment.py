@@ -255,3 +255,38 @@ def test_an_out_folder_with_other_settings_is_refused(tmp_path: Path) -> None:
         experiment.check_job_folder(ExperimentConfig(out=legacy))
     with pytest.raises(ValueError, match="train_per_class"):
         ExperimentConfig(train_per_class=0)
+
+
+# ------------------------------------------------------------------ one-line errors
+
+
+def test_expected_failures_are_one_line_with_exit_2(tmp_path: Path) -> None:
+    """Each names what is wrong (the file or the option), in one line, without traceback."""
+    missing = str(tmp_path / "missing.prototxt")
+    cases = [
+        (["train", "--solver", missing, "--out", str(tmp_path / "o")], missing),
+        (["check", missing], missing),
+        (["export-onnx", missing, str(tmp_path / "w"), str(tmp_path / "o")], missing),
+        (["prepare-data", "cifar10", str(tmp_path / "c.tar.gz"), str(tmp_path / "x")], "c.tar.gz"),
+        (["main", "--train-per-class", "0", "--out", str(tmp_path / "m")], "train_per_class"),
+    ]
+    for argv, names in cases:
+        proc = run([sys.executable, "-m", "pyirg", *argv], cwd=REPO, env=ENV)
+        output = (proc.stderr + proc.stdout).strip()
+        assert proc.returncode in (1, 2), argv  # check: 1 = problems found, else 2
+        assert "Traceback" not in output and names in output, (argv, output)
+        assert len(output.splitlines()) <= 3, (argv, output)
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    argv = ["train", "--solver", str(tmp_path / "missing.prototxt"), "--out", str(tmp_path)]
+    proc = run([sys.executable, "-m", "pyirg", "--debug", *argv], cwd=REPO, env=ENV)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_tools_without_env_sh_say_how_to_fix_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in ENV.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = "/usr/bin:/bin"
+    proc = run(["/usr/bin/python3", str(REPO / "tools" / "train.py"), "--help"], env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "source tools/env.sh" in proc.stderr

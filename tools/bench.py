@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
-"""Benchmark the IRG layers against PyTorch and the GEMM bound: see pyirg.bench."""
+"""Benchmark the IRG layers against PyTorch and the GEMM bound: see pyirg.bench.
 
-from __future__ import annotations
+The same code as ``pyirg bench`` (pyirg/cli.py), runnable from a checkout.
+"""
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pyirg.bench import main  # noqa: E402
+from pyirg.cli import tool  # noqa: E402
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+tool("bench")

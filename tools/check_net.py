@@ -1,16 +1,14 @@
 #!/usr/bin/env python3
-"""Pre-flight checks of Caffe nets (see pyirg.check): exit 1 on any error."""
+"""Pre-flight checks of Caffe nets (see pyirg.check): exit 1 on any error.
 
-from __future__ import annotations
+The same code as ``pyirg check`` (pyirg/cli.py), runnable from a checkout.
+"""
 
 import sys
 from pathlib import Path
 
-try:
-    from pyirg.check import main
-except ImportError:  # run from a checkout without the package installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from pyirg.check import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-if __name__ == "__main__":
-    sys.exit(main())
+from pyirg.cli import tool  # noqa: E402
+
+tool("check")

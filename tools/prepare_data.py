@@ -1,14 +1,14 @@
-#!/usr/bin/env python
-"""Convert CIFAR-10/100 or the bundled digits to Caffe LMDBs: see pyirg.prepare."""
+#!/usr/bin/env python3
+"""Convert CIFAR-10/100 or the bundled digits to Caffe LMDBs: see pyirg.prepare.
 
-from __future__ import annotations
+The same code as ``pyirg prepare-data`` (pyirg/cli.py), runnable from a checkout.
+"""
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pyirg.prepare import main  # noqa: E402
+from pyirg.cli import tool  # noqa: E402
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+tool("prepare-data")

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""python tools/run_main.py: the digits distillation job (pyirg main), without set-up."""
+"""python tools/run_main.py: the digits distillation job (pyirg main), without set-up.
+
+The same code as ``pyirg main`` (pyirg/cli.py), runnable from a checkout.
+"""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pyirg.experiment import main  # noqa: E402
+from pyirg.cli import tool  # noqa: E402
 
-if __name__ == "__main__":
-    sys.exit(main())
+tool("main")

@@ -1,14 +1,14 @@
-#!/usr/bin/env python
-"""Train a Caffe net or an IRG distillation net through pycaffe: see pyirg.train."""
+#!/usr/bin/env python3
+"""Train a Caffe net or an IRG distillation net through pycaffe: see pyirg.train.
 
-from __future__ import annotations
+The same code as ``pyirg train`` (pyirg/cli.py), runnable from a checkout.
+"""
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pyirg.train import main  # noqa: E402
+from pyirg.cli import tool  # noqa: E402
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+tool("train")

@@ -29,7 +29,7 @@ from pyirg.bench.memory import memory_rows
 from pyirg.bench.report import blas_markdown, markdown, plot, to_json
 from pyirg.bench.targets import evaluate_targets, training_targets
 from pyirg.bench.training import bench_training
-from pyirg.options import HelpFormatter
+from pyirg.options import ArgumentParser, HelpFormatter
 
 
 def settings(args: argparse.Namespace) -> Settings:
@@ -75,7 +75,7 @@ def settings(args: argparse.Namespace) -> Settings:
 
 def build_parser() -> argparse.ArgumentParser:
     """``bench``'s options."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="bench.py",
         description="Benchmark the IRG Caffe layers against PyTorch, the GEMM bound, and "
         "their share of a distillation training iteration.",

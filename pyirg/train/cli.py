@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pyirg.cli import debugging
 from pyirg.data.core import DataError
 from pyirg.data.feed import array_batch_fn, pad_images, pixel_mean
 from pyirg.data.writer import read_npy_split
-from pyirg.options import HelpFormatter
+from pyirg.options import ArgumentParser, HelpFormatter
 from pyirg.train.common import DEFAULT_STUDENT_PREFIX, BatchFn, PathLike, caffe_pb2
 from pyirg.train.driver import train
 from pyirg.train.errors import TrainError, TrainingInterrupted
@@ -100,7 +101,7 @@ def npy_batch_fns(
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``train`` options; ``prog`` is fixed so help reads the same from both entry points."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="train",
         description="Train a Caffe net or an IRG distillation net through pycaffe.",
         formatter_class=HelpFormatter,
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 128 + e.signum
     except (TrainError, DataError) as e:
+        if debugging():
+            raise
         print(f"train: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({"weights": str(result.weights), **result.metrics}, indent=2))

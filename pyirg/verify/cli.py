@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from pyirg.options import HelpFormatter
+from pyirg.options import ArgumentParser, HelpFormatter
 from pyirg.verify.layer_checks import check_layers
 from pyirg.verify.net_checks import check_nets
 from pyirg.verify.report import format_table, write_json
@@ -24,7 +24,7 @@ from pyirg.verify.report import format_table, write_json
 
 def build_parser() -> argparse.ArgumentParser:
     """``verify``'s options."""
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="verify.py",
         description="Compare the Caffe IRG layers and distillation nets with the PyTorch "
         "reference (and a NumPy float64 implementation); exit 1 on any mismatch.",
