@@ -624,3 +624,73 @@ def test_gpu_on_a_cpu_only_build_is_refused(nets, feeds, tmp_path: Path) -> None
         run(nets["plain"], tmp_path / "out", feeds, gpu=0)
     # a run refused during set-up leaves no record: the same --out works afterwards
     assert run(nets["plain"], tmp_path / "out", feeds, max_iter=2).iterations == 2
+
+
+def test_non_finite_test_outputs_are_an_error_not_an_accuracy(nets, feeds, tmp_path) -> None:
+    """Caffe's Accuracy layer counts NaN logits as correct (accuracy 1.0)."""
+    batch_fn, test_fn = feeds
+
+    def nan_test(i: int) -> dict:
+        batch = dict(test_fn(i))
+        batch["data"] = np.full_like(batch["data"], np.nan)
+        return batch
+
+    with pytest.raises(TrainError, match="not finite at iteration 10"):
+        run(nets["plain"], tmp_path / "out", (batch_fn, nan_test), seed=5)
+
+
+_KILLED_CHILD = r"""
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import test_train as t
+from pyirg.data import array_batch_fn, load_digits_split, pixel_mean
+from pyirg.train import snapshots
+
+real = snapshots.os.replace
+def slow_replace(src, dst):
+    if str(dst).endswith("_iter_10.solverstate"):  # the .caffemodel is in place already
+        Path(sys.argv[4]).touch()
+        time.sleep(120)
+    return real(src, dst)
+snapshots.os.replace = slow_replace
+split = load_digits_split()
+mean = pixel_mean(split.train_images)
+feeds = (
+    array_batch_fn(split.train_images, split.train_labels, t.BATCH, seed=1, mean=mean,
+                   scale=1 / 64),
+    array_batch_fn(split.test_images, split.test_labels, t.BATCH, shuffle=False, mean=mean,
+                   scale=1 / 64),
+)
+t.run(Path(sys.argv[2]), Path(sys.argv[3]), feeds, seed=5, snapshot_interval=5)
+"""
+
+
+def test_sigkill_while_writing_a_snapshot_then_resume(nets, feeds, reference, tmp_path) -> None:
+    """A kill between the two files of a snapshot: resume falls back to the last complete
+    pair and still reproduces the uninterrupted run bit for bit."""
+    import subprocess
+    import time
+
+    out, signal_file = tmp_path / "out", tmp_path / "writing"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_CHILD, str(Path(__file__).parent), str(nets["plain"]),
+         str(out), str(signal_file)],
+        env=dict(os.environ, GLOG_minloglevel="2"),
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while not signal_file.exists() and child.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert signal_file.exists(), "the child never reached the snapshot write"
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert (out / "tiny_iter_10.caffemodel").is_file()
+    assert not (out / "tiny_iter_10.solverstate").exists()  # half a snapshot on disk
+    resumed = run(nets["plain"], out, feeds, seed=5, resume=True, snapshot_interval=5)
+    assert resumed.iterations == 20
+    assert_same_weights(resumed.weights, reference.weights)
+    assert not list(out.glob(".snapshot-tmp-*"))

@@ -177,6 +177,12 @@ class TrainingRun:
                     sums[b] += float(tnet.blobs[b].data.flat[0])
             tag = "" if k == 0 else f"test{k}/"
             row.update({f"{tag}{b}": s / max(n, 1) for b, s in sums.items()})
+            bad = [b for b, s in sums.items() if not math.isfinite(s)]
+            if bad:  # Caffe's Accuracy counts NaN logits as correct: never report that
+                raise TrainError(
+                    f"test net {k} output(s) {', '.join(bad)} are not finite at iteration "
+                    f"{self.solver.iter}: the weights or the test data hold NaN/inf"
+                )
         student = [b for b in self.accuracy_blobs if b.startswith(self.prefix)]
         teacher = [b for b in self.accuracy_blobs if not b.startswith(self.prefix)]
         if self.distill:
