@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import sys
-import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ caffe = pytest.importorskip("caffe")
 
 from caffe import layers as L  # noqa: E402
 from caffe.proto import caffe_pb2  # noqa: E402
+from google.protobuf import text_format  # noqa: E402
 
 from pyirg import prepare  # noqa: E402
 from pyirg.data import array_batch_fn, load_digits_split, pixel_mean  # noqa: E402
@@ -342,32 +342,21 @@ def test_distillation_trains_student_with_frozen_teacher(nets, feeds, teacher, t
     assert row["total_loss"] == pytest.approx(row["stu_loss"] + 0.05 * row["bem_loss"])
 
 
-# --------------------------------------------------------------------------- pre-flight hook
+# --------------------------------------------------------------------------- pre-flight
 
 
-class _Problem:
-    def __init__(self, text: str, severity: str) -> None:
-        self.text, self.severity = text, severity
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def test_preflight_hook(nets, feeds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[object] = []
-
-    def check_net(net_param: caffe_pb2.NetParameter, student_prefix: str = "") -> list[_Problem]:
-        seen.append(student_prefix)
-        problems = [_Problem("layer 'ip9' looks odd", "warning")]
-        if any(layer.name == "stu_ip1" for layer in net_param.layer):
-            problems.append(_Problem("layer 'stu_ip1': broken", "error"))
-        return problems
-
-    monkeypatch.setitem(sys.modules, "pyirg.check", types.SimpleNamespace(check_net=check_net))
-    with pytest.raises(PreflightError, match="stu_ip1': broken"):
-        run(nets["distill"], tmp_path / "a", feeds, preflight=True)
+def test_preflight_refuses_what_check_reports(nets, feeds, tmp_path: Path) -> None:
+    """train runs pyirg.check first: an unfrozen teacher (error) stops it before Caffe."""
+    net = caffe_pb2.NetParameter()
+    text_format.Merge(nets["distill"].read_text(), net)
+    next(layer for layer in net.layer if layer.name == "ip1").param[0].lr_mult = 1
+    bad = tmp_path / "unfrozen.prototxt"
+    bad.write_text(str(net))
+    with pytest.raises(PreflightError, match="teacher-not-frozen.*'ip1'"):
+        run(bad, tmp_path / "a", feeds, preflight=True)
+    assert not (tmp_path / "a" / "run.json").exists()
     result = run(nets["plain"], tmp_path / "b", feeds, preflight=True, max_iter=2)
-    assert result.iterations == 2 and seen == ["stu_", "stu_"]
+    assert result.iterations == 2
 
 
 # --------------------------------------------------------------------------- command line
