@@ -37,6 +37,8 @@ in milliseconds, without data, and lists every problem with the layer and blob n
 - ``class-mismatch``: a EuclideanLoss between two InnerProduct tops of different
   ``num_output`` (e.g. logits of a teacher and a student trained on other class counts):
   Caffe aborts;
+- ``empty-net``: a net with no layers; ``unknown-type``: a layer type this Caffe does
+  not have (a typo such as ``BatchEuclidMap``), with the closest registered name;
 - ``missing-file``: a Data/ImageData/HDF5Data source or a mean file that does not exist
   (relative paths are taken from the current folder, as Caffe does).
 
@@ -531,6 +533,16 @@ def _check_teacher(
                 )
 
 
+def _registered_types() -> frozenset[str]:
+    """The layer types of the pycaffe in use (empty when pycaffe cannot be imported)."""
+    try:
+        import caffe
+
+        return frozenset(caffe.layer_type_list())
+    except (ImportError, AttributeError):
+        return frozenset()
+
+
 def check_net(
     net: caffe_pb2.NetParameter,
     teacher_prefix: str = "",
@@ -552,6 +564,19 @@ def check_net(
             net.layers[0].name,
             "V1 'layers' entries: upgrade the net first (Caffe's upgrade_net_proto_text)",
         )
+    if not net.layer and not net.layers:
+        out.add(ERROR, "empty-net", net.name or "(net)", "the net has no layers")
+    known_types = _registered_types()
+    for layer in net.layer:
+        if known_types and layer.type not in known_types:
+            close = difflib.get_close_matches(layer.type, sorted(known_types), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            out.add(
+                ERROR,
+                "unknown-type",
+                layer.name,
+                f"layer type {layer.type!r} is not registered in this Caffe{hint} (Caffe aborts)",
+            )
     prefixes = _Prefixes(teacher_prefix, student_prefix)
     owners: dict[str, str] = {}
     for phase in PHASES:
@@ -567,10 +592,12 @@ def check_net(
 
 def load_net(path: str | Path) -> caffe_pb2.NetParameter:
     """Parse a prototxt; a syntax error becomes a ValueError naming the file."""
+    from pyirg.data.fsutil import regular_file
+
     net = caffe_pb2.NetParameter()
     try:
-        text_format.Merge(Path(path).read_text(), net)
-    except text_format.ParseError as exc:
+        text_format.Merge(regular_file(path, "net").read_text(), net)
+    except (text_format.ParseError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a valid NetParameter prototxt: {exc}") from exc
     return net
 

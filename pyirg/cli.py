@@ -104,6 +104,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"pyirg {name}: error: {_fix_for_import(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(
+            f"pyirg {name}: interrupted; run the same command again to resume "
+            "(train: add --resume)",
+            file=sys.stderr,
+        )
+        return 130
     except _expected() as e:
         if debug:
             raise

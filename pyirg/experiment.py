@@ -115,6 +115,12 @@ class ExperimentConfig:
             raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {METHODS}")
         if not self.seeds:
             raise ValueError("at least one seed is needed")
+        if min(self.seeds) < 0 or self.teacher_seed < 0:
+            raise ValueError("seeds must be >= 0 (Caffe's random seed is unsigned)")
+        for name in ("teacher_width", "student_width"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
         if self.max_iter < 4 or self.teacher_iter < 4:
@@ -829,10 +835,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    defaults = vars(parser.parse_args([]))
+    given = {k for k, v in vars(args).items() if v != defaults[k]}
     quick = {}
-    if args.quick:
-        quick = {"max_iter": 24, "teacher_iter": 40, "test_interval": 12}
-        quick["seeds"] = tuple(args.seeds[:2])
+    if args.quick:  # the reduced run's values, for the options not given explicitly
+        reduced = {"max_iter": 24, "teacher_iter": 40, "test_interval": 12}
+        quick = {k: v for k, v in reduced.items() if k not in given}
+        if "seeds" not in given:
+            quick["seeds"] = tuple(args.seeds[:2])
+    methods = set(args.methods)
+    uses = {"logits_weight": {"IRG", "MTK"}, "edge_weight": {"IRG", "MTK"}}
+    uses["transform_weight"] = {"IRG-t", "MTK"}
+    unused = [k for k, m in uses.items() if k in given and not methods & m]
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        parser.exit(
+            2, f"pyirg main: error: {flags}: not used by --methods {' '.join(args.methods)}\n"
+        )
     try:
         cfg = from_args(ExperimentConfig, args, **quick)
     except (ValueError, TypeError) as err:

@@ -75,7 +75,7 @@ def _with_solver_and_deploy(
     net_dir: str,
 ) -> None:
     files[f"{stem}.prototxt"] = net
-    test_iter = None if data.kind == "input" else data.test_iter
+    test_iter = data.test_iter  # Input-fed nets test on the batches fed from Python too
     files[f"solver_{stem}.prototxt"] = make_solver(
         f"{net_dir}/{stem}.prototxt", schedule, f"snapshots/{stem}", test_iter
     )

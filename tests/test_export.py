@@ -95,11 +95,28 @@ def test_a_wrong_export_fails_loudly(student, tmp_path, monkeypatch, capsys) -> 
 
     def off_by_a_bit(path, x):
         logits, prob = original(path, x)
-        return [logits + 1e-3, prob]
+        return [logits + 1e-3 * max(1.0, float(abs(logits).max())), prob]  # 1e-3 relative
 
     monkeypatch.setattr(export, "run_onnx", off_by_a_bit)
     assert export.main([str(deploy), str(weights), str(tmp_path / "x.onnx")]) == 1
     assert "FAIL: ONNX and Caffe differ" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()  # a file that does not match is not kept
+
+
+def test_tolerance_is_relative_to_the_outputs_size(student, tmp_path, monkeypatch) -> None:
+    """Float32 logits of thousands differ by a few 1e-4 absolute yet agree to 1e-7."""
+    deploy, weights, _ = student
+    original = export.run_onnx
+
+    def rounding_of_large_logits(path, x):
+        logits, prob = original(path, x)
+        return [logits * (1 + 5e-7), prob]
+
+    monkeypatch.setattr(export, "run_onnx", rounding_of_large_logits)
+    assert export.main([str(deploy), str(weights), str(tmp_path / "x.onnx")]) == 0
+    for bad in ("nan", "inf", "-1", "0"):
+        with pytest.raises(export.ExportError, match="--atol"):
+            export.run(export.parse_args([str(deploy), str(weights), "o.onnx", "--atol", bad]))
 
 
 def _error(capsys, *argv: str) -> str:

@@ -146,6 +146,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """The options, checked before Caffe and PyTorch load so a typo fails fast."""
     p = build_parser()
     args = p.parse_args(argv)
+    exclusive = [f for f in ("skip_train", "train_only", "blas_only") if getattr(args, f)]
+    if len(exclusive) > 1:
+        p.error(" and ".join("--" + f.replace("_", "-") for f in exclusive) + " exclude each other")
+    if args.blas_only and args.transform_pool != "Pooling":
+        p.error("--transform-pool applies to the training comparison, not --blas-only")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
     if args.reps is not None and args.reps < 1:

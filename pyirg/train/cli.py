@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 from pathlib import Path
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.npy_data is not None:
             _, net_param, _ = prepare_solver_param(args.solver, args.net)
             scale = args.scale
+            if scale is not None and not math.isfinite(scale):
+                raise TrainError(f"--scale must be a finite number, got {scale}")
             if scale is None:
                 info = args.npy_data / "info.json"
                 scale = json.loads(info.read_text()).get("scale", 1.0) if info.is_file() else 1.0

@@ -113,6 +113,8 @@ def train(
     max_iter = param.max_iter if max_iter is None else max_iter
     if max_iter <= 0:
         raise TrainError(f"max_iter must be positive, got {max_iter}")
+    if seed < 0:
+        raise TrainError(f"--seed must be >= 0 (Caffe's random seed is unsigned), got {seed}")
     test_interval = param.test_interval if test_interval is None else test_interval
     snapshot_interval = param.snapshot if snapshot_interval is None else snapshot_interval
     if test_interval < 0 or snapshot_interval < 0:
@@ -210,8 +212,19 @@ def train(
             run_info=run_info,
             on_iteration=on_iteration,
         )
+        if test_interval and not csolver.test_nets:
+            print(
+                f"notice: {source}: the solver has no test_iter, so there is no test net: "
+                "no periodic tests and no accuracy (add test_iter to the solver)",
+                file=sys.stderr,
+            )
         if resuming:
             run.restore(resumable_snapshot(out, name, net_param_shapes([csolver.net])))
+            if csolver.iter > max_iter:
+                raise TrainError(
+                    f"{out} is already at iteration {csolver.iter}, past --max-iter {max_iter}: "
+                    "nothing to resume"
+                )
         elif resume:
             print(
                 f"notice: {out} holds no snapshot '{name}_iter_*': starting at 0", file=sys.stderr

@@ -60,6 +60,7 @@ class TrainingRun:
         self.progress = progress
         self.run_info = run_info
         self.on_iteration = on_iteration
+        self._ranges: dict[int, dict[str, tuple[str, int]]] = {}
         self.train_rows: list[dict[str, float]] = []
         # The weights before the current step, so a diverged run can still save them.
         self._finite: list[np.ndarray] = [
@@ -94,7 +95,36 @@ class TrainingRun:
 
     # -- feeding -----------------------------------------------------------------------
     @staticmethod
-    def _feed(net: Any, batch: Mapping[str, np.ndarray], what: str) -> None:
+    def _label_ranges(net: Any) -> dict[str, tuple[str, int]]:
+        """label blob -> (layer, classes) for the losses and accuracies that index by label.
+
+        SoftmaxWithLoss reads scores[label] unchecked in a release build: a label past the
+        net's class count corrupts memory (glibc then aborts with "double free")."""
+        ranges: dict[str, tuple[str, int]] = {}
+        bottom_names = net.bottom_names
+        for name, layer in zip(net._layer_names, net.layers):
+            bottoms = bottom_names[name]
+            if layer.type in ("SoftmaxWithLoss", "Accuracy") and len(bottoms) >= 2:
+                scores = net.blobs[bottoms[0]].data
+                if scores.ndim >= 2:
+                    ranges.setdefault(bottoms[1], (name, int(scores.shape[1])))
+        return ranges
+
+    def _check_labels(self, net: Any, batch: Mapping[str, np.ndarray], what: str) -> None:
+        if id(net) not in self._ranges:
+            self._ranges[id(net)] = self._label_ranges(net)
+        for blob, (layer, classes) in self._ranges[id(net)].items():
+            if blob not in batch:
+                continue
+            labels = np.asarray(batch[blob])
+            if labels.size and (labels.min() < 0 or labels.max() >= classes):
+                raise TrainError(
+                    f"{what}: labels in '{blob}' span {labels.min():g}..{labels.max():g}, but "
+                    f"layer '{layer}' scores {classes} classes (0..{classes - 1}): the data "
+                    "has more classes than the net (check --num-classes)"
+                )
+
+    def _feed(self, net: Any, batch: Mapping[str, np.ndarray], what: str) -> None:
         missing = [b for b in net.inputs if b not in batch]
         if missing:
             raise TrainError(f"{what} gave no array for input blob(s) {', '.join(missing)}")
@@ -106,6 +136,7 @@ class TrainingRun:
             if array.shape != blob.data.shape:
                 blob.reshape(*array.shape)
             blob.data[...] = array
+        self._check_labels(net, batch, what)
 
     # -- one iteration ----------------------------------------------------------------
     def _train_one(self, bar: tqdm) -> None:

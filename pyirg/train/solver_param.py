@@ -12,7 +12,7 @@ from typing import Any
 
 from google.protobuf import text_format
 
-from pyirg.data.fsutil import atomic_write_text
+from pyirg.data.fsutil import atomic_write_text, regular_file
 from pyirg.train.common import PathLike, caffe_pb2
 from pyirg.train.errors import TrainError
 
@@ -20,7 +20,11 @@ from pyirg.train.errors import TrainError
 def parse_text(path: Path, message: Any, what: str) -> Any:
     """Merge a text proto into ``message``; read and parse errors name the file."""
     try:
-        text = path.read_text()
+        text = regular_file(path, what).read_text()
+    except UnicodeDecodeError as e:  # before ValueError, which it is
+        raise TrainError(f"{path}: not a text {what} (a binary .caffemodel?): {e}") from e
+    except ValueError as e:
+        raise TrainError(str(e)) from e
     except OSError as e:
         raise TrainError(f"{path}: cannot read {what}: {e}") from e
     try:

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pyirg.data.fsutil import regular_file
 from pyirg.train.common import PathLike, caffe_pb2
 from pyirg.train.errors import TeacherWeightsError
 
@@ -28,8 +29,10 @@ def _blob_proto_shape(blob: Any) -> tuple[tuple[int, ...], bool]:
 def _weights_blobs(path: PathLike) -> BlobShapes:
     """Read only the blob shapes of a weights file; unreadable files raise with its name."""
     path = Path(path)
-    if not path.is_file():
-        raise TeacherWeightsError(f"weights file '{path}' does not exist")
+    try:
+        regular_file(path, "weights file")
+    except ValueError as e:
+        raise TeacherWeightsError(str(e)) from e
     if path.suffix == ".h5":
         import h5py
 
@@ -114,6 +117,22 @@ def check_weights(
         raise TeacherWeightsError(f"{weights}: shape mismatch: " + "; ".join(problems))
 
 
+def require_finite(net: Any, layers: Sequence[str], source: PathLike) -> None:
+    """Refuse weights with NaN or inf: a NaN teacher can look harmless (an IRG map of NaN
+    features is normalized to all zeros) while the student is distilled toward nothing."""
+    import numpy as np
+
+    bad = [
+        name
+        for name in layers
+        if name in net.params and not all(np.isfinite(b.data).all() for b in net.params[name])
+    ]
+    if bad:
+        raise TeacherWeightsError(
+            f"{source}: non-finite (NaN/inf) weights in layer(s) {', '.join(bad)}"
+        )
+
+
 def teacher_layers(
     net_shapes: Mapping[str, list[tuple[int, ...]]], student_prefix: str
 ) -> list[str]:
@@ -148,6 +167,7 @@ def load_teacher(
         check_weights(shapes, teacher_weights, required=teacher)
         for net in nets:  # test-only layers are not shared from the train net
             net.copy_from(str(teacher_weights))
+        require_finite(solver.net, teacher, teacher_weights)
     elif teacher and required:
         raise TeacherWeightsError(
             f"{source}: teacher layer(s) {', '.join(teacher)} have parameters "
@@ -171,3 +191,4 @@ def load_init_weights(solver: Any, weights: PathLike, student_prefix: str) -> No
     check_weights(shapes, weights, required=trained, role="trained")
     for net in nets:
         net.copy_from(str(weights))
+    require_finite(solver.net, trained, weights)

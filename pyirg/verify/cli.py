@@ -22,6 +22,13 @@ from pyirg.verify.net_checks import check_nets
 from pyirg.verify.report import format_table, write_json
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """``verify``'s options."""
     p = ArgumentParser(
@@ -33,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="every mode x case (else a subset)")
     p.add_argument("--json", metavar="OUT", help="also write the rows as JSON to OUT")
     p.add_argument("--no-nets", action="store_true", help="skip the whole-net comparisons")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the random inputs (>= 0)")
     return p
 
 
