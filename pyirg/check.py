@@ -32,6 +32,8 @@ in milliseconds, without data, and lists every problem with the layer and blob n
   gradient is computed for nothing and its value inflates the reported loss;
 - ``irg-in-place``: a layer in place on an IRG layer's top. The IRG layers read their
   top's data in the backward, so the loss is right and the gradients are wrong;
+- ``in-place-shared``: a layer in place on a blob that another layer also reads
+  (Caffe aborts: "produced by multiple sources");
 - ``irg-batch-1``: an IRG layer fed a batch of one instance: its map (or vector, after
   normalizing) is always 0, so the term trains nothing;
 - ``class-mismatch``: a EuclideanLoss between two InnerProduct tops of different
@@ -114,6 +116,7 @@ class _Blob:
     irg: bool = False  # produced by an IRG layer or from one
     irg_top: str = ""  # the IRG layer whose top this is (in-place layers on it are wrong)
     features: int | None = None  # num_output of an InnerProduct top
+    readers: list[str] = field(default_factory=list)  # layers that read this version
 
 
 @dataclass
@@ -370,6 +373,9 @@ def _check_phase(
                 )
             known.append(blobs.get(b))
         _check_batches(layer, known, out, pname)
+        for b in layer.bottom:
+            if b in blobs and b not in layer.top:
+                blobs[b].readers.append(layer.name)
         owner = prefixes.owner(layer)
         _check_irg_use(layer, known, out, pname)
         if layer.type in DATA_TYPES:
@@ -392,6 +398,16 @@ def _check_phase(
                     top.features = layer.inner_product_param.num_output
         for j, (top, info) in enumerate(zip(layer.top, tops)):
             in_place = j < len(layer.bottom) and layer.bottom[j] == top
+            if in_place and top in blobs and blobs[top].readers:
+                out.add(
+                    ERROR,
+                    "in-place-shared",
+                    layer.name,
+                    f"{layer.type} runs in place on {top!r}, which {blobs[top].readers[0]!r} "
+                    "also reads: Caffe's split of a shared blob makes this layer a second "
+                    "producer and aborts ('produced by multiple sources'); give it its own top",
+                    pname,
+                )
             if top in blobs and not in_place:
                 out.add(
                     ERROR,

@@ -199,7 +199,9 @@ def test_irg_layer_bottom_counts() -> None:
     layer(net, "vec_in_place", "BatchEuclideanVector", ["a", "b"], top=["a"])
     layer(net, "map_ok", "BatchEuclideanMap", ["b"])
     found = kinds(check_net(net))
-    assert set(found) == {"irg-bottoms"}
+    # vec_in_place also overwrites 'a', which map2 and vec1 read: Caffe aborts on that too
+    assert set(found) == {"irg-bottoms", "in-place-shared"}
+    assert [p.layer for p in found["in-place-shared"]] == ["vec_in_place"]
     messages = {p.layer: p.message for p in found["irg-bottoms"]}
     assert set(messages) == {"map2", "vec1", "vec_in_place"}
     assert "exactly one bottom" in messages["map2"] and "'a', 'b'" in messages["map2"]
@@ -315,3 +317,17 @@ def test_missing_data_source_and_mean_file(tmp_path: Path) -> None:
     (tmp_path / "no_such_lmdb").mkdir()
     (tmp_path / "mean.binaryproto").write_bytes(b"")
     assert check_net(net) == []
+
+
+def test_in_place_layer_on_a_blob_another_layer_reads() -> None:
+    """Caffe splits a shared blob; an in-place layer on it then becomes a second producer."""
+    net = _irg_net()
+    layer(net, "drop", "Dropout", ["stu_x"], top=["stu_x"])  # after stu_bem read stu_x
+    found = kinds(check_net(net))["in-place-shared"]
+    assert [p.layer for p in found] == ["drop"] and "'stu_bem'" in found[0].message
+    # in place before anyone else reads it (Conv -> BatchNorm -> ReLU) is fine
+    ok = _irg_net()
+    relu = layer(ok, "relu", "ReLU", ["x"], top=["x"])
+    ok.layer.remove(relu)
+    ok.layer.insert(2, relu)
+    assert "in-place-shared" not in kinds(check_net(ok))
