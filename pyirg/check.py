@@ -41,6 +41,8 @@ in milliseconds, without data, and lists every problem with the layer and blob n
   Caffe aborts;
 - ``empty-net``: a net with no layers; ``unknown-type``: a layer type this Caffe does
   not have (a typo such as ``BatchEuclidMap``), with the closest registered name;
+- ``mean-mismatch``: a Data layer's mean file of another size than its LMDB's images
+  (e.g. the unpadded LMDB with ``mean_pad.binaryproto``): Caffe aborts;
 - ``missing-file``: a Data/ImageData/HDF5Data source or a mean file that does not exist
   (relative paths are taken from the current folder, as Caffe does).
 
@@ -490,8 +492,10 @@ def _check_files(layer: caffe_pb2.LayerParameter, out: _Collector) -> None:
         paths.append(("source", layer.hdf5_data_param.source))
     if layer.transform_param.HasField("mean_file"):
         paths.append(("mean_file", layer.transform_param.mean_file))
+    missing = False
     for what, path in paths:
         if path and not Path(path).exists():
+            missing = True
             out.add(
                 ERROR,
                 "missing-file",
@@ -499,6 +503,48 @@ def _check_files(layer: caffe_pb2.LayerParameter, out: _Collector) -> None:
                 f"{what} {path!r} does not exist (from {Path.cwd()}); prepare the data "
                 "(pyirg prepare-data) or fix the path",
             )
+    tp = layer.transform_param
+    if layer.type == "Data" and tp.HasField("mean_file") and not missing:
+        if layer.data_param.backend == caffe_pb2.DataParameter.LMDB:
+            datum, mean = _lmdb_datum_shape(layer.data_param.source), _mean_shape(tp.mean_file)
+            if datum and mean and datum != mean:
+                out.add(
+                    ERROR,
+                    "mean-mismatch",
+                    layer.name,
+                    f"mean_file {tp.mean_file!r} is {'x'.join(map(str, mean))} but the images "
+                    f"of {layer.data_param.source!r} are {'x'.join(map(str, datum))} (C x H x W): "
+                    "Caffe aborts; the padded train LMDB goes with mean_pad.binaryproto",
+                )
+
+
+def _lmdb_datum_shape(source: str) -> tuple[int, int, int] | None:
+    """(C, H, W) of the first Datum of an LMDB, or None when it cannot be read."""
+    try:
+        import lmdb
+
+        env = lmdb.open(source, readonly=True, lock=False, subdir=Path(source).is_dir())
+        with env.begin() as txn:
+            first = next(iter(txn.cursor()), None)
+        env.close()
+        if not first:
+            return None
+        datum = caffe_pb2.Datum.FromString(first[1])
+        return datum.channels, datum.height, datum.width
+    except Exception:  # noqa: BLE001 - unreadable here: Caffe will say why
+        return None
+
+
+def _mean_shape(path: str) -> tuple[int, int, int] | None:
+    """(C, H, W) of a mean .binaryproto, or None when it cannot be read."""
+    try:
+        blob = caffe_pb2.BlobProto.FromString(Path(path).read_bytes())
+    except Exception:  # noqa: BLE001
+        return None
+    if blob.HasField("shape") and len(blob.shape.dim) >= 3:
+        c, h, w = (int(d) for d in blob.shape.dim[-3:])
+        return c, h, w
+    return blob.channels, blob.height, blob.width
 
 
 def _check_batches(

@@ -121,6 +121,11 @@ class ExperimentConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value}")
+        if {"IRG-t", "MTK"} & set(self.methods) and self.student_depth < 14:
+            raise ValueError(
+                "IRG-t and MTK pair the first and last block of each stage: student_depth "
+                f"must be >= 14 (two blocks per stage), got {self.student_depth}"
+            )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
         if self.max_iter < 4 or self.teacher_iter < 4:

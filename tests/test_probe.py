@@ -149,3 +149,59 @@ def test_nan_teacher_weights_are_refused(tmp_path: Path) -> None:
     with pytest.raises(TeacherWeightsError, match="non-finite.*ip1"):
         require_finite(net, ["ip1"], tmp_path / "nan.caffemodel")
     require_finite(net, [], tmp_path / "nan.caffemodel")
+
+
+# -- the second probe's findings ------------------------------------------------------------
+
+
+def test_teacher_weights_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    from pyirg.train import TrainError
+    from pyirg.train.record import run_settings
+
+    fifo = tmp_path / "teacher.caffemodel"
+    os.mkfifo(fifo)
+    with pytest.raises(TrainError, match="not a regular file"):
+        run_settings(
+            caffe_pb2.SolverParameter(), caffe_pb2.NetParameter(), seed=0,
+            teacher_weights=str(fifo), init_weights=None, student_prefix="stu_",
+        )  # fmt: skip
+
+
+def test_a_mean_file_of_another_size_than_the_lmdb_images(tmp_path: Path) -> None:
+    from pyirg import prepare
+
+    data = tmp_path / "digits"
+    assert prepare.main(["digits", str(data), "--quiet"]) == 0
+
+    def net(source: str, mean: str) -> caffe_pb2.NetParameter:
+        n = caffe_pb2.NetParameter()
+        layer = n.layer.add(name="Data1", type="Data", top=["Data1", "Data2"])
+        layer.data_param.source = str(data / source)
+        layer.data_param.batch_size = 4
+        layer.data_param.backend = caffe_pb2.DataParameter.LMDB
+        layer.transform_param.mean_file = str(data / mean)
+        return n
+
+    found = [p for p in check_net(net("train_lmdb", "mean_pad.binaryproto"))]
+    assert [p.kind for p in found] == ["mean-mismatch"]
+    assert "1x10x10" in found[0].message and "1x8x8" in found[0].message
+    assert check_net(net("train_pad_lmdb", "mean_pad.binaryproto")) == []
+    assert check_net(net("test_lmdb", "mean.binaryproto")) == []
+
+
+def test_input_feeding_options_without_npy_data_are_refused(tmp_path: Path) -> None:
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('net: "n.prototxt"\n')
+    proc = pyirg("train", "--solver", str(solver), "--out", str(tmp_path / "o"), "--mirror")
+    assert proc.returncode == 2 and "--mirror apply only with --npy-data" in proc.stderr
+
+
+def test_main_checks_the_depth_irg_t_needs_before_training() -> None:
+    with pytest.raises(ValueError, match="student_depth must be >= 14"):
+        ExperimentConfig(methods=("baseline", "IRG-t"), student_depth=8)
+    ExperimentConfig(methods=("baseline", "IRG"), student_depth=8)
+
+
+def test_verify_checks_its_json_path_first(tmp_path: Path) -> None:
+    proc = pyirg("verify", "--no-nets", "--json", str(tmp_path))
+    assert proc.returncode == 2 and "--json" in proc.stderr and "Traceback" not in proc.stderr

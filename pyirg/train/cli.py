@@ -155,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``train`` from the command line; return the process exit status."""
     args = build_parser().parse_args(argv)
+    if args.npy_data is None:
+        given = [f for f, v in (("--pad", args.pad), ("--mirror", args.mirror)) if v]
+        given += ["--scale"] if args.scale is not None else []
+        if given:
+            print(
+                f"train: error: {', '.join(given)} apply only with --npy-data (a Data-layer "
+                "net takes its augmentation from its transform_param)",
+                file=sys.stderr,
+            )
+            return 2
     try:
         batch_fn = test_batch_fn = None
         if args.npy_data is not None:

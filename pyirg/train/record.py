@@ -32,7 +32,12 @@ _FREE_SOLVER_FIELDS = (
 def _digest(path: str | None) -> str | None:
     if not path:
         return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    from pyirg.data.fsutil import regular_file
+
+    try:
+        return hashlib.sha256(regular_file(path, "weights").read_bytes()).hexdigest()[:16]
+    except (OSError, ValueError) as e:  # a FIFO would block here forever
+        raise TrainError(str(e)) from e
 
 
 def run_settings(
