@@ -36,6 +36,9 @@ in milliseconds, without data, and lists every problem with the layer and blob n
   (Caffe aborts: "produced by multiple sources");
 - ``irg-batch-1``: an IRG layer fed a batch of one instance: its map (or vector, after
   normalizing) is always 0, so the term trains nothing;
+- ``vector-size``: the two bottoms of a BatchEuclideanVector with different
+  per-instance sizes (followed from Input shapes, InnerProduct, global Pooling, Reduction,
+  Concat/Slice along the channels and element-wise layers): Caffe aborts;
 - ``class-mismatch``: a EuclideanLoss between two InnerProduct tops of different
   ``num_output`` (e.g. logits of a teacher and a student trained on other class counts):
   Caffe aborts;
@@ -56,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -118,6 +122,8 @@ class _Blob:
     irg: bool = False  # produced by an IRG layer or from one
     irg_top: str = ""  # the IRG layer whose top this is (in-place layers on it are wrong)
     features: int | None = None  # num_output of an InnerProduct top
+    channels: int | None = None  # axis 1, when known
+    size: int | None = None  # per-instance size (product of the axes after N), when known
     readers: list[str] = field(default_factory=list)  # layers that read this version
 
 
@@ -398,6 +404,8 @@ def _check_phase(
             if layer.type == "InnerProduct" and layer.inner_product_param.num_output:
                 for top in tops:
                     top.features = layer.inner_product_param.num_output
+        for info, (c, d) in zip(tops, _instance_sizes(layer, known)):
+            info.channels, info.size = c, d
         for j, (top, info) in enumerate(zip(layer.top, tops)):
             in_place = j < len(layer.bottom) and layer.bottom[j] == top
             if in_place and top in blobs and blobs[top].readers:
@@ -444,6 +452,55 @@ def _axis0_batches(
     return None
 
 
+#: Layers whose tops keep their first bottom's channels and per-instance size.
+_KEEP_SHAPE = frozenset(
+    "AbsVal BatchNorm Bias BNLL Clip Dropout ELU Eltwise Exp Log Power PReLU ReLU Scale "
+    "Sigmoid Split Swish TanH Threshold".split()
+)
+
+
+def _instance_sizes(
+    layer: caffe_pb2.LayerParameter, known: list[_Blob | None]
+) -> list[tuple[int | None, int | None]]:
+    """(channels, per-instance size) of each top, where the layer makes them known.
+
+    Enough to follow pooled features to an IRG vector layer: Input shapes, InnerProduct,
+    global Pooling and Reduction to N x C, Concat and Slice along the channels, and the
+    element-wise layers; anything else is unknown, and unknown is never reported.
+    """
+    t, n = layer.type, len(layer.top)
+    first = known[0] if known else None
+    c0, d0 = (first.channels, first.size) if first is not None else (None, None)
+    if t == "Input":
+        out = []
+        for i in range(n):
+            shapes = layer.input_param.shape
+            dims = list(shapes[min(i, len(shapes) - 1)].dim) if shapes else []
+            size = math.prod(dims[1:]) if dims else None
+            out.append((dims[1] if len(dims) > 1 else None, size))
+        return out
+    if t == "InnerProduct" and layer.inner_product_param.num_output:
+        k = layer.inner_product_param.num_output
+        return [(k, k)] * n
+    if t in ("Convolution", "Deconvolution") and layer.convolution_param.num_output:
+        return [(layer.convolution_param.num_output, None)] * n
+    if t == "Pooling":
+        return [(c0, c0 if layer.pooling_param.global_pooling else None)] * n
+    if t == "Reduction" and layer.reduction_param.axis == 2:
+        return [(c0, c0)] * n
+    if t in _KEEP_SHAPE:
+        return [(c0, d0)] * n
+    pooled = [k is not None and k.size is not None and k.size == k.channels for k in known]
+    if t == "Concat" and layer.concat_param.axis == 1 and known and all(pooled):
+        c = sum(k.channels for k in known)  # type: ignore[misc, union-attr]
+        return [(c, c)] * n
+    if t == "Slice" and layer.slice_param.axis == 1 and pooled[:1] == [True] and c0:
+        edges = [0, *layer.slice_param.slice_point, c0]
+        if len(edges) == n + 1:
+            return [(b - a, b - a) for a, b in zip(edges, edges[1:])]
+    return [(None, None)] * n
+
+
 def _check_irg_use(
     layer: caffe_pb2.LayerParameter, known: list[_Blob | None], out: _Collector, phase: str
 ) -> None:
@@ -466,6 +523,17 @@ def _check_irg_use(
             layer.name,
             f"{layer.type} gets a batch of N=1 (from {known[0].n_from}): a graph of one "
             "instance has no edges, its term is always 0 and trains nothing",
+            phase,
+        )
+    sizes = [(b, k.size) for b, k in zip(layer.bottom, known) if k is not None and k.size]
+    if layer.type == IRG_VECTOR and len(sizes) == 2 and sizes[0][1] != sizes[1][1]:
+        described = " and ".join(f"{b!r} ({d} per instance)" for b, d in sizes)
+        out.add(
+            ERROR,
+            "vector-size",
+            layer.name,
+            f"BatchEuclideanVector compares {described}: both bottoms need the same "
+            "per-instance size (zero-pad the narrower one, as pyirg.distill does); Caffe aborts",
             phase,
         )
     widths = [(b, k.features) for b, k in zip(layer.bottom, known) if k is not None]

@@ -556,6 +556,21 @@ _NOT_RESULTS = ("out", "seeds", "methods", "jobs", "progress")
 JOB_FILE = "job.json"
 
 
+def move_job_aside(out: Path) -> Path | None:
+    """``--overwrite``: move a previous job's folder to OUT.replaced-DATE (only a job
+    folder: one with job.json, results.json or run folders); return where it went."""
+    if not out.exists() or not any(out.iterdir()):
+        return None
+    is_job = any((out / f).is_file() for f in (JOB_FILE, "results.json")) or any(
+        out.glob("*/metrics.json")
+    )
+    if not is_job:
+        raise ValueError(f"--overwrite: {out} holds no pyirg main job; not moving it")
+    aside = out.with_name(f"{out.name}.replaced-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    out.rename(aside)
+    return aside
+
+
 def check_job_folder(cfg: ExperimentConfig) -> None:
     """Refuse an --out whose finished runs were made with other settings (they would be
     resumed and reported as if made with these); record the settings in a new folder."""
@@ -575,7 +590,7 @@ def check_job_folder(cfg: ExperimentConfig) -> None:
         if diff:
             raise ValueError(
                 f"{cfg.out} holds runs made with other settings ({'; '.join(diff)}); "
-                "choose another --out"
+                "choose another --out, or --overwrite to move them aside"
             )
         return
     if any(cfg.out.glob("*/metrics.json")) or any(cfg.out.glob("*/seed*/metrics.json")):
@@ -829,6 +844,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_options(parser, ExperimentConfig)
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="move a previous job in --out aside (to OUT.replaced-DATE) and start afresh",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="a reduced run (24 student / 40 teacher iterations, the first 2 seeds) that "
@@ -865,6 +885,10 @@ def main(argv: list[str] | None = None) -> int:
     from pyirg.train import TrainError
 
     try:
+        if args.overwrite:
+            aside = move_job_aside(cfg.out)
+            if aside is not None:
+                print(f"moved the previous job in {cfg.out} to {aside}")
         run(cfg, command=command)
     except (ValueError, TrainError) as err:
         if debugging():

@@ -331,3 +331,20 @@ def test_in_place_layer_on_a_blob_another_layer_reads() -> None:
     ok.layer.remove(relu)
     ok.layer.insert(2, relu)
     assert "in-place-shared" not in kinds(check_net(ok))
+
+
+def test_vector_layer_bottoms_of_different_per_instance_size() -> None:
+    net = caffe_pb2.NetParameter()
+    a = layer(net, "a", "Input", top=["a"])
+    a.input_param.shape.add(dim=[8, 16, 4, 4])
+    b = layer(net, "b", "Input", top=["b"])
+    b.input_param.shape.add(dim=[8, 32, 2, 2])
+    pa = layer(net, "pa", "Pooling", ["a"])
+    pa.pooling_param.global_pooling = True
+    pb = layer(net, "pb", "Pooling", ["b"])
+    pb.pooling_param.global_pooling = True
+    layer(net, "bev", "BatchEuclideanVector", ["pa", "pb"], top=["v"])
+    found = kinds(check_net(net))["vector-size"]
+    assert "'pa' (16 per instance)" in found[0].message and "(32 per instance)" in found[0].message
+    # the generated nets zero-pad the narrower side (Power, Slice, Concat): no error
+    assert "vector-size" not in kinds(check_net(mtk_net()))

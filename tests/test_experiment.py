@@ -290,3 +290,16 @@ def test_tools_without_env_sh_say_how_to_fix_it(tmp_path: Path) -> None:
     proc = run(["/usr/bin/python3", str(REPO / "tools" / "train.py"), "--help"], env=env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "source tools/env.sh" in proc.stderr
+
+
+def test_overwrite_moves_only_a_job_folder_aside(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    experiment.check_job_folder(ExperimentConfig(out=job))
+    aside = experiment.move_job_aside(job)
+    assert aside is not None and (aside / experiment.JOB_FILE).is_file() and not job.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError, match="holds no pyirg main job"):
+        experiment.move_job_aside(mine)
+    assert (mine / "notes.txt").read_text() == "keep"
