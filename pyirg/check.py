@@ -516,7 +516,18 @@ def _check_irg_use(
                 "and the gradients wrong: give this layer its own top",
                 phase,
             )
-    if layer.type in IRG_TYPES and known and known[0] is not None and known[0].n == 1:
+    irg = layer.irg_param
+    vector_trains = layer.type == IRG_VECTOR and (
+        irg.normalize == caffe_pb2.IRGParameter.NONE
+        or irg.backward == caffe_pb2.IRGParameter.RELEASED
+    )  # with N = 1 a normalized vector is 1 and its exact gradient 0, else it trains
+    if (
+        layer.type in IRG_TYPES
+        and not vector_trains
+        and known
+        and known[0] is not None
+        and known[0].n == 1
+    ):
         out.add(
             ERROR,
             "irg-batch-1",
@@ -598,6 +609,8 @@ def _lmdb_datum_shape(source: str) -> tuple[int, int, int] | None:
         if not first:
             return None
         datum = caffe_pb2.Datum.FromString(first[1])
+        if datum.encoded or not (datum.channels and datum.height and datum.width):
+            return None  # an encoded image: its size is known only after decoding
         return datum.channels, datum.height, datum.width
     except Exception:  # noqa: BLE001 - unreadable here: Caffe will say why
         return None

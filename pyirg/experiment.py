@@ -344,6 +344,7 @@ def train_run(
 
     from pyirg.blas import caffe_openblas
     from pyirg.train import train
+    from pyirg.train.record import is_run_folder
 
     caffe.set_mode_cpu()
     teacher, student = _specs(cfg)
@@ -385,7 +386,7 @@ def train_run(
             teacher_weights=None if run.method in (TEACHER, "baseline") else teacher_weights,
             init_weights=init,
             seed=run.seed,
-            resume=(out / "metrics.json").exists(),
+            resume=is_run_folder(out),  # a run killed before its first metrics too
             batch_fn=train_fn,
             test_batch_fn=test_fn,
             progress=progress is None and cfg.progress,

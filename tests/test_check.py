@@ -348,3 +348,13 @@ def test_vector_layer_bottoms_of_different_per_instance_size() -> None:
     assert "'pa' (16 per instance)" in found[0].message and "(32 per instance)" in found[0].message
     # the generated nets zero-pad the narrower side (Power, Slice, Concat): no error
     assert "vector-size" not in kinds(check_net(mtk_net()))
+
+
+def test_batch_of_one_vector_layer_that_still_trains_is_not_flagged() -> None:
+    net = caffe_pb2.NetParameter()
+    layer(net, "x", "Input", n=1)
+    layer(net, "y", "Input", n=1)
+    v = layer(net, "bev", "BatchEuclideanVector", ["x", "y"], top=["v"])
+    assert "irg-batch-1" in kinds(check_net(net))  # normalized: always 1, gradient 0
+    v.irg_param.normalize = caffe_pb2.IRGParameter.NONE  # t = |x - y|: it trains
+    assert "irg-batch-1" not in kinds(check_net(net))

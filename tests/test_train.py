@@ -683,3 +683,48 @@ def test_sigkill_while_writing_a_snapshot_then_resume(nets, feeds, reference, tm
     assert resumed.iterations == 20
     assert_same_weights(resumed.weights, reference.weights)
     assert not list(out.glob(".snapshot-tmp-*"))
+
+
+def test_review_cases_of_run_folders(nets, feeds, teacher, tmp_path: Path) -> None:
+    # a resumed distillation run needs no teacher weights again (its snapshot has them)
+    out = tmp_path / "distill"
+    run(nets["distill"], out, feeds, seed=5, max_iter=10, teacher_weights=teacher.weights)
+    assert run(nets["distill"], out, feeds, seed=5, max_iter=12, resume=True).iterations == 12
+    # --overwrite and --resume contradict each other
+    with pytest.raises(TrainError, match="choose one"):
+        run(nets["plain"], out, feeds, resume=True, overwrite=True)
+    # a NetParameter net with --overwrite: the moved folder must not take the new net along
+    net = caffe_pb2.NetParameter()
+    text_format.Merge(nets["plain"].read_text(), net)
+    plain = tmp_path / "plain"
+    run(nets["plain"], plain, feeds, seed=5, max_iter=2)
+    again = train(
+        solver_param(nets["plain"]), plain, net=net, batch_fn=feeds[0], test_batch_fn=feeds[1],
+        progress=False, preflight=False, max_iter=2, overwrite=True,
+    )  # fmt: skip
+    assert again.iterations == 2
+    # a corrupt run record is a message, not a traceback
+    (plain / "run.json").write_text("{not json")
+    with pytest.raises(TrainError, match="unreadable run record"):
+        run(nets["plain"], plain, feeds, seed=5, max_iter=4, resume=True)
+
+
+def test_ignore_label_is_not_a_label_out_of_range(tmp_path: Path, feeds) -> None:
+    ns = caffe.NetSpec()
+    _input(ns)
+    ns.ip = L.InnerProduct(ns.data, num_output=10, weight_filler=XAVIER)
+    ns.loss = L.SoftmaxWithLoss(ns.ip, ns.label, loss_param=dict(ignore_label=255))
+    path = tmp_path / "ignore.prototxt"
+    path.write_text(str(ns.to_proto()))
+    batch_fn, test_fn = feeds
+
+    def with_ignored(i: int) -> dict:
+        batch = dict(batch_fn(i))
+        labels = np.array(batch["label"], copy=True)
+        labels[0] = 255
+        batch["label"] = labels
+        return batch
+
+    result = run(path, tmp_path / "out", (with_ignored, test_fn), max_iter=2, test_interval=0,
+                 solver=dict(test_iter=[]))  # fmt: skip
+    assert result.iterations == 2

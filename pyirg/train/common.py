@@ -32,10 +32,16 @@ def caffe_has_cuda() -> bool:
 
     import_caffe()
     with open("/proc/self/maps") as f:
-        libcaffe = next((line.split()[-1] for line in f if "/libcaffe" in line), None)
+        maps = f.read()
+    if "libcudart" in maps or "libcublas" in maps:
+        return True
+    libcaffe = next((line.split()[-1] for line in maps.splitlines() if "/libcaffe" in line), None)
     if libcaffe is None:
-        return False
-    ldd = subprocess.run(["ldd", libcaffe], capture_output=True, text=True).stdout
+        return True  # libcaffe linked statically: cannot tell, let Caffe decide
+    try:
+        ldd = subprocess.run(["ldd", libcaffe], capture_output=True, text=True).stdout
+    except OSError:
+        return True  # no ldd: cannot tell
     return "libcudart" in ldd
 
 

@@ -29,7 +29,7 @@ from pyirg.train.common import (
 from pyirg.train.errors import TrainError
 from pyirg.train.loop import TrainingRun
 from pyirg.train.preflight import run_preflight
-from pyirg.train.record import prepare_run_folder, record_run, run_settings
+from pyirg.train.record import check_resume_settings, claim_run_folder, record_run, run_settings
 from pyirg.train.results import TrainResult
 from pyirg.train.snapshots import (
     TMP_PREFIX,
@@ -45,6 +45,21 @@ from pyirg.train.weights import load_init_weights, load_teacher, net_param_shape
 EFFECTIVE_SOLVER = "solver.effective.prototxt"
 #: Caffe tests when ``iter % test_interval == 0``; this interval is never reached.
 _NEVER = 2**31 - 1
+
+
+def label_rules(net_param: Any) -> dict[str, tuple[int, int | None]]:
+    """layer -> (class axis, ignore_label) of each SoftmaxWithLoss and Accuracy."""
+    rules: dict[str, tuple[int, int | None]] = {}
+    for layer in net_param.layer:
+        if layer.type == "SoftmaxWithLoss":
+            ignore = (
+                layer.loss_param.ignore_label if layer.loss_param.HasField("ignore_label") else None
+            )
+            rules[layer.name] = (layer.softmax_param.axis, ignore)
+        elif layer.type == "Accuracy":
+            ap = layer.accuracy_param
+            rules[layer.name] = (ap.axis, ap.ignore_label if ap.HasField("ignore_label") else None)
+    return rules
 
 
 def resumable_snapshot(out: Path, name: str, shapes: dict[str, list[tuple[int, ...]]]) -> Any:
@@ -105,6 +120,7 @@ def train(
     caffe = import_caffe()
     pb = caffe.proto.caffe_pb2
     out = Path(out_dir).resolve()
+    claim_run_folder(out, resume=resume, overwrite=overwrite)
     param, net_param, source = prepare_solver_param(solver, net, out_dir=out)
     if preflight:
         for warning in run_preflight(net_param, source, student_prefix=student_prefix):
@@ -127,10 +143,11 @@ def train(
         net_param,
         seed=seed,
         teacher_weights=None if teacher_weights is None else str(teacher_weights),
-        init_weights=None if init_weights is None else str(init_weights),
+        init_weights=None if init_weights is None or resume else str(init_weights),
         student_prefix=student_prefix,
     )
-    prepare_run_folder(out, settings, resume=resume, overwrite=overwrite)
+    if resume:
+        check_resume_settings(out, settings)
     existing = latest_snapshot(out, name)
     if existing is not None and not resume:
         raise TrainError(
@@ -211,6 +228,8 @@ def train(
             progress=progress,
             run_info=run_info,
             on_iteration=on_iteration,
+            label_rules=label_rules(net_param),
+            track_finite=gpu is None,
         )
         if test_interval and not csolver.test_nets:
             print(

@@ -47,6 +47,8 @@ class TrainingRun:
         progress: bool,
         run_info: dict[str, Any],
         on_iteration: Callable[[int, Any], None] | None = None,
+        label_rules: Mapping[str, tuple[int, int | None]] | None = None,
+        track_finite: bool = True,
     ) -> None:
         self.solver = solver
         self.param = param
@@ -60,12 +62,19 @@ class TrainingRun:
         self.progress = progress
         self.run_info = run_info
         self.on_iteration = on_iteration
-        self._ranges: dict[int, dict[str, tuple[str, int]]] = {}
+        self._ranges: dict[int, dict[str, tuple[str, int, int | None]]] = {}
+        #: layer -> (class axis, ignore_label) of the losses and accuracies (from the net).
+        self.label_rules = dict(label_rules or {})
+        #: Keep the weights before each step and the update norm (one copy per step: on a
+        #: GPU two host transfers, so there only the loss is watched).
+        self.track_finite = track_finite
         self.train_rows: list[dict[str, float]] = []
         # The weights before the current step, so a diverged run can still save them.
-        self._finite: list[np.ndarray] = [
-            b.data.copy() for blobs in solver.net.params.values() for b in blobs
-        ]
+        self._finite: list[np.ndarray] = (
+            [b.data.copy() for blobs in solver.net.params.values() for b in blobs]
+            if track_finite
+            else []
+        )
         self.test_rows: list[dict[str, float]] = []
         self.last_snapshot: Snapshot | None = None
 
@@ -94,29 +103,32 @@ class TrainingRun:
         return ["student_accuracy", "teacher_accuracy"] if self.distill else ["accuracy"]
 
     # -- feeding -----------------------------------------------------------------------
-    @staticmethod
-    def _label_ranges(net: Any) -> dict[str, tuple[str, int]]:
+    def _label_ranges(self, net: Any) -> dict[str, tuple[str, int, int | None]]:
         """label blob -> (layer, classes) for the losses and accuracies that index by label.
 
         SoftmaxWithLoss reads scores[label] unchecked in a release build: a label past the
         net's class count corrupts memory (glibc then aborts with "double free")."""
-        ranges: dict[str, tuple[str, int]] = {}
+        ranges: dict[str, tuple[str, int, int | None]] = {}
         bottom_names = net.bottom_names
         for name, layer in zip(net._layer_names, net.layers):
             bottoms = bottom_names[name]
             if layer.type in ("SoftmaxWithLoss", "Accuracy") and len(bottoms) >= 2:
+                axis, ignore = self.label_rules.get(name, (1, None))
                 scores = net.blobs[bottoms[0]].data
-                if scores.ndim >= 2:
-                    ranges.setdefault(bottoms[1], (name, int(scores.shape[1])))
+                if -scores.ndim <= axis < scores.ndim:
+                    classes = int(scores.shape[axis])
+                    ranges.setdefault(bottoms[1], (name, classes, ignore))
         return ranges
 
     def _check_labels(self, net: Any, batch: Mapping[str, np.ndarray], what: str) -> None:
         if id(net) not in self._ranges:
             self._ranges[id(net)] = self._label_ranges(net)
-        for blob, (layer, classes) in self._ranges[id(net)].items():
+        for blob, (layer, classes, ignore) in self._ranges[id(net)].items():
             if blob not in batch:
                 continue
             labels = np.asarray(batch[blob])
+            if ignore is not None:
+                labels = labels[labels != ignore]  # Caffe skips these
             if labels.size and (labels.min() < 0 or labels.max() >= classes):
                 raise TrainError(
                     f"{what}: labels in '{blob}' span {labels.min():g}..{labels.max():g}, but "
@@ -147,8 +159,9 @@ class TrainingRun:
             self._feed(net, self.batch_fn(it), f"batch_fn({it})")
         lr = float(solver.lr) if hasattr(solver, "lr") else math.nan
         params = [b for blobs in net.params.values() for b in blobs]
-        for saved, blob in zip(self._finite, params):
-            np.copyto(saved, blob.data)
+        if self.track_finite:
+            for saved, blob in zip(self._finite, params):
+                np.copyto(saved, blob.data)
         solver.step(1)
         elapsed = time.perf_counter() - start
         row: dict[str, float] = {"iter": it, "lr": lr}
@@ -157,12 +170,15 @@ class TrainingRun:
             row[name] = float(net.blobs[name].data.flat[0])
         row["total_loss"] = sum(w * row[b] for b, w in self.loss_weights.items())
         # After a step each param's diff holds the update it just applied.
-        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN are what we look for
-            row["update_norm"] = math.sqrt(
-                sum(float(np.dot(p.diff.ravel(), p.diff.ravel())) for p in params)
-            )
+        row["update_norm"] = math.nan
+        if self.track_finite:
+            with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN are what we look for
+                row["update_norm"] = math.sqrt(
+                    sum(float(np.dot(p.diff.ravel(), p.diff.ravel())) for p in params)
+                )
         self.train_rows.append(row)
-        if not (math.isfinite(row["total_loss"]) and math.isfinite(row["update_norm"])):
+        update_ok = not self.track_finite or math.isfinite(row["update_norm"])
+        if not (math.isfinite(row["total_loss"]) and update_ok):
             self._diverged(row, it)
         postfix = {b: f"{row[b]:.4g}" for b in self.loss_terms}
         postfix["lr"] = f"{lr:.3g}"
@@ -175,6 +191,16 @@ class TrainingRun:
     def _diverged(self, row: dict[str, float], it: int) -> None:
         """Save the weights before the step that diverged, write the metrics, raise."""
         net = self.solver.net
+        self.write_metrics(plot=True)
+        if not self.track_finite:  # GPU: the last periodic snapshot is the last finite state
+            last = self.last_snapshot.caffemodel if self.last_snapshot else None
+            raise TrainingDiverged(
+                f"training diverged at iteration {it + 1}: loss terms "
+                + ", ".join(f"{b} {row[b]:.4g}" for b in self.loss_terms)
+                + f"; learning rate {row['lr']:.4g}. The last snapshot is {last}; lower "
+                "base_lr or check the data scaling",
+                str(last) if last else None,
+            )
         params = [b for blobs in net.params.values() for b in blobs]
         for saved, blob in zip(self._finite, params):
             blob.data[...] = saved
@@ -182,7 +208,6 @@ class TrainingRun:
         tmp = self.tmp / path.name
         net.save(str(tmp))
         tmp.replace(path)
-        self.write_metrics(plot=True)
         terms = ", ".join(f"{b} {row[b]:.4g}" for b in self.loss_terms)
         raise TrainingDiverged(
             f"training diverged at iteration {it + 1}: loss terms {terms}; update norm "

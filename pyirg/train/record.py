@@ -26,6 +26,7 @@ RUN_MARKERS = (RUN_FILE, "metrics.json")
 _FREE_SOLVER_FIELDS = (
     "max_iter", "snapshot", "snapshot_prefix", "snapshot_after_train", "snapshot_format",
     "test_interval", "test_initialization", "display", "net", "net_param", "random_seed",
+    "test_iter",
 )  # fmt: skip
 
 
@@ -54,7 +55,14 @@ def run_settings(
     solver.CopyFrom(param)
     for name in _FREE_SOLVER_FIELDS:
         solver.ClearField(name)
-    net_text = text_format.MessageToString(net_param)
+    net = type(net_param)()
+    net.CopyFrom(net_param)
+    for layer in net.layer:  # where the data lies may move between a run and its resume
+        for field in ("data_param", "image_data_param", "hdf5_data_param"):
+            if layer.HasField(field):
+                getattr(layer, field).ClearField("source")
+        layer.transform_param.ClearField("mean_file")
+    net_text = text_format.MessageToString(net)
     return {
         "solver": text_format.MessageToString(solver, as_one_line=True),
         "net_sha256": hashlib.sha256(net_text.encode()).hexdigest()[:16],
@@ -70,13 +78,11 @@ def is_run_folder(out: Path) -> bool:
     return any((out / marker).is_file() for marker in RUN_MARKERS)
 
 
-def prepare_run_folder(
-    out: Path, settings: dict[str, Any], *, resume: bool, overwrite: bool
-) -> None:
-    """Refuse an ``out`` that holds another run (or, resuming, a run of other settings);
-    with ``overwrite``, move an existing run folder aside first. The settings are recorded
-    by :func:`record_run` once training really starts, so a run refused during set-up
-    leaves no record behind."""
+def claim_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Before anything is written into ``out``: with ``overwrite``, move a previous run
+    folder aside; without ``resume``, refuse a folder that holds another run."""
+    if overwrite and resume:
+        raise TrainError("--overwrite starts afresh and --resume continues: choose one")
     if overwrite and out.exists() and any(out.iterdir()):
         if not is_run_folder(out):
             raise TrainError(f"--overwrite: {out} is no run folder (no {RUN_FILE}); not moved")
@@ -84,29 +90,37 @@ def prepare_run_folder(
         aside = out.with_name(f"{out.name}.replaced-{stamp}")
         out.rename(aside)
         print(f"notice: moved the previous run in {out} to {aside}")
-    record = out / RUN_FILE
-    if record.is_file():
-        stored = json.loads(record.read_text())
-        diff = [k for k in settings if stored.get(k) != settings[k]]
-        if not resume:
-            raise TrainError(
-                f"{out} already holds a run; pass --resume to continue it, --overwrite to "
-                "move it aside, or choose another --out"
-            )
-        if diff:
-            details = "; ".join(f"{k}: {stored.get(k)!r} there, {settings[k]!r} now" for k in diff)
-            raise TrainError(f"{out} holds a run of other settings, not resumed ({details})")
-        return
     if is_run_folder(out) and not resume:
         raise TrainError(
-            f"{out} holds the records of an earlier run (metrics.json); pass --overwrite to "
-            "move them aside, or choose another --out"
+            f"{out} already holds a run; pass --resume to continue it, --overwrite to "
+            "move it aside, or choose another --out"
         )
     out.mkdir(parents=True, exist_ok=True)
 
 
-def record_run(out: Path, settings: dict[str, Any]) -> None:
-    """Write ``run.json`` (once: a resumed run keeps the record it was checked against)."""
+def check_resume_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Resuming: the stored settings must match. Weights not given again are not compared
+    (a resumed run takes them from its snapshot), and neither are the initial weights."""
     record = out / RUN_FILE
     if not record.is_file():
-        record.write_text(json.dumps(settings, indent=2) + "\n")
+        return
+    try:
+        stored = json.loads(record.read_text())
+    except (OSError, ValueError) as e:
+        raise TrainError(f"{record}: unreadable run record ({e}); move the folder aside") from e
+    skip = {"init_weights_sha256"}
+    if settings.get("teacher_weights_sha256") is None:
+        skip.add("teacher_weights_sha256")
+    diff = [k for k in settings if k not in skip and stored.get(k) != settings[k]]
+    if diff:
+        details = "; ".join(f"{k}: {stored.get(k)!r} there, {settings[k]!r} now" for k in diff)
+        raise TrainError(f"{out} holds a run of other settings, not resumed ({details})")
+
+
+def record_run(out: Path, settings: dict[str, Any]) -> None:
+    """Write ``run.json`` (once: a resumed run keeps the record it was checked against)."""
+    from pyirg.data.fsutil import atomic_write_text
+
+    record = out / RUN_FILE
+    if not record.is_file():
+        atomic_write_text(record, json.dumps(settings, indent=2) + "\n")
