@@ -70,10 +70,10 @@ class TrainingRun:
         self.track_finite = track_finite
         self.train_rows: list[dict[str, float]] = []
         # The weights before the current step, so a diverged run can still save them.
+        # The param blobs once: pycaffe rebuilds ``net.params`` on every access.
+        self._params = [b for blobs in solver.net.params.values() for b in blobs]
         self._finite: list[np.ndarray] = (
-            [b.data.copy() for blobs in solver.net.params.values() for b in blobs]
-            if track_finite
-            else []
+            [b.data.copy() for b in self._params] if track_finite else []
         )
         self.test_rows: list[dict[str, float]] = []
         self.last_snapshot: Snapshot | None = None
@@ -158,7 +158,7 @@ class TrainingRun:
         if self.batch_fn is not None:
             self._feed(net, self.batch_fn(it), f"batch_fn({it})")
         lr = float(solver.lr) if hasattr(solver, "lr") else math.nan
-        params = [b for blobs in net.params.values() for b in blobs]
+        params = self._params
         if self.track_finite:
             for saved, blob in zip(self._finite, params):
                 np.copyto(saved, blob.data)
@@ -201,8 +201,7 @@ class TrainingRun:
                 "base_lr or check the data scaling",
                 str(last) if last else None,
             )
-        params = [b for blobs in net.params.values() for b in blobs]
-        for saved, blob in zip(self._finite, params):
+        for saved, blob in zip(self._finite, self._params):
             blob.data[...] = saved
         path = self.out / f"{self.name}_iter_{it}_last_finite.caffemodel"
         tmp = self.tmp / path.name
