@@ -119,21 +119,30 @@ def coretype_source(environ: MutableMapping[str, str] | None = None) -> str:
     return "set in the environment (left alone)"
 
 
+def libcaffe_dependencies() -> str | None:
+    """``ldd`` of the libcaffe this process loaded (importing pycaffe if needed), or None
+    when libcaffe is not a separate library (linked statically) or ldd is missing."""
+    import caffe  # noqa: F401  (loads libcaffe and what it links)
+
+    with open("/proc/self/maps") as f:
+        libcaffe = next((line.split()[-1] for line in f if "/libcaffe" in line), None)
+    if libcaffe is None:
+        return None
+    try:
+        return subprocess.run(["ldd", libcaffe], capture_output=True, text=True).stdout
+    except OSError:
+        return None
+
+
 def caffe_blas_path() -> str | None:
     """The BLAS library libcaffe itself links (resolved), or None if it cannot be found.
 
-    Caffe is imported here if it is not yet; libcaffe is found in this process's maps and
-    its BLAS dependency resolved with ``ldd``, so that numpy's or scipy's bundled copies
+    Found from libcaffe's own dependencies, so that numpy's or scipy's bundled copies
     (also loaded, also OpenBLAS) are never mistaken for it.
     """
-    import caffe  # noqa: F401  (loads libcaffe and its BLAS)
-
-    with open("/proc/self/maps") as f:
-        loaded = sorted({line.split()[-1] for line in f if ".so" in line.rsplit("/", 1)[-1]})
-    libcaffe = next((p for p in loaded if "/libcaffe" in p), None)
-    if libcaffe is None:
+    out = libcaffe_dependencies()
+    if out is None:
         return None
-    out = subprocess.run(["ldd", libcaffe], capture_output=True, text=True).stdout
     # libopenblas first: libcaffe names it directly; a libblas line may come from elsewhere.
     for pattern in (
         r"libopenblas[^\s]*\s*=>\s*(\S+)",

@@ -43,7 +43,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -58,8 +57,16 @@ from pyirg.cli import debugging
 from pyirg.data import load_digits_split, pad_images, pixel_mean
 from pyirg.data.feed import array_batch_fn
 from pyirg.distill import METHOD_WEIGHTS, DistillConfig, distill_net
-from pyirg.netspec import DATASETS, DataConfig, deploy_net, train_net
-from pyirg.options import ArgumentParser, HelpFormatter, add_options, from_args, option
+from pyirg.netspec import DATASETS, DataConfig, caffe_net, deploy_net, train_net
+from pyirg.options import (
+    ArgumentParser,
+    HelpFormatter,
+    add_options,
+    from_args,
+    given_options,
+    number_problem,
+    option,
+)
 from pyirg.solver import Schedule, make_solver
 
 METHODS = ("baseline", "IRG", "IRG-t", "MTK")
@@ -70,6 +77,17 @@ SCALE = DATASETS["digits"].scale
 BN_FRACTION = 0.95
 #: The worker reports its progress to the job's display every this many iterations.
 PROGRESS_EVERY = 8
+#: Distillation term (pyirg.distill.METHOD_WEIGHTS) -> the job's option for its weight.
+WEIGHT_OPTIONS = {
+    "logits": "logits_weight",
+    "edges": "edge_weight",
+    "transform": "transform_weight",
+}
+
+
+def uses_weights(method: str) -> list[str]:
+    """The weighted terms ``method`` adds to the ground truth (none for the baseline)."""
+    return [t for t in METHOD_WEIGHTS[method] if t in WEIGHT_OPTIONS]
 
 
 def usable_cores() -> int:
@@ -118,9 +136,9 @@ class ExperimentConfig:
         if min(self.seeds) < 0 or self.teacher_seed < 0:
             raise ValueError("seeds must be >= 0 (Caffe's random seed is unsigned)")
         for name in ("teacher_width", "student_width"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive finite number, got {value}")
+            problem = number_problem(name, getattr(self, name), positive=True)
+            if problem:
+                raise ValueError(problem)
         if {"IRG-t", "MTK"} & set(self.methods) and self.student_depth < 14:
             raise ValueError(
                 "IRG-t and MTK pair the first and last block of each stage: student_depth "
@@ -140,10 +158,10 @@ class ExperimentConfig:
             raise ValueError(f"jobs must be >= 0 (0: one per core), got {self.jobs}")
         if self.test_interval < 0:
             raise ValueError(f"test_interval must be >= 0, got {self.test_interval}")
-        for name in ("logits_weight", "edge_weight", "transform_weight", "base_lr"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        for name in (*WEIGHT_OPTIONS.values(), "base_lr"):
+            problem = number_problem(name, getattr(self, name), positive=False)
+            if problem:
+                raise ValueError(problem)
 
     @property
     def workers(self) -> int:
@@ -248,10 +266,8 @@ def student_net(cfg: ExperimentConfig, method: str, teacher: ResNetSpec, student
     if method == "baseline":
         net = train_net(student, data=data, name="digits_baseline", prefix=STUDENT_PREFIX)
     else:
-        given = {"logits": cfg.logits_weight, "edges": cfg.edge_weight}
-        given["transform"] = cfg.transform_weight
         # The method's terms (pyirg.distill.METHOD_WEIGHTS) with this job's weights.
-        weights = {t: given[t] for t in METHOD_WEIGHTS[method] if t in given}
+        weights = {t: getattr(cfg, WEIGHT_OPTIONS[t]) for t in uses_weights(method)}
         dc = DistillConfig.for_method(
             method, teacher, student, data=data, name=f"digits_{method}", **weights
         )
@@ -295,12 +311,8 @@ def write_init_weights(cfg: ExperimentConfig, seed: int) -> Path:
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    net_param = student_net(cfg, "baseline", *_specs(cfg))
-    with tempfile.NamedTemporaryFile("w", suffix=".prototxt") as f:
-        f.write(str(net_param))
-        f.flush()
-        caffe.set_random_seed(seed)
-        net = caffe.Net(f.name, caffe.TRAIN)
+    caffe.set_random_seed(seed)
+    net = caffe_net(student_net(cfg, "baseline", *_specs(cfg)), "TRAIN")
     tmp = path.with_suffix(".tmp")
     net.save(str(tmp))
     os.replace(tmp, path)
@@ -312,14 +324,9 @@ def evaluate(spec: ResNetSpec, weights: Path, prefix: str, data: Data) -> float:
 
     Non-finite outputs (a diverged run) are an error, never counted as an accuracy.
     """
-    import caffe
-
     images = data.test_array()
     net_param = deploy_net(spec, prefix=prefix, batch=len(images), channels=1, height=8, width=8)
-    with tempfile.NamedTemporaryFile("w", suffix=".prototxt") as f:
-        f.write(str(net_param))
-        f.flush()
-        net = caffe.Net(f.name, caffe.TEST, weights=str(weights))
+    net = caffe_net(net_param, "TEST", str(weights))
     net.blobs["data"].data[...] = images
     prob = net.forward()["prob"].reshape(len(images), -1)
     if not np.isfinite(prob).all():
@@ -861,18 +868,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    defaults = vars(parser.parse_args([]))
-    given = {k for k, v in vars(args).items() if v != defaults[k]}
+    given = given_options(parser, args)
     quick = {}
     if args.quick:  # the reduced run's values, for the options not given explicitly
         reduced = {"max_iter": 24, "teacher_iter": 40, "test_interval": 12}
         quick = {k: v for k, v in reduced.items() if k not in given}
         if "seeds" not in given:
             quick["seeds"] = tuple(args.seeds[:2])
-    methods = set(args.methods)
-    uses = {"logits_weight": {"IRG", "MTK"}, "edge_weight": {"IRG", "MTK"}}
-    uses["transform_weight"] = {"IRG-t", "MTK"}
-    unused = [k for k, m in uses.items() if k in given and not methods & m]
+    used = {WEIGHT_OPTIONS[t] for m in args.methods for t in uses_weights(m)}
+    unused = [k for k in WEIGHT_OPTIONS.values() if k in given and k not in used]
     if unused:
         flags = ", ".join("--" + k.replace("_", "-") for k in unused)
         parser.exit(

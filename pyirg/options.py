@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -94,3 +95,19 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def given_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
+    """The dests whose value differs from the parser's default: what the user asked for."""
+    defaults = vars(parser.parse_args([]))
+    return {k for k, v in vars(args).items() if v != defaults.get(k)}
+
+
+def number_problem(name: str, value: float, *, positive: bool) -> str | None:
+    """Why ``value`` is not a usable width/weight: non-finite, or not > 0 (``positive``) /
+    not >= 0; None when it is fine. One wording for every command that checks numbers."""
+    if positive and not (math.isfinite(value) and value > 0):
+        return f"{name} must be a positive finite number, got {value}"
+    if not positive and not (math.isfinite(value) and value >= 0):
+        return f"{name} must be a finite number >= 0, got {value}"
+    return None

@@ -300,13 +300,18 @@ def test_distillation_needs_teacher_weights(nets, feeds, tmp_path: Path) -> None
     assert not list((tmp_path / "out").glob("*.caffemodel"))
 
 
-def test_incomplete_teacher_weights_are_refused(nets, feeds, teacher, tmp_path: Path) -> None:
-    param = caffe_pb2.NetParameter.FromString(teacher.weights.read_bytes())
-    kept = [layer for layer in param.layer if layer.name != "ip2"]
+def without_layer(weights: Path, name: str, out: Path) -> Path:
+    """A copy of a .caffemodel without layer ``name``."""
+    param = caffe_pb2.NetParameter.FromString(weights.read_bytes())
+    kept = [layer for layer in param.layer if layer.name != name]
     del param.layer[:]
     param.layer.extend(kept)
-    partial = tmp_path / "partial.caffemodel"
-    partial.write_bytes(param.SerializeToString())
+    out.write_bytes(param.SerializeToString())
+    return out
+
+
+def test_incomplete_teacher_weights_are_refused(nets, feeds, teacher, tmp_path: Path) -> None:
+    partial = without_layer(teacher.weights, "ip2", tmp_path / "partial.caffemodel")
     with pytest.raises(TeacherWeightsError, match="teacher layer.*ip2") as info:
         run(nets["distill"], tmp_path / "out", feeds, teacher_weights=partial)
     assert "ip1" not in str(info.value).split("layer(s)")[1]
@@ -462,12 +467,7 @@ def test_init_weights_replace_the_fillers(nets, feeds, teacher, tmp_path: Path) 
 
 
 def test_init_weights_missing_a_trained_layer_are_refused(nets, feeds, teacher, tmp_path) -> None:
-    param = caffe_pb2.NetParameter.FromString(teacher.weights.read_bytes())
-    kept = [layer for layer in param.layer if layer.name != "ip2"]
-    del param.layer[:]
-    param.layer.extend(kept)
-    partial = tmp_path / "partial.caffemodel"
-    partial.write_bytes(param.SerializeToString())
+    partial = without_layer(teacher.weights, "ip2", tmp_path / "partial.caffemodel")
     with pytest.raises(TeacherWeightsError, match="trained layer.*ip2"):
         run(nets["plain"], tmp_path / "out", feeds, init_weights=partial)
 

@@ -182,7 +182,7 @@ def find_mkl() -> str | None:
     import glob
     import sys
 
-    for prefix in {sys.prefix, sys.base_prefix, os.environ.get("MKL_PREFIX", "")}:
+    for prefix in dict.fromkeys((os.environ.get("MKL_PREFIX", ""), sys.prefix, sys.base_prefix)):
         if prefix:
             found = sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")))
             if found:

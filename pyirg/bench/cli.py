@@ -203,8 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             train.append(bench_training(method, s, files))
     finally:
         files.close()
-    print("  BLAS for Caffe's convolutions ...", flush=True)
-    blas_rows = blas_choice(blas, reps=3 if s.quick else 7)
+    blas_rows = []
+    if not args.train_only:  # --train-only asks for the training comparison alone
+        print("  BLAS for Caffe's convolutions ...", flush=True)
+        blas_rows = blas_choice(blas, reps=3 if s.quick else 7)
     targets = evaluate_targets(rows)
     targets += training_targets(train)
     print_tables(rows)

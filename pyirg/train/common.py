@@ -28,21 +28,15 @@ def import_caffe() -> Any:
 def caffe_has_cuda() -> bool:
     """Whether the loaded libcaffe was built with CUDA (it links libcudart); a CPU_ONLY
     build aborts the process on ``set_mode_gpu`` ("Cannot use GPU in CPU-only Caffe")."""
-    import subprocess
+    from pyirg.blas import libcaffe_dependencies
 
     import_caffe()
     with open("/proc/self/maps") as f:
         maps = f.read()
     if "libcudart" in maps or "libcublas" in maps:
         return True
-    libcaffe = next((line.split()[-1] for line in maps.splitlines() if "/libcaffe" in line), None)
-    if libcaffe is None:
-        return True  # libcaffe linked statically: cannot tell, let Caffe decide
-    try:
-        ldd = subprocess.run(["ldd", libcaffe], capture_output=True, text=True).stdout
-    except OSError:
-        return True  # no ldd: cannot tell
-    return "libcudart" in ldd
+    ldd = libcaffe_dependencies()
+    return ldd is None or "libcudart" in ldd  # None: cannot tell, let Caffe decide
 
 
 def caffe_pb2() -> Any:

@@ -191,7 +191,7 @@ def train(
         resuming = resume and existing is not None
         if init_weights is not None and not resuming:
             load_init_weights(csolver, init_weights, student_prefix)
-        distill, shapes = load_teacher(
+        distill, _ = load_teacher(
             csolver, teacher_weights, student_prefix, source, required=not resuming
         )
         if csolver.net.inputs and batch_fn is None:

@@ -190,29 +190,25 @@ class TrainingRun:
 
     def _diverged(self, row: dict[str, float], it: int) -> None:
         """Save the weights before the step that diverged, write the metrics, raise."""
-        net = self.solver.net
         self.write_metrics(plot=True)
-        if not self.track_finite:  # GPU: the last periodic snapshot is the last finite state
-            last = self.last_snapshot.caffemodel if self.last_snapshot else None
-            raise TrainingDiverged(
-                f"training diverged at iteration {it + 1}: loss terms "
-                + ", ".join(f"{b} {row[b]:.4g}" for b in self.loss_terms)
-                + f"; learning rate {row['lr']:.4g}. The last snapshot is {last}; lower "
-                "base_lr or check the data scaling",
-                str(last) if last else None,
-            )
-        for saved, blob in zip(self._finite, self._params):
-            blob.data[...] = saved
-        path = self.out / f"{self.name}_iter_{it}_last_finite.caffemodel"
-        tmp = self.tmp / path.name
-        net.save(str(tmp))
-        tmp.replace(path)
         terms = ", ".join(f"{b} {row[b]:.4g}" for b in self.loss_terms)
+        message = f"training diverged at iteration {it + 1}: loss terms {terms}"
+        if self.track_finite:
+            for saved, blob in zip(self._finite, self._params):
+                blob.data[...] = saved
+            saved_at: Path | None = self.out / f"{self.name}_iter_{it}_last_finite.caffemodel"
+            tmp = self.tmp / saved_at.name
+            self.solver.net.save(str(tmp))
+            tmp.replace(saved_at)
+            message += f"; update norm {row['update_norm']:.4g}"
+            where = f"The weights before that iteration are in {saved_at}"
+        else:  # GPU: the last periodic snapshot is the last finite state kept
+            saved_at = self.last_snapshot.caffemodel if self.last_snapshot else None
+            where = f"The last snapshot is {saved_at}"
         raise TrainingDiverged(
-            f"training diverged at iteration {it + 1}: loss terms {terms}; update norm "
-            f"{row['update_norm']:.4g}; learning rate {row['lr']:.4g}. The weights before "
-            f"that iteration are in {path}; lower base_lr or check the data scaling",
-            str(path),
+            f"{message}; learning rate {row['lr']:.4g}. {where}; lower base_lr or check the "
+            "data scaling",
+            str(saved_at) if saved_at else None,
         )
 
     # -- testing ------------------------------------------------------------------------

@@ -6,8 +6,6 @@ Caffe in float32 through pycaffe (its only Python-reachable instantiation).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,17 +34,10 @@ def torch_layer(
 
 
 def load_net(net_param: Any, phase: str = "TEST") -> Any:
-    """A pycaffe Net from a NetParameter (pycaffe only reads files)."""
-    import caffe
-    from google.protobuf import text_format
+    """A pycaffe Net from a NetParameter (:func:`pyirg.netspec.caffe_net`)."""
+    from pyirg.netspec import caffe_net
 
-    fd, path = tempfile.mkstemp(suffix=".prototxt")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text_format.MessageToString(net_param))
-        return caffe.Net(path, getattr(caffe, phase))
-    finally:
-        os.unlink(path)
+    return caffe_net(net_param, phase)
 
 
 def layer_net(layer: str, shapes: Sequence[tuple[int, ...]], mode: Mode) -> Any:
