@@ -66,8 +66,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from caffe.proto import caffe_pb2
-from google.protobuf import text_format
 
+from pyirg.caffeio import read_net
+from pyirg.distill import STUDENT_PREFIX
 from pyirg.options import ArgumentParser, HelpFormatter
 
 ERROR, WARNING = "error", "warning"
@@ -689,7 +690,7 @@ def _registered_types() -> frozenset[str]:
 def check_net(
     net: caffe_pb2.NetParameter,
     teacher_prefix: str = "",
-    student_prefix: str = "stu_",
+    student_prefix: str = STUDENT_PREFIX,
     stages: Sequence[str] = (),
     check_files: bool = True,
 ) -> list[Problem]:
@@ -733,18 +734,6 @@ def check_net(
     return out.result()
 
 
-def load_net(path: str | Path) -> caffe_pb2.NetParameter:
-    """Parse a prototxt; a syntax error becomes a ValueError naming the file."""
-    from pyirg.data.fsutil import regular_file
-
-    net = caffe_pb2.NetParameter()
-    try:
-        text_format.Merge(regular_file(path, "net").read_text(), net)
-    except (text_format.ParseError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a valid NetParameter prototxt: {exc}") from exc
-    return net
-
-
 def build_parser() -> argparse.ArgumentParser:
     """``check``'s options."""
     parser = ArgumentParser(
@@ -756,7 +745,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--teacher-prefix", default="", help="name prefix of teacher layers ('': none)"
     )
-    parser.add_argument("--student-prefix", default="stu_", help="name prefix of student layers")
+    parser.add_argument(
+        "--student-prefix", default=STUDENT_PREFIX, help="name prefix of student layers"
+    )
     parser.add_argument(
         "--stage", action="append", default=[], help="net state stage (repeat for several)"
     )
@@ -776,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.nets:
         try:
             problems = check_net(
-                load_net(path),
+                read_net(path),
                 args.teacher_prefix,
                 args.student_prefix,
                 args.stage,

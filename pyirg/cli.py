@@ -58,7 +58,7 @@ def _expected() -> tuple[type[BaseException], ...]:
     from google.protobuf.text_format import ParseError
 
     from pyirg.data.core import DataError
-    from pyirg.train.errors import TrainError
+    from pyirg.train import TrainError
 
     return (TrainError, DataError, ValueError, OSError, ParseError, DecodeError)
 

@@ -53,11 +53,12 @@ from typing import Any
 import numpy as np
 
 from pyirg.arch import ResNetSpec, cifar_resnet
+from pyirg.caffeio import caffe_net
 from pyirg.cli import debugging
-from pyirg.data import load_digits_split, pad_images, pixel_mean
-from pyirg.data.feed import array_batch_fn
-from pyirg.distill import METHOD_WEIGHTS, DistillConfig, distill_net
-from pyirg.netspec import DATASETS, DataConfig, caffe_net, deploy_net, train_net
+from pyirg.data.digits import load_digits_split
+from pyirg.data.feed import array_batch_fn, pad_images, pixel_mean
+from pyirg.distill import METHOD_WEIGHTS, STUDENT_PREFIX, DistillConfig, distill_net
+from pyirg.netspec import DATASETS, DataConfig, deploy_net, train_net
 from pyirg.options import (
     ArgumentParser,
     HelpFormatter,
@@ -71,7 +72,6 @@ from pyirg.solver import Schedule, make_solver
 
 METHODS = ("baseline", "IRG", "IRG-t", "MTK")
 TEACHER = "teacher"
-STUDENT_PREFIX = "stu_"
 PAD = DATASETS["digits"].pad
 SCALE = DATASETS["digits"].scale
 BN_FRACTION = 0.95
@@ -350,8 +350,8 @@ def train_run(
     from threadpoolctl import threadpool_limits
 
     from pyirg.blas import caffe_openblas
-    from pyirg.train import train
-    from pyirg.train.record import is_run_folder
+    from pyirg.train.driver import train
+    from pyirg.train.folder import is_run_folder
 
     caffe.set_mode_cpu()
     teacher, student = _specs(cfg)

@@ -402,22 +402,3 @@ def lookup(tops: Mapping[str, Top], name: str, spec: ResNetSpec, role: str) -> T
             f"{role} {spec_label(spec)} has no blob {name!r}; it has: {', '.join(tops)}"
         )
     return tops[name]
-
-
-def caffe_net(net_param: caffe_pb2.NetParameter, phase: str = "TEST", weights: str | None = None):  # noqa: ANN201
-    """A pycaffe Net built from a NetParameter (pycaffe only reads files), with weights."""
-    import os
-    import tempfile
-
-    import caffe
-    from google.protobuf import text_format
-
-    fd, path = tempfile.mkstemp(suffix=".prototxt")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text_format.MessageToString(net_param))
-        if weights is None:
-            return caffe.Net(path, getattr(caffe, phase))
-        return caffe.Net(path, getattr(caffe, phase), weights=str(weights))
-    finally:
-        os.unlink(path)

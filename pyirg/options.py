@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+_UNIONS = (typing.Union, getattr(types, "UnionType", typing.Union))
 
 
 def option(default: Any, help: str, **argparse_kwargs: Any) -> Any:  # noqa: A002
@@ -51,7 +53,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
             kwargs.setdefault("type", typing.get_args(kind)[0])
             kwargs["nargs"] = "+"
             kwargs["default"] = list(f.default)
-        elif typing.get_origin(kind) is typing.Union:  # Optional[X]
+        elif origin in _UNIONS:  # X | None
             kwargs.setdefault("type", next(a for a in typing.get_args(kind) if a is not type(None)))
         else:
             kwargs.setdefault("type", Path if kind is Path else kind)

@@ -18,15 +18,10 @@ import sys
 from pathlib import Path
 
 from pyirg.cli import debugging
-from pyirg.data import (
-    CIFAR_VARIANTS,
-    DIGITS_TEST_FRACTION,
-    DataError,
-    DataSplit,
-    load_cifar,
-    load_digits_split,
-    write_dataset,
-)
+from pyirg.data.cifar import CIFAR_VARIANTS, load_cifar
+from pyirg.data.core import DataError, DataSplit
+from pyirg.data.digits import DIGITS_TEST_FRACTION, load_digits_split
+from pyirg.data.writer import write_dataset
 from pyirg.options import ArgumentParser, HelpFormatter
 
 #: Default padding: CIFAR 4 pixels (40x40 -> 32x32 crops), digits 1 pixel (10x10 -> 8x8).

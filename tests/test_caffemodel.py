@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from pyirg.caffeio import write_binary
+
 caffe = pytest.importorskip("caffe")
 from caffe.proto import caffe_pb2  # noqa: E402
 
@@ -24,7 +26,6 @@ from pyirg.torch.caffemodel import (  # noqa: E402
     read_caffemodel,
     save_caffemodel,
     state_dict_from_caffe,
-    write_net_parameter,
 )
 
 SPEC = cifar_resnet(8, 0.25)
@@ -199,6 +200,6 @@ def test_not_a_caffemodel_is_an_error(tmp_path) -> None:
     with pytest.raises(ValueError, match="bad.caffemodel"):
         read_caffemodel(bad)
     empty = tmp_path / "empty.caffemodel"
-    write_net_parameter(caffe_pb2.NetParameter(name="x"), empty)
+    write_binary(empty, caffe_pb2.NetParameter(name="x"))
     with pytest.raises(ValueError, match="holds no layers"):
         read_caffemodel(empty)

@@ -19,17 +19,11 @@ lmdb = pytest.importorskip("lmdb")
 from caffe.proto import caffe_pb2  # noqa: E402
 
 from pyirg import prepare  # noqa: E402
-from pyirg.data import (  # noqa: E402
-    DataError,
-    UnsafePickleError,
-    array_batch_fn,
-    load_cifar,
-    load_digits_split,
-    pixel_mean,
-    read_datum_lmdb,
-    read_npy_split,
-    safe_unpickle,
-)
+from pyirg.data.cifar import UnsafePickleError, load_cifar, safe_unpickle  # noqa: E402
+from pyirg.data.core import DataError  # noqa: E402
+from pyirg.data.digits import load_digits_split  # noqa: E402
+from pyirg.data.feed import array_batch_fn, pixel_mean  # noqa: E402
+from pyirg.data.writer import read_datum_lmdb, read_npy_split  # noqa: E402
 
 # --------------------------------------------------------------------------- archive generator
 

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from pyirg.caffeio import write_binary
+
 caffe = pytest.importorskip("caffe")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -23,7 +25,6 @@ from pyirg.torch.caffemodel import (  # noqa: E402
     caffe_layers_from_model,
     net_parameter_from_layers,
     save_caffemodel,
-    write_net_parameter,
 )
 
 #: ResNet-14 x0.25 numbered as ResNet-20 (gaps in the numbering), as a distilled student.
@@ -131,7 +132,7 @@ def test_caffemodel_missing_a_layer(student, tmp_path, capsys) -> None:
     layers = caffe_layers_from_model(model, "stu_")
     del layers["stu_Scale6"]
     weights = tmp_path / "missing.caffemodel"
-    write_net_parameter(net_parameter_from_layers(layers), weights)
+    write_binary(weights, net_parameter_from_layers(layers))
     err = _error(capsys, str(deploy), str(weights), str(tmp_path / "x.onnx"))
     assert "stu_Scale6" in err
 

@@ -17,7 +17,8 @@ pytest.importorskip("caffe")
 from caffe.proto import caffe_pb2  # noqa: E402
 
 from pyirg import cli  # noqa: E402
-from pyirg.check import check_net, load_net  # noqa: E402
+from pyirg.caffeio import read_net as load_net
+from pyirg.check import check_net  # noqa: E402
 from pyirg.experiment import ExperimentConfig  # noqa: E402
 from pyirg.experiment import main as main_job  # noqa: E402
 
@@ -155,8 +156,9 @@ def test_nan_teacher_weights_are_refused(tmp_path: Path) -> None:
 
 
 def test_teacher_weights_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    from pyirg.train.folder import run_settings
+
     from pyirg.train import TrainError
-    from pyirg.train.record import run_settings
 
     fifo = tmp_path / "teacher.caffemodel"
     os.mkfifo(fifo)

@@ -20,20 +20,23 @@ from caffe.proto import caffe_pb2  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
 from pyirg import prepare  # noqa: E402
-from pyirg.data import array_batch_fn, load_digits_split, pixel_mean  # noqa: E402
+from pyirg.data.digits import load_digits_split  # noqa: E402
+from pyirg.data.feed import array_batch_fn, pixel_mean  # noqa: E402
 from pyirg.train import (  # noqa: E402
-    CURVES_PNG,
-    METRICS_JSON,
-    TEST_CSV,
-    TRAIN_CSV,
     PreflightError,
     TeacherWeightsError,
     TrainError,
     TrainingDiverged,
     TrainingInterrupted,
+)
+from pyirg.train.cli import main  # noqa: E402
+from pyirg.train.driver import train  # noqa: E402
+from pyirg.train.folder import (  # noqa: E402
+    CURVES_PNG,
+    METRICS_JSON,
+    TEST_CSV,
+    TRAIN_CSV,
     latest_snapshot,
-    main,
-    train,
 )
 
 BATCH = 8
@@ -605,7 +608,7 @@ def test_overwrite_moves_only_a_run_folder_aside(nets, feeds, tmp_path: Path) ->
 
 
 def test_gpu_on_a_cpu_only_build_is_refused(nets, feeds, tmp_path: Path) -> None:
-    from pyirg.train.common import caffe_has_cuda
+    from pyirg.caffeio import caffe_has_cuda
 
     if caffe_has_cuda():
         pytest.skip("this Caffe is a CUDA build")
@@ -633,8 +636,9 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import test_train as t
-from pyirg.data import array_batch_fn, load_digits_split, pixel_mean
-from pyirg.train import snapshots
+from pyirg.data.feed import array_batch_fn, pixel_mean
+from pyirg.data.digits import load_digits_split
+from pyirg.train import folder as snapshots
 
 real = snapshots.os.replace
 def slow_replace(src, dst):

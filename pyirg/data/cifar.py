@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .core import DataError, DataSplit
+from pyirg.data.core import DataError, DataSplit
 
 
 @dataclass(frozen=True)

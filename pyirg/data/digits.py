@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core import DataSplit
+from pyirg.data.core import DataSplit
 
 DIGITS_SIZE = 1797
 #: The default test share: 797 of 1797 images, leaving 1000 for training.

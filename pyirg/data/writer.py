@@ -28,27 +28,19 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import lmdb
 import numpy as np
 from tqdm import tqdm
 
-from .core import PIXEL_SCALE, DataError, DataSplit
-from .feed import pad_images, pixel_mean
-from .fsutil import atomic_directory
+from pyirg.caffeio import caffe_pb2
+from pyirg.data.core import PIXEL_SCALE, DataError, DataSplit
+from pyirg.data.feed import pad_images, pixel_mean
+from pyirg.data.fsutil import atomic_directory
 
 _KEY_DIGITS = 8
 _TXN_CHUNK = 1000
 NPY_FILES = ("train_images", "train_labels", "test_images", "test_labels")
-
-
-def _caffe_pb2() -> Any:
-    # Imported on first use: the array API (digits, CIFAR reading, batch
-    # functions) then works without a Caffe build, e.g. for the PyTorch reference.
-    from caffe.proto import caffe_pb2
-
-    return caffe_pb2
 
 
 def _map_size(n: int, item_bytes: int) -> int:
@@ -67,7 +59,7 @@ def write_datum_lmdb(
     desc: str | None = None,
 ) -> None:
     """Write uint8 (N, C, H, W) images and labels as caffe Datum records into a new LMDB."""
-    pb = _caffe_pb2()
+    pb = caffe_pb2()
     n, c, h, w = images.shape
     env = lmdb.open(str(path), map_size=_map_size(n, c * h * w), subdir=True, meminit=False)
     try:
@@ -92,7 +84,7 @@ def write_datum_lmdb(
 
 def read_datum_lmdb(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a Datum LMDB back as uint8 (N, C, H, W) images and int64 labels, in key order."""
-    pb = _caffe_pb2()
+    pb = caffe_pb2()
     images: list[np.ndarray] = []
     labels: list[int] = []
     env = lmdb.open(str(path), readonly=True, lock=False, subdir=True)
@@ -110,22 +102,9 @@ def read_datum_lmdb(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def write_mean_binaryproto(path: str | Path, mean: np.ndarray) -> None:
     """Write a (C, H, W) mean as compute_image_mean does: BlobProto with legacy 1xCxHxW dims."""
-    pb = _caffe_pb2()
-    c, h, w = mean.shape
-    blob = pb.BlobProto(num=1, channels=c, height=h, width=w)
-    blob.data.extend(mean.astype(np.float32).ravel().tolist())
-    Path(path).write_bytes(blob.SerializeToString())
+    from pyirg.caffeio import blob_proto, write_binary
 
-
-def read_mean_binaryproto(path: str | Path) -> np.ndarray:
-    """Read a mean file back as float32 (C, H, W)."""
-    pb = _caffe_pb2()
-    blob = pb.BlobProto.FromString(Path(path).read_bytes())
-    if blob.HasField("shape"):
-        shape = tuple(blob.shape.dim)
-    else:
-        shape = (blob.num, blob.channels, blob.height, blob.width)
-    return np.asarray(blob.data, dtype=np.float32).reshape(shape)[0]
+    write_binary(path, blob_proto(mean, legacy=True))
 
 
 def write_dataset(

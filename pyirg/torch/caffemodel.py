@@ -46,6 +46,7 @@ import torch
 from caffe.proto import caffe_pb2
 from torch import nn
 
+from pyirg.caffeio import blob_array, read_binary, write_binary
 from pyirg.torch.resnet import CaffeBatchNorm2d, CifarResNet, Scale
 
 #: Caffe layer type and blob count for every module kind that holds weights.
@@ -72,43 +73,6 @@ Source = Union[str, Path, caffe_pb2.NetParameter, Mapping[str, CaffeLayer]]
 # ------------------------------------------------------------------------- protobuf I/O
 
 
-def read_net_parameter(path: str | Path) -> caffe_pb2.NetParameter:
-    """Parse a binary .caffemodel; a file that is not one is a ValueError naming it."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ValueError(f"cannot read caffemodel {path}: {err.strerror}") from None
-    net = caffe_pb2.NetParameter()
-    try:
-        net.ParseFromString(data)
-    except Exception as err:  # protobuf's DecodeError and friends
-        raise ValueError(f"{path} is not a binary caffemodel (NetParameter): {err}") from None
-    if not net.layer and not net.layers:
-        raise ValueError(f"{path} holds no layers: is it a caffemodel?")
-    return net
-
-
-def write_net_parameter(net: caffe_pb2.NetParameter, path: str | Path) -> None:
-    """Write ``net`` as a binary .caffemodel."""
-    Path(path).write_bytes(net.SerializeToString())
-
-
-def _blob_array(layer: str, index: int, blob: caffe_pb2.BlobProto) -> np.ndarray:
-    if blob.HasField("shape"):
-        shape = tuple(int(d) for d in blob.shape.dim)
-    else:  # pre-2015 blobs: always 4-D
-        shape = (blob.num, blob.channels, blob.height, blob.width)
-    values = blob.double_data if len(blob.double_data) else blob.data
-    expected = int(np.prod(shape)) if shape else 1
-    if len(values) != expected:
-        raise ValueError(
-            f"caffemodel layer {layer!r} blob {index}: shape {shape} needs {expected} values "
-            f"but the blob holds {len(values)}"
-        )
-    return np.asarray(values, dtype=np.float32).reshape(shape)
-
-
 def layers_from_net_parameter(net: caffe_pb2.NetParameter) -> dict[str, CaffeLayer]:
     """Layer name -> blobs, for every layer of ``net`` that has blobs."""
     if len(net.layers) and not len(net.layer):
@@ -122,7 +86,10 @@ def layers_from_net_parameter(net: caffe_pb2.NetParameter) -> dict[str, CaffeLay
             continue
         if layer.name in out:
             raise ValueError(f"caffemodel has two layers named {layer.name!r} with blobs")
-        blobs = [_blob_array(layer.name, i, b) for i, b in enumerate(layer.blobs)]
+        blobs = [
+            blob_array(b, f"caffemodel layer {layer.name!r} blob {i}")
+            for i, b in enumerate(layer.blobs)
+        ]
         out[layer.name] = CaffeLayer(layer.name, layer.type, blobs)
     return out
 
@@ -137,7 +104,7 @@ def layers_from_pycaffe(net: Any) -> dict[str, CaffeLayer]:
 
 def read_caffemodel(path: str | Path) -> dict[str, CaffeLayer]:
     """Layer name -> blobs of a binary .caffemodel."""
-    return layers_from_net_parameter(read_net_parameter(path))
+    return layers_from_net_parameter(read_binary(path))
 
 
 def _as_layers(source: Source) -> dict[str, CaffeLayer]:
@@ -305,21 +272,5 @@ def save_caffemodel(
 ) -> caffe_pb2.NetParameter:
     """Write ``model`` as a .caffemodel whose layers are named ``prefix`` + layer."""
     net = net_parameter_from_layers(caffe_layers_from_model(model, prefix), name)
-    write_net_parameter(net, path)
+    write_binary(path, net)
     return net
-
-
-__all__ = [
-    "CAFFE_TYPES",
-    "CaffeLayer",
-    "caffe_layers_from_model",
-    "layers_from_net_parameter",
-    "layers_from_pycaffe",
-    "load_caffe_weights",
-    "net_parameter_from_layers",
-    "read_caffemodel",
-    "read_net_parameter",
-    "save_caffemodel",
-    "state_dict_from_caffe",
-    "write_net_parameter",
-]

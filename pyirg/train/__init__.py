@@ -32,61 +32,90 @@ Caffe's own periodic testing and snapshotting are switched off in the solver the
 driver runs (written to OUT as ``solver.effective.prototxt``); the driver does
 both itself, at ``test_interval`` and ``snapshot`` (or the overrides given).
 
-Modules: :mod:`~pyirg.train.driver` (:func:`train`), :mod:`~pyirg.train.loop` (the
-iteration loop), :mod:`~pyirg.train.weights` (teacher weights checks),
-:mod:`~pyirg.train.snapshots`, :mod:`~pyirg.train.metrics`,
-:mod:`~pyirg.train.solver_param`, :mod:`~pyirg.train.preflight`,
-:mod:`~pyirg.train.signals`, :mod:`~pyirg.train.cli` (``main``).  Everything
-public is re-exported here, so callers import from ``pyirg.train``.
+Modules: :mod:`~pyirg.train.driver` (:func:`~pyirg.train.driver.train` and its
+:class:`~pyirg.train.driver.TrainSettings`), :mod:`~pyirg.train.loop` (the iteration
+loop and its signal handling), :mod:`~pyirg.train.weights` (teacher and initial
+weights), :mod:`~pyirg.train.folder` (what OUT holds) and :mod:`~pyirg.train.cli`.
+This module holds what they all share: what a run hands back and how it fails, plain
+data so that callers need neither pycaffe nor the loop.
 """
 
 from __future__ import annotations
 
-from pyirg.train.cli import build_parser, input_batch_shapes, main, npy_batch_fns
-from pyirg.train.common import DEFAULT_STUDENT_PREFIX, BatchFn, PathLike
-from pyirg.train.driver import EFFECTIVE_SOLVER, train
-from pyirg.train.errors import (
-    PreflightError,
-    TeacherWeightsError,
-    TrainError,
-    TrainingDiverged,
-    TrainingInterrupted,
-)
-from pyirg.train.metrics import CURVES_PNG, METRICS_JSON, TEST_CSV, TRAIN_CSV, plot_curves
-from pyirg.train.preflight import run_preflight
-from pyirg.train.results import Snapshot, TrainResult
-from pyirg.train.snapshots import latest_snapshot
-from pyirg.train.solver_param import load_solver_param, prepare_solver_param
-from pyirg.train.weights import check_weights, net_param_shapes, teacher_layers, weights_shapes
+from dataclasses import dataclass, field
+from pathlib import Path
 
-__all__ = [
-    "CURVES_PNG",
-    "DEFAULT_STUDENT_PREFIX",
-    "EFFECTIVE_SOLVER",
-    "METRICS_JSON",
-    "TEST_CSV",
-    "TRAIN_CSV",
-    "BatchFn",
-    "PathLike",
-    "PreflightError",
-    "Snapshot",
-    "TeacherWeightsError",
-    "TrainError",
-    "TrainResult",
-    "TrainingDiverged",
-    "TrainingInterrupted",
-    "build_parser",
-    "check_weights",
-    "input_batch_shapes",
-    "latest_snapshot",
-    "load_solver_param",
-    "main",
-    "net_param_shapes",
-    "npy_batch_fns",
-    "plot_curves",
-    "prepare_solver_param",
-    "run_preflight",
-    "teacher_layers",
-    "train",
-    "weights_shapes",
-]
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A complete snapshot in OUT: both files exist under their final names."""
+
+    iteration: int
+    caffemodel: Path
+    solverstate: Path
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: final weights, final metrics and the metric histories."""
+
+    out_dir: Path
+    weights: Path | None
+    solverstate: Path | None
+    iterations: int
+    metrics: dict[str, float]
+    train_history: list[dict[str, float]] = field(default_factory=list)
+    test_history: list[dict[str, float]] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def accuracy(self) -> float | None:
+        """The last test accuracy of the trained net (the student's in a distillation net)."""
+        for key in ("student_accuracy", "accuracy"):
+            if key in self.metrics:
+                return self.metrics[key]
+        return None
+
+    @property
+    def accuracy_history(self) -> list[tuple[int, float]]:
+        """(iteration, accuracy) of every test, for the key :attr:`accuracy` reports."""
+        for key in ("student_accuracy", "accuracy"):
+            rows = [(int(r["iter"]), r[key]) for r in self.test_history if key in r]
+            if rows:
+                return rows
+        return []
+
+
+class TrainError(RuntimeError):
+    """Training cannot start or continue; the message names the file or layer."""
+
+
+class TeacherWeightsError(TrainError):
+    """Teacher weights are missing, incomplete or of the wrong shape."""
+
+
+class PreflightError(TrainError):
+    """``pyirg.check.check_net`` reported errors in the net."""
+
+
+class TrainingDiverged(TrainError):
+    """A loss term or the update became non-finite; the last finite weights were saved."""
+
+    def __init__(self, message: str, last_finite: str | None = None) -> None:
+        super().__init__(message)
+        self.last_finite = last_finite
+
+    def __reduce__(self) -> tuple:  # keeps last_finite across processes (the main job)
+        return (type(self), (str(self), self.last_finite))
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised after SIGINT/SIGTERM once a snapshot is saved; ``result`` describes it.
+
+    A KeyboardInterrupt, so that a caller looping over runs stops too.
+    """
+
+    def __init__(self, result: TrainResult, signum: int) -> None:
+        super().__init__(f"interrupted by signal {signum} at iteration {result.iterations}")
+        self.result = result
+        self.signum = signum

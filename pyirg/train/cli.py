@@ -14,15 +14,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pyirg.caffeio import PathLike, caffe_pb2
 from pyirg.cli import debugging
 from pyirg.data.core import DataError
-from pyirg.data.feed import array_batch_fn, pad_images, pixel_mean
+from pyirg.data.feed import BatchFn, array_batch_fn, pad_images, pixel_mean
 from pyirg.data.writer import read_npy_split
-from pyirg.options import ArgumentParser, HelpFormatter
-from pyirg.train.common import DEFAULT_STUDENT_PREFIX, BatchFn, PathLike, caffe_pb2
-from pyirg.train.driver import train
-from pyirg.train.errors import TrainError, TrainingInterrupted
-from pyirg.train.solver_param import prepare_solver_param
+from pyirg.options import ArgumentParser, HelpFormatter, add_options, from_args
+from pyirg.train import TrainError, TrainingInterrupted
+from pyirg.train.driver import TrainSettings, prepare_solver_param, train
 
 
 def input_batch_shapes(net_param: Any, phase: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -108,33 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--solver", required=True, type=Path, help="solver .prototxt")
-    p.add_argument("--net", type=Path, help="net .prototxt (replaces the solver's net)")
-    p.add_argument("--teacher-weights", type=Path, help="teacher .caffemodel (distillation)")
-    p.add_argument(
-        "--init-weights",
-        type=Path,
-        help="a .caffemodel the trained layers start from (by layer name) instead of "
-        "their fillers; every trained layer must be in it (like caffe train --weights)",
-    )
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--seed", type=int, default=0, help="random seed (Caffe, numpy, batches)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest snapshot")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="move a previous run in --out aside (to OUT.replaced-DATE) and start afresh",
-    )
-    p.add_argument("--max-iter", type=int, help="override the solver's max_iter (else its own)")
-    p.add_argument("--test-interval", type=int, help="override test_interval (0: only at end)")
-    p.add_argument("--snapshot-interval", type=int, help="override snapshot (0: only at end)")
-    p.add_argument(
-        "--student-prefix",
-        default=DEFAULT_STUDENT_PREFIX,
-        help="name prefix of the student's layers in a distillation net",
-    )
-    p.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-preflight", action="store_true", help="skip pyirg.check")
+    add_options(p, TrainSettings)
     g = p.add_argument_group("Input-fed nets")
     g.add_argument(
         "--npy-data",
@@ -183,25 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                 mirror=args.mirror,
                 scale=scale,
             )
-        result = train(
-            args.solver,
-            args.out,
-            net=args.net,
-            teacher_weights=args.teacher_weights,
-            seed=args.seed,
-            resume=args.resume,
-            batch_fn=batch_fn,
-            test_batch_fn=test_batch_fn,
-            max_iter=args.max_iter,
-            test_interval=args.test_interval,
-            snapshot_interval=args.snapshot_interval,
-            student_prefix=args.student_prefix,
-            progress=not args.no_progress,
-            preflight=not args.no_preflight,
-            gpu=args.gpu,
-            init_weights=args.init_weights,
-            overwrite=args.overwrite,
-        )
+        settings = from_args(TrainSettings, args, batch_fn=batch_fn, test_batch_fn=test_batch_fn)
+        result = train(args.solver, args.out, **vars(settings))
     except TrainingInterrupted as e:
         print(
             f"train: {signal.Signals(e.signum).name} at iteration {e.result.iterations}: "

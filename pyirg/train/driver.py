@@ -3,48 +3,265 @@
 Caffe's own periodic testing and snapshotting are switched off in the solver the
 driver runs (written to OUT as ``solver.effective.prototxt``); the loop does
 both itself, at ``test_interval`` and ``snapshot`` (or the overrides given).
+Caffe resolves a solver's relative paths from the cwd and aborts the process when
+one is missing; resolving them here first turns that into a :class:`TrainError`
+naming the file, and lets a solver refer to files next to itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from google.protobuf import text_format
 
-from pyirg.data.fsutil import atomic_write_text
-from pyirg.train.common import (
-    DEFAULT_STUDENT_PREFIX,
-    BatchFn,
+from pyirg.caffeio import (
+    CaffeFileError,
     PathLike,
     caffe_has_cuda,
+    caffe_pb2,
     import_caffe,
+    read_net,
+    read_solver,
+    write_text,
 )
-from pyirg.train.errors import TrainError
-from pyirg.train.loop import TrainingRun
-from pyirg.train.preflight import run_preflight
-from pyirg.train.record import check_resume_settings, claim_run_folder, record_run, run_settings
-from pyirg.train.results import TrainResult
-from pyirg.train.snapshots import (
+from pyirg.data.feed import BatchFn
+from pyirg.distill import STUDENT_PREFIX
+from pyirg.options import option
+from pyirg.train import PreflightError, TrainError, TrainResult
+from pyirg.train.folder import (
     TMP_PREFIX,
+    check_resume_settings,
+    claim_run_folder,
     latest_snapshot,
+    record_run,
     remove_stale_tmp,
+    run_settings,
     snapshot_name,
     snapshot_pairs,
     snapshot_problem,
 )
-from pyirg.train.solver_param import prepare_solver_param
+from pyirg.train.loop import TrainingRun
 from pyirg.train.weights import load_init_weights, load_teacher, net_param_shapes
 
 EFFECTIVE_SOLVER = "solver.effective.prototxt"
 #: Caffe tests when ``iter % test_interval == 0``; this interval is never reached.
 _NEVER = 2**31 - 1
+
+
+@dataclass
+class TrainSettings:
+    """How a run trains: all that :func:`train` takes besides the solver and OUT.
+
+    Declared once: ``pyirg train`` makes its flags from the fields with help
+    (:mod:`pyirg.options`), and :class:`~pyirg.train.loop.TrainingRun` reads them, so a
+    setting cannot exist in one place and be missing in another.
+    """
+
+    net: Path | None = option(
+        None, "net .prototxt (replaces the solver's net; from Python also a NetParameter)"
+    )
+    teacher_weights: Path | None = option(None, "teacher .caffemodel (distillation)")
+    init_weights: Path | None = option(
+        None,
+        "a .caffemodel the trained layers start from (by layer name) instead of their "
+        "fillers; every trained layer must be in it (like caffe train --weights)",
+    )
+    seed: int = option(0, "random seed (Caffe, numpy, batches)")
+    resume: bool = option(False, "continue from the latest snapshot")
+    overwrite: bool = option(
+        False, "move a previous run in --out aside (to OUT.replaced-DATE) and start afresh"
+    )
+    max_iter: int | None = option(None, "override the solver's max_iter (else its own)")
+    test_interval: int | None = option(None, "override test_interval (0: only at end)")
+    snapshot_interval: int | None = option(None, "override snapshot (0: only at end)")
+    student_prefix: str = option(
+        STUDENT_PREFIX, "name prefix of the student's layers in a distillation net"
+    )
+    gpu: int | None = option(None, "GPU id (default: CPU)")
+    progress: bool = option(True, "show a progress bar")
+    preflight: bool = option(True, "run the pre-flight checks (pyirg.check) first")
+    #: Input-fed nets: ``batch_fn(iteration)`` and ``test_batch_fn(batch index)`` give
+    #: ``{blob name: array}``; deterministic in their argument for ``resume`` to
+    #: reproduce an uninterrupted run.
+    batch_fn: BatchFn | None = None
+    test_batch_fn: BatchFn | None = None
+    #: Called with the iterations done and the train net, before the first iteration
+    #: and after each one.
+    on_iteration: Callable[[int, Any], None] | None = None
+
+
+def train(solver: PathLike | Any, out_dir: PathLike, **settings: Any) -> TrainResult:
+    """Train the solver's net (or ``net``) into ``out_dir`` and return the final metrics.
+
+    ``solver``: a solver .prototxt path or a SolverParameter; ``settings``: the fields of
+    :class:`TrainSettings`. ``max_iter``/``test_interval``/``snapshot_interval``
+    override the solver's values (0 disables periodic tests or snapshots; the end of
+    training always tests and snapshots). Snapshots are ``out_dir/<basename of the
+    solver's snapshot_prefix, default "snapshot">_iter_N.{caffemodel,solverstate}``.
+    Test outputs are averaged over ``test_iter`` batches of each test net, which shares
+    the train net's weights. ``init_weights``: a .caffemodel the trained layers start
+    from instead of their fillers (every one of them must be in it), so that runs of
+    several nets can start from identical weights; ignored when resuming. ``out_dir``
+    records the run's settings (``run.json``): a folder holding another run is refused,
+    and resumed only with the same settings; ``overwrite`` moves it aside first.
+
+    Raises :class:`TrainError` (or a subclass) before training when the setup is wrong,
+    :class:`~pyirg.train.TrainingInterrupted` after saving a snapshot on SIGINT/SIGTERM.
+    """
+    s = TrainSettings(**settings)
+    caffe = import_caffe()
+    out = Path(out_dir).resolve()
+    claim_run_folder(out, resume=s.resume, overwrite=s.overwrite)
+    param, net_param, source = prepare_solver_param(solver, s.net, out_dir=out)
+    if s.preflight:
+        for warning in run_preflight(net_param, source, student_prefix=s.student_prefix):
+            print(f"warning: {source}: {warning}", file=sys.stderr)
+    s = _resolved(s, param)
+    name = snapshot_name(param.snapshot_prefix)
+    record = run_settings(
+        param,
+        net_param,
+        seed=s.seed,
+        teacher_weights=None if s.teacher_weights is None else str(s.teacher_weights),
+        init_weights=None if s.init_weights is None or s.resume else str(s.init_weights),
+        student_prefix=s.student_prefix,
+    )
+    if s.resume:
+        check_resume_settings(out, record)
+    existing = latest_snapshot(out, name)
+    if existing is not None and not s.resume:
+        raise TrainError(
+            f"{out} already holds snapshot {existing.solverstate.name}; "
+            "pass --resume to continue from it, or choose another --out"
+        )
+    remove_stale_tmp(out)
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out))
+    try:
+        csolver = _build_solver(caffe, param, s, out / EFFECTIVE_SOLVER, tmp / name)
+        resuming = s.resume and existing is not None
+        if s.init_weights is not None and not resuming:
+            load_init_weights(csolver, s.init_weights, s.student_prefix)
+        distill, _ = load_teacher(
+            csolver, s.teacher_weights, s.student_prefix, source, required=not resuming
+        )
+        _check_feeds(csolver, s, source)
+        run_info = {
+            "solver": "<param>" if isinstance(solver, caffe_pb2().SolverParameter) else str(solver),
+            "net": source,
+            "teacher_weights": str(s.teacher_weights) if s.teacher_weights else None,
+            "seed": s.seed,
+            "max_iter": s.max_iter,
+            "student_prefix": s.student_prefix,
+            "distillation": distill,
+            "init_weights": str(s.init_weights) if s.init_weights else None,
+        }
+        run = TrainingRun(
+            csolver, param, out, tmp, name, s, distill, run_info, label_rules(net_param)
+        )
+        if resuming:
+            run.restore(resumable_snapshot(out, name, net_param_shapes([csolver.net])))
+            if csolver.iter > s.max_iter:
+                raise TrainError(
+                    f"{out} is already at iteration {csolver.iter}, past --max-iter "
+                    f"{s.max_iter}: nothing to resume"
+                )
+        elif s.resume:
+            print(
+                f"notice: {out} holds no snapshot '{name}_iter_*': starting at 0", file=sys.stderr
+            )
+        record_run(out, record)
+        return run.run()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _resolved(s: TrainSettings, param: Any) -> TrainSettings:
+    """``s`` with the solver's own values where no override was given, all checked."""
+    s = dataclasses.replace(
+        s,
+        max_iter=param.max_iter if s.max_iter is None else s.max_iter,
+        test_interval=param.test_interval if s.test_interval is None else s.test_interval,
+        snapshot_interval=param.snapshot if s.snapshot_interval is None else s.snapshot_interval,
+    )
+    if s.max_iter <= 0:
+        raise TrainError(f"max_iter must be positive, got {s.max_iter}")
+    if s.seed < 0:
+        raise TrainError(f"--seed must be >= 0 (Caffe's random seed is unsigned), got {s.seed}")
+    if s.test_interval < 0 or s.snapshot_interval < 0:
+        raise TrainError("test_interval and snapshot_interval must be >= 0")
+    if s.batch_fn is not None and param.iter_size > 1:
+        raise TrainError("batch_fn feeds one batch per iteration; iter_size > 1 would reuse it")
+    return s
+
+
+def _build_solver(caffe: Any, param: Any, s: TrainSettings, path: Path, prefix: Path) -> Any:
+    """The pycaffe solver of ``param`` with Caffe's own testing and snapshots off (the loop
+    does both), on the device and with the seeds asked for; written to ``path``."""
+    param.snapshot_prefix = str(prefix)
+    param.snapshot = 0
+    param.snapshot_after_train = False
+    param.snapshot_format = caffe_pb2().SolverParameter.BINARYPROTO
+    param.random_seed = s.seed
+    param.max_iter = s.max_iter
+    param.test_interval = _NEVER
+    param.test_initialization = False
+    param.display = 0
+    header = "# Written by pyirg.train: testing and snapshots are done by the driver.\n"
+    write_text(path, param, header)
+    if s.gpu is None:
+        caffe.set_mode_cpu()
+    elif not caffe_has_cuda():
+        raise TrainError(
+            f"--gpu {s.gpu}: this Caffe ({Path(caffe.__file__).resolve().parents[2]}) is a "
+            "CPU_ONLY build; train on the CPU, or build it with CUDA (build_caffe.sh --cuda)"
+        )
+    else:
+        caffe.set_device(s.gpu)
+        caffe.set_mode_gpu()
+    caffe.set_random_seed(s.seed)
+    np.random.seed(s.seed)
+    random.seed(s.seed)
+    return caffe.get_solver(str(path))
+
+
+def _check_feeds(csolver: Any, s: TrainSettings, source: str) -> None:
+    """Input-fed nets need their batch functions; a solver without test_iter has no tests."""
+    if csolver.net.inputs and s.batch_fn is None:
+        raise TrainError(
+            f"{source}: the train net is Input-fed ({', '.join(csolver.net.inputs)}) "
+            "but no batch_fn was given"
+        )
+    if any(t.inputs for t in csolver.test_nets) and s.test_batch_fn is None:
+        raise TrainError(f"{source}: the test net is Input-fed but no test_batch_fn was given")
+    if s.test_interval and not csolver.test_nets:
+        print(
+            f"notice: {source}: the solver has no test_iter, so there is no test net: "
+            "no periodic tests and no accuracy (add test_iter to the solver)",
+            file=sys.stderr,
+        )
+
+
+def run_preflight(
+    net_param: Any, source: str, *, student_prefix: str = STUDENT_PREFIX
+) -> list[str]:
+    """Run :mod:`pyirg.check` on the net, so a broken net fails with a message instead of a
+    Caffe abort (or a run that trains the wrong thing): raise :class:`PreflightError`
+    listing its errors; return its warnings."""
+    from pyirg.check import check_net
+
+    problems = check_net(net_param, student_prefix=student_prefix)
+    errors = [str(p) for p in problems if p.is_error]
+    if errors:
+        raise PreflightError(f"{source}: pre-flight check failed:\n  " + "\n  ".join(errors))
+    return [str(p) for p in problems if not p.is_error]
 
 
 def label_rules(net_param: Any) -> dict[str, tuple[int, int | None]]:
@@ -73,182 +290,72 @@ def resumable_snapshot(out: Path, name: str, shapes: dict[str, list[tuple[int, .
     raise TrainError(f"{out}: no complete snapshot '{name}_iter_*' to resume from")
 
 
-def train(
-    solver: PathLike | Any,
-    out_dir: PathLike,
-    *,
-    net: PathLike | Any | None = None,
-    teacher_weights: PathLike | None = None,
-    seed: int = 0,
-    resume: bool = False,
-    batch_fn: BatchFn | None = None,
-    test_batch_fn: BatchFn | None = None,
-    max_iter: int | None = None,
-    test_interval: int | None = None,
-    snapshot_interval: int | None = None,
-    student_prefix: str = DEFAULT_STUDENT_PREFIX,
-    progress: bool = True,
-    preflight: bool = True,
-    gpu: int | None = None,
-    init_weights: PathLike | None = None,
-    on_iteration: Callable[[int, Any], None] | None = None,
-    overwrite: bool = False,
-) -> TrainResult:
-    """Train the solver's net (or ``net``) into ``out_dir`` and return the final metrics.
+# ----------------------------------------------------------------------------- the solver
 
-    ``solver``: a solver .prototxt path or a SolverParameter.  ``net``: a net
-    .prototxt path or a NetParameter replacing the solver's net.  Input-fed nets
-    need ``batch_fn(iteration)`` (and ``test_batch_fn(batch_index)`` for Input-fed
-    test nets), each returning ``{blob name: array}``; they must be deterministic
-    in their argument for ``resume`` to reproduce an uninterrupted run.
-    ``max_iter``/``test_interval``/``snapshot_interval`` override the solver's
-    values (0 disables periodic tests or snapshots; the end of training always
-    tests and snapshots).  Snapshots are ``out_dir/<basename of the solver's
-    snapshot_prefix, default "snapshot">_iter_N.{caffemodel,solverstate}``; an
-    ``out_dir`` that already holds some is refused unless ``resume``.  Test
-    outputs are averaged over ``test_iter`` batches of each test net, which
-    shares the train net's weights.  Raises :class:`TrainError` (or a subclass) before
-    training when the setup is wrong, :class:`TrainingInterrupted` after saving a
-    snapshot on SIGINT/SIGTERM.  ``init_weights``: a .caffemodel the trained layers
-    start from instead of their fillers (every one of them must be in it), so that
-    runs of several nets can start from identical weights; ignored when resuming.
-    ``out_dir`` records the run's settings (``run.json``): a folder holding another run is
-    refused, and resumed only with the same settings; ``overwrite`` moves it aside first.
-    ``on_iteration(i, net)`` is called with the iterations done and the train net, before
-    the first iteration and after each one.
-    """
-    caffe = import_caffe()
-    pb = caffe.proto.caffe_pb2
-    out = Path(out_dir).resolve()
-    claim_run_folder(out, resume=resume, overwrite=overwrite)
-    param, net_param, source = prepare_solver_param(solver, net, out_dir=out)
-    if preflight:
-        for warning in run_preflight(net_param, source, student_prefix=student_prefix):
-            print(f"warning: {source}: {warning}", file=sys.stderr)
 
-    max_iter = param.max_iter if max_iter is None else max_iter
-    if max_iter <= 0:
-        raise TrainError(f"max_iter must be positive, got {max_iter}")
-    if seed < 0:
-        raise TrainError(f"--seed must be >= 0 (Caffe's random seed is unsigned), got {seed}")
-    test_interval = param.test_interval if test_interval is None else test_interval
-    snapshot_interval = param.snapshot if snapshot_interval is None else snapshot_interval
-    if test_interval < 0 or snapshot_interval < 0:
-        raise TrainError("test_interval and snapshot_interval must be >= 0")
-    if batch_fn is not None and param.iter_size > 1:
-        raise TrainError("batch_fn feeds one batch per iteration; iter_size > 1 would reuse it")
-    name = snapshot_name(param.snapshot_prefix)
-    settings = run_settings(
-        param,
-        net_param,
-        seed=seed,
-        teacher_weights=None if teacher_weights is None else str(teacher_weights),
-        init_weights=None if init_weights is None or resume else str(init_weights),
-        student_prefix=student_prefix,
-    )
-    if resume:
-        check_resume_settings(out, settings)
-    existing = latest_snapshot(out, name)
-    if existing is not None and not resume:
-        raise TrainError(
-            f"{out} already holds snapshot {existing.solverstate.name}; "
-            "pass --resume to continue from it, or choose another --out"
-        )
-
-    remove_stale_tmp(out)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out))
+def _read(read: Callable[[Path], Any], path: Path) -> Any:
     try:
-        param.snapshot_prefix = str(tmp / name)
-        param.snapshot = 0
-        param.snapshot_after_train = False
-        param.snapshot_format = pb.SolverParameter.BINARYPROTO
-        param.random_seed = seed
-        param.max_iter = max_iter
-        param.test_interval = _NEVER
-        param.test_initialization = False
-        param.display = 0
-        solver_file = out / EFFECTIVE_SOLVER
-        atomic_write_text(
-            solver_file,
-            "# Written by pyirg.train: testing and snapshots are done by the driver.\n"
-            + text_format.MessageToString(param),
-        )
-        if gpu is None:
-            caffe.set_mode_cpu()
-        elif not caffe_has_cuda():
-            raise TrainError(
-                f"--gpu {gpu}: this Caffe ({Path(caffe.__file__).resolve().parents[2]}) is a "
-                "CPU_ONLY build; train on the CPU, or build it with CUDA (build_caffe.sh --cuda)"
-            )
+        return read(path)
+    except CaffeFileError as e:
+        raise TrainError(str(e)) from e
+
+
+def load_solver_param(solver: PathLike | Any) -> tuple[Any, Path | None]:
+    """Return a copy of the SolverParameter and the directory of its file (if any)."""
+    if isinstance(solver, caffe_pb2().SolverParameter):
+        param = type(solver)()
+        param.CopyFrom(solver)
+        return param, None
+    path = Path(solver)
+    return _read(read_solver, path), path.resolve().parent
+
+
+def _resolve(name: str, base: Path | None, what: str) -> str:
+    """Resolve a solver's relative file reference: from the cwd as Caffe does, else its dir."""
+    path = Path(name)
+    if path.is_absolute() or path.exists():
+        if not path.exists():
+            raise TrainError(f"{what} '{name}' does not exist")
+        return str(path.resolve())
+    if base is not None and (base / path).exists():
+        return str((base / path).resolve())
+    raise TrainError(f"{what} '{name}' not found (looked in {Path.cwd()} and {base})")
+
+
+def prepare_solver_param(
+    solver: PathLike | Any, net: PathLike | Any | None = None, *, out_dir: Path | None = None
+) -> tuple[Any, Any, str]:
+    """Load the solver, point it at ``net`` (a file or NetParameter) and parse the train net.
+
+    Returns (solver parameter, train NetParameter, a name for messages). A
+    NetParameter given as ``net`` is written to ``out_dir/net.prototxt``.
+    """
+    param, base = load_solver_param(solver)
+    if net is not None:
+        if isinstance(net, caffe_pb2().NetParameter):
+            if out_dir is None:
+                raise ValueError("a NetParameter net needs an out_dir to be written to")
+            net_path = out_dir / "net.prototxt"
+            write_text(net_path, net)
         else:
-            caffe.set_device(gpu)
-            caffe.set_mode_gpu()
-        caffe.set_random_seed(seed)
-        np.random.seed(seed)
-        random.seed(seed)
-        csolver = caffe.get_solver(str(solver_file))
+            net_path = Path(net)
+            if not net_path.is_file():
+                raise TrainError(f"net file '{net}' does not exist")
+        for name in ("net_param", "train_net", "train_net_param"):
+            param.ClearField(name)
+        param.net = str(net_path.resolve())
+    else:
+        for name in ("net", "train_net"):
+            if param.HasField(name):
+                setattr(param, name, _resolve(getattr(param, name), base, f"solver {name}"))
+    for i, test_net in enumerate(param.test_net):
+        param.test_net[i] = _resolve(test_net, base, "solver test_net")
 
-        resuming = resume and existing is not None
-        if init_weights is not None and not resuming:
-            load_init_weights(csolver, init_weights, student_prefix)
-        distill, _ = load_teacher(
-            csolver, teacher_weights, student_prefix, source, required=not resuming
-        )
-        if csolver.net.inputs and batch_fn is None:
-            raise TrainError(
-                f"{source}: the train net is Input-fed ({', '.join(csolver.net.inputs)}) "
-                "but no batch_fn was given"
-            )
-        if any(t.inputs for t in csolver.test_nets) and test_batch_fn is None:
-            raise TrainError(f"{source}: the test net is Input-fed but no test_batch_fn was given")
-
-        run_info = {
-            "solver": str(solver) if not isinstance(solver, pb.SolverParameter) else "<param>",
-            "net": source,
-            "teacher_weights": str(teacher_weights) if teacher_weights else None,
-            "seed": seed,
-            "max_iter": max_iter,
-            "student_prefix": student_prefix,
-            "distillation": distill,
-            "init_weights": str(init_weights) if init_weights else None,
-        }
-        run = TrainingRun(
-            csolver,
-            param,
-            out,
-            tmp,
-            name,
-            batch_fn=batch_fn,
-            test_batch_fn=test_batch_fn,
-            max_iter=max_iter,
-            test_interval=test_interval,
-            snapshot_interval=snapshot_interval,
-            student_prefix=student_prefix,
-            distill=distill,
-            progress=progress,
-            run_info=run_info,
-            on_iteration=on_iteration,
-            label_rules=label_rules(net_param),
-            track_finite=gpu is None,
-        )
-        if test_interval and not csolver.test_nets:
-            print(
-                f"notice: {source}: the solver has no test_iter, so there is no test net: "
-                "no periodic tests and no accuracy (add test_iter to the solver)",
-                file=sys.stderr,
-            )
-        if resuming:
-            run.restore(resumable_snapshot(out, name, net_param_shapes([csolver.net])))
-            if csolver.iter > max_iter:
-                raise TrainError(
-                    f"{out} is already at iteration {csolver.iter}, past --max-iter {max_iter}: "
-                    "nothing to resume"
-                )
-        elif resume:
-            print(
-                f"notice: {out} holds no snapshot '{name}_iter_*': starting at 0", file=sys.stderr
-            )
-        record_run(out, settings)
-        return run.run()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if param.HasField("net_param"):
+        return param, param.net_param, "solver net_param"
+    if param.HasField("train_net_param"):
+        return param, param.train_net_param, "solver train_net_param"
+    path = param.net or param.train_net
+    if not path:
+        raise TrainError("the solver names no net (net, net_param, train_net) and none was given")
+    return param, _read(read_net, Path(path)), path

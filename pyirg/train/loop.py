@@ -10,20 +10,28 @@ from __future__ import annotations
 import math
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
-from pyirg.train import metrics
-from pyirg.train.common import BatchFn
-from pyirg.train.errors import TrainError, TrainingDiverged, TrainingInterrupted
-from pyirg.train.results import Snapshot, TrainResult
-from pyirg.train.signals import StopRequest, stop_on_signals
-from pyirg.train.snapshots import restore_snapshot, save_snapshot
+from pyirg.train import Snapshot, TrainError, TrainingDiverged, TrainingInterrupted, TrainResult
+from pyirg.train.folder import (
+    final_metrics,
+    load_history,
+    restore_snapshot,
+    save_snapshot,
+    write_metrics,
+)
+
+if TYPE_CHECKING:
+    from pyirg.train.driver import TrainSettings
 
 
 class TrainingRun:
@@ -36,44 +44,36 @@ class TrainingRun:
         out: Path,
         tmp: Path,
         name: str,
-        *,
-        batch_fn: BatchFn | None,
-        test_batch_fn: BatchFn | None,
-        max_iter: int,
-        test_interval: int,
-        snapshot_interval: int,
-        student_prefix: str,
+        settings: TrainSettings,
         distill: bool,
-        progress: bool,
         run_info: dict[str, Any],
-        on_iteration: Callable[[int, Any], None] | None = None,
         label_rules: Mapping[str, tuple[int, int | None]] | None = None,
-        track_finite: bool = True,
     ) -> None:
+        s = settings
         self.solver = solver
         self.param = param
         self.out, self.tmp, self.name = out, tmp, name
-        self.batch_fn, self.test_batch_fn = batch_fn, test_batch_fn
-        self.max_iter = max_iter
-        self.test_interval = test_interval
-        self.snapshot_interval = snapshot_interval
-        self.prefix = student_prefix
+        self.batch_fn, self.test_batch_fn = s.batch_fn, s.test_batch_fn
+        self.max_iter = s.max_iter
+        self.test_interval = s.test_interval
+        self.snapshot_interval = s.snapshot_interval
+        self.prefix = s.student_prefix
         self.distill = distill
-        self.progress = progress
+        self.progress = s.progress
         self.run_info = run_info
-        self.on_iteration = on_iteration
+        self.on_iteration = s.on_iteration
         self._ranges: dict[int, dict[str, tuple[str, int, int | None]]] = {}
         #: layer -> (class axis, ignore_label) of the losses and accuracies (from the net).
         self.label_rules = dict(label_rules or {})
         #: Keep the weights before each step and the update norm (one copy per step: on a
         #: GPU two host transfers, so there only the loss is watched).
-        self.track_finite = track_finite
+        self.track_finite = s.gpu is None
         self.train_rows: list[dict[str, float]] = []
         # The weights before the current step, so a diverged run can still save them.
         # The param blobs once: pycaffe rebuilds ``net.params`` on every access.
         self._params = [b for blobs in solver.net.params.values() for b in blobs]
         self._finite: list[np.ndarray] = (
-            [b.data.copy() for b in self._params] if track_finite else []
+            [b.data.copy() for b in self._params] if self.track_finite else []
         )
         self.test_rows: list[dict[str, float]] = []
         self.last_snapshot: Snapshot | None = None
@@ -266,20 +266,20 @@ class TrainingRun:
         """Continue from ``snap``, with the metric histories it had seen."""
         restore_snapshot(self.solver, snap, self.tmp)
         self.last_snapshot = snap
-        history = metrics.load_history(self.out, snap.iteration)
+        history = load_history(self.out, snap.iteration)
         if history is not None:
             self.train_rows, self.test_rows = history
 
     # -- outputs ------------------------------------------------------------------------
     def final_metrics(self) -> dict[str, float]:
-        """The summary of the run so far (see :func:`pyirg.train.metrics.final_metrics`)."""
-        return metrics.final_metrics(
+        """The summary of the run so far (see :func:`pyirg.train.folder.final_metrics`)."""
+        return final_metrics(
             self.solver.iter, self.train_rows, self.test_rows, self.summary_accuracy_names
         )
 
     def write_metrics(self, *, plot: bool) -> None:
         """Rewrite the metric files in OUT; the PNG only when ``plot``."""
-        metrics.write_metrics(
+        write_metrics(
             self.out,
             self.run_info,
             self.final_metrics(),
@@ -342,3 +342,30 @@ class TrainingRun:
             self.snapshot()
             self.write_metrics(plot=True)
         return self.result(interrupted=False)
+
+
+class StopRequest:
+    """The signal that asked the run to stop, or None while none has."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+
+@contextmanager
+def stop_on_signals(stop: StopRequest) -> Iterator[None]:
+    """First SIGINT/SIGTERM: ask the loop to stop; second: stop now (KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.signum is not None:
+            raise KeyboardInterrupt
+        stop.signum = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

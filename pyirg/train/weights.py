@@ -11,32 +11,24 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from pyirg.caffeio import CaffeFileError, PathLike, all_layers, blob_fits, blob_shape, read_binary
 from pyirg.data.fsutil import regular_file
-from pyirg.train.common import PathLike, caffe_pb2
-from pyirg.train.errors import TeacherWeightsError
+from pyirg.train import TeacherWeightsError
 
 #: Per layer, each parameter blob's shape and whether it uses the legacy 4-axis form.
 BlobShapes = dict[str, list[tuple[tuple[int, ...], bool]]]
 
 
-def _blob_proto_shape(blob: Any) -> tuple[tuple[int, ...], bool]:
-    """A BlobProto's shape and whether it is given by the legacy num/channels/height/width."""
-    if blob.HasField("shape"):
-        return tuple(int(d) for d in blob.shape.dim), False
-    return (blob.num, blob.channels, blob.height, blob.width), True
-
-
 def _weights_blobs(path: PathLike) -> BlobShapes:
     """Read only the blob shapes of a weights file; unreadable files raise with its name."""
     path = Path(path)
-    try:
-        regular_file(path, "weights file")
-    except ValueError as e:
-        raise TeacherWeightsError(str(e)) from e
     if path.suffix == ".h5":
         import h5py
 
         try:
+            regular_file(path, "weights file")
             with h5py.File(path, "r") as f:
                 data = f["data"]
                 return {
@@ -45,30 +37,13 @@ def _weights_blobs(path: PathLike) -> BlobShapes:
                 }
         except (OSError, KeyError) as e:
             raise TeacherWeightsError(f"{path}: not Caffe HDF5 weights: {e}") from e
-    param = caffe_pb2().NetParameter()
+        except ValueError as e:
+            raise TeacherWeightsError(str(e)) from e
     try:
-        param.ParseFromString(path.read_bytes())
-    except Exception as e:  # protobuf's DecodeError differs between implementations
-        raise TeacherWeightsError(f"{path}: not a binary Caffe NetParameter: {e}") from e
-    blobs = {
-        layer.name: [_blob_proto_shape(b) for b in layer.blobs]
-        for layer in [*param.layer, *param.layers]  # V2 and legacy V1 layers
-    }
-    if not blobs:
-        raise TeacherWeightsError(f"{path}: holds no layers (not a trained .caffemodel?)")
-    return blobs
-
-
-def weights_shapes(path: PathLike) -> dict[str, list[tuple[int, ...]]]:
-    """Layer name -> parameter blob shapes of a .caffemodel (or Caffe .h5 weights)."""
-    return {name: [s for s, _ in blobs] for name, blobs in _weights_blobs(path).items()}
-
-
-def _shapes_match(source: tuple[int, ...], target: tuple[int, ...], legacy: bool) -> bool:
-    if not legacy:
-        return source == target
-    # Caffe compares legacy num/channels/height/width with the target padded to 4 axes.
-    return len(target) <= 4 and source == (1,) * (4 - len(target)) + target
+        param = read_binary(path, "weights file")
+    except (CaffeFileError, ValueError) as e:
+        raise TeacherWeightsError(str(e)) from e
+    return {layer.name: [blob_shape(b) for b in layer.blobs] for layer in all_layers(param)}
 
 
 def net_param_shapes(nets: Sequence[Any]) -> dict[str, list[tuple[int, ...]]]:
@@ -111,7 +86,7 @@ def check_weights(
             )
             continue
         for i, ((shape, legacy), want) in enumerate(zip(got, target)):
-            if not _shapes_match(shape, want, legacy):
+            if not blob_fits(shape, legacy, want):
                 problems.append(f"layer '{name}' blob {i}: weights {shape} vs net {want}")
     if problems:
         raise TeacherWeightsError(f"{weights}: shape mismatch: " + "; ".join(problems))
@@ -120,8 +95,6 @@ def check_weights(
 def require_finite(net: Any, layers: Sequence[str], source: PathLike) -> None:
     """Refuse weights with NaN or inf: a NaN teacher can look harmless (an IRG map of NaN
     features is normalized to all zeros) while the student is distilled toward nothing."""
-    import numpy as np
-
     bad = [
         name
         for name in layers
