@@ -81,8 +81,9 @@ METHOD_WEIGHTS: dict[str, dict[str, float]] = {
     "IRG-t": {"gt": 1.0, "transform": 0.005},
     "MTK": {"gt": 1.0, "logits": 0.05, "edges": 0.005, "transform": 0.005},
 }
-NORMALIZE = ("MAX", "MEAN", "NONE")
-BACKWARD = ("EXACT", "RELEASED")
+#: The irg_param enums, named as the proto patch declares them.
+NORMALIZE = tuple(caffe_pb2.IRGParameter.Normalize.keys())
+BACKWARD = tuple(caffe_pb2.IRGParameter.Backward.keys())
 #: How IRG-t averages a block output over space: the authors' global-average Pooling, or
 #: Reduction (MEAN over the spatial axes: the same values as an N x C blob, computed with
 #: BLAS, several times faster on the CPU; see docs/benchmarks.md).

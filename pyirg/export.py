@@ -35,6 +35,7 @@ Steps, each of which fails with a one-line error naming the layer (exit status 2
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import re
 import sys
@@ -48,6 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pyirg.caffeio import read_net, to_text
 from pyirg.cli import debugging
 from pyirg.options import ArgumentParser, HelpFormatter
 
@@ -85,25 +87,6 @@ class Deploy:
 
 
 # ----------------------------------------------------------------------------- prototxt
-
-
-def read_prototxt(path: str | Path) -> Any:
-    """Parse a text prototxt into a NetParameter; errors name the file."""
-    from caffe.proto import caffe_pb2
-    from google.protobuf import text_format
-
-    net = caffe_pb2.NetParameter()
-    try:
-        text_format.Merge(Path(path).read_text(), net)
-    except OSError as err:
-        raise ExportError(f"cannot read prototxt {path}: {err.strerror}") from None
-    except (text_format.ParseError, UnicodeDecodeError) as err:
-        raise ExportError(f"{path} is not a Caffe net prototxt: {err}") from None
-    if len(net.layers):
-        raise ExportError(
-            f"{path} uses the V1 'layers' field; upgrade it with upgrade_net_proto_text"
-        )
-    return net
 
 
 def _number(name: str, prefix: str, kind: str) -> int | None:
@@ -190,76 +173,44 @@ def infer_spec(
     return Deploy(net, spec, prefix, data.top[0], dims, fcs[0].top[0], prob)  # type: ignore[arg-type]
 
 
-def _signature(layer: Any) -> dict[str, Any]:
-    """The parameters of a layer that change what it computes (fillers, lr do not)."""
-    t = layer.type
-    if t == "Convolution":
-        p = layer.convolution_param
-        return {
-            "num_output": p.num_output,
-            "kernel_size": tuple(p.kernel_size) or (p.kernel_h, p.kernel_w),
-            "stride": tuple(p.stride) or (1,),
-            "pad": tuple(p.pad) or (0,),
-            "dilation": tuple(p.dilation) or (1,),
-            "group": p.group,
-            "bias_term": p.bias_term,
-            "axis": p.axis,
-        }
-    if t == "BatchNorm":
-        return {"eps": layer.batch_norm_param.eps}
-    if t == "Scale":
-        p = layer.scale_param
-        return {"bias_term": p.bias_term, "axis": p.axis, "num_axes": p.num_axes}
-    if t == "ReLU":
-        return {"negative_slope": layer.relu_param.negative_slope}
-    if t == "Eltwise":
-        p = layer.eltwise_param
-        return {"operation": p.operation, "coeff": tuple(p.coeff)}
-    if t == "Pooling":
-        p = layer.pooling_param
-        return {"pool": p.pool, "global_pooling": p.global_pooling}
-    if t == "InnerProduct":
-        p = layer.inner_product_param
-        return {
-            "num_output": p.num_output,
-            "bias_term": p.bias_term,
-            "axis": p.axis,
-            "transpose": p.transpose,
-        }
-    if t == "Softmax":
-        return {"axis": layer.softmax_param.axis}
-    return {}
+def _computation(layer: Any) -> list[str]:
+    """A layer as prototxt lines without what leaves its outputs unchanged: the learning
+    rate and decay multipliers (``param``) and the fillers."""
+    copy = type(layer)()
+    copy.CopyFrom(layer)
+    copy.ClearField("param")
+    for field in ("convolution_param", "inner_product_param", "scale_param"):
+        sub = getattr(copy, field)
+        for filler in ("weight_filler", "bias_filler", "filler"):
+            if filler in sub.DESCRIPTOR.fields_by_name:
+                sub.ClearField(filler)
+    return to_text(copy).splitlines()
 
 
 def check_structure(deploy: Deploy) -> None:
-    """The prototxt must be the deploy net pyirg.netspec generates for its spec."""
+    """The prototxt must be the deploy net pyirg.netspec generates for its spec: every layer
+    after the input the same message, fillers and multipliers aside."""
     from pyirg.netspec import deploy_net, spec_label
 
     _, c, h, w = deploy.input_shape
     expected = deploy_net(deploy.spec, deploy.prefix, batch=1, channels=c, height=h, width=w)
     actual = [layer for layer in deploy.net.layer if layer.type != "Input"]
     wanted = [layer for layer in expected.layer if layer.type != "Input"]
-    rename = {expected.layer[0].top[0]: deploy.input_blob}
+    for want in wanted:  # the generated net's input blob is "data"; the file may name it
+        want.bottom[:] = [
+            deploy.input_blob if b == expected.layer[0].top[0] else b for b in want.bottom
+        ]
     for index, (want, got) in enumerate(zip(wanted, actual)):
-        where = f"layer {got.name!r} (#{index + 1} after the input)"
-        if (want.name, want.type) != (got.name, got.type):
+        diff = [
+            f"{line[0]} {line[2:].strip()}"
+            for line in difflib.ndiff(_computation(want), _computation(got))
+            if line[:1] in "+-"
+        ]
+        if diff:
             raise ExportError(
-                f"{where}: found {got.type} {got.name!r} where {spec_label(deploy.spec)} has "
-                f"{want.type} {want.name!r}"
-            )
-        bottoms = [rename.get(b, b) for b in want.bottom]
-        tops = [rename.get(t, t) for t in want.top]
-        if (list(got.bottom), list(got.top)) != (bottoms, tops):
-            raise ExportError(
-                f"{where}: bottoms {list(got.bottom)} / tops {list(got.top)}, expected "
-                f"{bottoms} / {tops}"
-            )
-        have, need = _signature(got), _signature(want)
-        diffs = [f"{k} {have[k]} (expected {need[k]})" for k in need if have[k] != need[k]]
-        if diffs:
-            raise ExportError(
-                f"{where}: {got.type} parameters differ from {spec_label(deploy.spec)}'s: "
-                + ", ".join(diffs)
+                f"layer {got.name!r} (#{index + 1} after the input, a {got.type}): its "
+                f"parameters differ from {spec_label(deploy.spec)}'s {want.type} "
+                f"{want.name!r}: {'; '.join(diff)} (-: expected, +: found)"
             )
     if len(actual) != len(wanted):
         extra = actual[len(wanted) :] or wanted[len(actual) :]
@@ -274,7 +225,11 @@ def read_deploy(
     width: float | None = None,
 ) -> Deploy:
     """Parse, infer the spec, and check the structure of a deploy prototxt."""
-    deploy = infer_spec(read_prototxt(path), prefix, depth, width)
+    try:
+        net = read_net(path, v1=False)
+    except ValueError as err:
+        raise ExportError(str(err)) from None
+    deploy = infer_spec(net, prefix, depth, width)
     check_structure(deploy)
     return deploy
 

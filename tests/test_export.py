@@ -175,7 +175,7 @@ def test_prototxt_that_is_not_the_resnet(student, tmp_path, capsys) -> None:
 
     edited = _edit_deploy(deploy, tmp_path, stride)
     err = _error(capsys, edited, str(weights), str(tmp_path / "x.onnx"))
-    assert "'stu_Convolution6'" in err and "parameters" in err
+    assert "'stu_Convolution6'" in err and "parameters" in err and "+ stride: 2" in err
 
     err = _error(capsys, str(deploy), str(weights), str(tmp_path / "x.onnx"), "--prefix", "t_")
     assert "--prefix 't_'" in err and "stu_Convolution1" in err
