@@ -74,6 +74,20 @@ from pyirg.netspec import (
 
 METHODS = ("baseline", "logits", "IRG", "IRG-t", "MTK")
 WEIGHT_NAMES = ("gt", "logits", "edges", "transform")
+#: The command-line option of each term's weight (``--edge-weight``), in gen and the main job.
+WEIGHT_OPTIONS = {
+    "gt": "gt_weight",
+    "logits": "logits_weight",
+    "edges": "edge_weight",
+    "transform": "transform_weight",
+}
+#: What each loss weight multiplies, for the option help.
+WEIGHT_HELP = {
+    "gt": "ground-truth SoftmaxWithLoss",
+    "logits": "logits EuclideanLoss",
+    "edges": "IRG edge term",
+    "transform": "IRG transformation term",
+}
 METHOD_WEIGHTS: dict[str, dict[str, float]] = {
     "baseline": {"gt": 1.0},
     "logits": {"gt": 1.0, "logits": 0.05},

@@ -58,6 +58,7 @@ from pyirg.cli import debugging
 from pyirg.data.digits import load_digits_split
 from pyirg.data.feed import array_batch_fn, pad_images, pixel_mean
 from pyirg.distill import METHOD_WEIGHTS, STUDENT_PREFIX, DistillConfig, distill_net
+from pyirg.distill import WEIGHT_OPTIONS as DISTILL_WEIGHT_OPTIONS
 from pyirg.netspec import DATASETS, DataConfig, deploy_net, train_net
 from pyirg.options import (
     ArgumentParser,
@@ -77,12 +78,8 @@ SCALE = DATASETS["digits"].scale
 BN_FRACTION = 0.95
 #: The worker reports its progress to the job's display every this many iterations.
 PROGRESS_EVERY = 8
-#: Distillation term (pyirg.distill.METHOD_WEIGHTS) -> the job's option for its weight.
-WEIGHT_OPTIONS = {
-    "logits": "logits_weight",
-    "edges": "edge_weight",
-    "transform": "transform_weight",
-}
+#: Distillation term -> the job's option for its weight (the ground truth's is always 1).
+WEIGHT_OPTIONS = {t: o for t, o in DISTILL_WEIGHT_OPTIONS.items() if t != "gt"}
 
 
 def uses_weights(method: str) -> list[str]:

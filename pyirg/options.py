@@ -20,9 +20,10 @@ T = TypeVar("T")
 _UNIONS = (typing.Union, getattr(types, "UnionType", typing.Union))
 
 
-def option(default: Any, help: str, **argparse_kwargs: Any) -> Any:  # noqa: A002
-    """A dataclass field with its command-line help (and extra ``add_argument`` keywords)."""
-    meta = {"help": help, "argparse": argparse_kwargs}
+def option(default: Any, help: str, group: str | None = None, **argparse_kwargs: Any) -> Any:
+    """A dataclass field with its command-line help, the help section it is listed under
+    (``group``, else the parser's own options) and extra ``add_argument`` keywords."""
+    meta = {"help": help, "group": group, "argparse": argparse_kwargs}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use an immutable default (a tuple) for an option")
     return dataclasses.field(default=default, metadata=meta)
@@ -40,9 +41,14 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
     Use ``argparse.ArgumentDefaultsHelpFormatter`` so the help shows each default.
     """
     hints = typing.get_type_hints(cls)
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(cls):
         if f.name in skip or "help" not in f.metadata:
             continue
+        title = f.metadata.get("group")
+        target = (
+            parser if title is None else groups.setdefault(title, parser.add_argument_group(title))
+        )
         kind = hints[f.name]
         kwargs: dict[str, Any] = {"default": f.default, "help": f.metadata["help"]}
         kwargs.update(f.metadata.get("argparse", {}))
@@ -57,7 +63,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
             kwargs.setdefault("type", next(a for a in typing.get_args(kind) if a is not type(None)))
         else:
             kwargs.setdefault("type", Path if kind is Path else kind)
-        parser.add_argument(flag_name(f.name), dest=f.name, **kwargs)
+        flag = kwargs.pop("flag", flag_name(f.name))
+        target.add_argument(flag, dest=f.name, **kwargs)
 
 
 def from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
