@@ -18,7 +18,7 @@ from typing import Any, TypeVar, Union
 
 import numpy as np
 
-from pyirg.data.fsutil import atomic_write_text, regular_file
+from pyirg.data.fsutil import atomic_output, atomic_write_text, regular_file
 
 PathLike = Union[str, os.PathLike]
 Message = TypeVar("Message")
@@ -123,8 +123,9 @@ def read_binary(path: PathLike, what: str = "caffemodel") -> Any:
 
 
 def write_binary(path: PathLike, message: Any) -> None:
-    """Write a message in Caffe's binary form (.caffemodel, .binaryproto)."""
-    Path(path).write_bytes(message.SerializeToString())
+    """Write a message in Caffe's binary form (.caffemodel, .binaryproto), atomically."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(message.SerializeToString())
 
 
 def all_layers(net: Any) -> list[Any]:

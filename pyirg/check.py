@@ -613,7 +613,7 @@ def _lmdb_datum_shape(source: str) -> tuple[int, int, int] | None:
         if datum.encoded or not (datum.channels and datum.height and datum.width):
             return None  # an encoded image: its size is known only after decoding
         return datum.channels, datum.height, datum.width
-    except Exception:  # noqa: BLE001 - unreadable here: Caffe will say why
+    except Exception:
         return None
 
 
@@ -621,7 +621,7 @@ def _mean_shape(path: str) -> tuple[int, int, int] | None:
     """(C, H, W) of a mean .binaryproto, or None when it cannot be read."""
     try:
         blob = caffe_pb2.BlobProto.FromString(Path(path).read_bytes())
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     if blob.HasField("shape") and len(blob.shape.dim) >= 3:
         c, h, w = (int(d) for d in blob.shape.dim[-3:])

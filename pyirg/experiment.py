@@ -55,11 +55,12 @@ import numpy as np
 from pyirg.arch import ResNetSpec, cifar_resnet
 from pyirg.caffeio import caffe_net
 from pyirg.cli import debugging
+from pyirg.data.core import DATASETS
 from pyirg.data.digits import load_digits_split
 from pyirg.data.feed import array_batch_fn, pad_images, pixel_mean
 from pyirg.distill import METHOD_WEIGHTS, STUDENT_PREFIX, DistillConfig, distill_net
 from pyirg.distill import WEIGHT_OPTIONS as DISTILL_WEIGHT_OPTIONS
-from pyirg.netspec import DATASETS, DataConfig, deploy_net, train_net
+from pyirg.netspec import DataConfig, deploy_net, train_net
 from pyirg.options import (
     ArgumentParser,
     HelpFormatter,
@@ -71,7 +72,8 @@ from pyirg.options import (
 )
 from pyirg.solver import Schedule, make_solver
 
-METHODS = ("baseline", "IRG", "IRG-t", "MTK")
+#: The students the main job compares (pyirg.distill.METHODS less the logits-only one).
+STUDENTS = ("baseline", "IRG", "IRG-t", "MTK")
 TEACHER = "teacher"
 PAD = DATASETS["digits"].pad
 SCALE = DATASETS["digits"].scale
@@ -103,7 +105,7 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = option(
         tuple(range(24)), "seeds; each gives every method the same start and batches"
     )
-    methods: tuple[str, ...] = option(METHODS, "students to train", choices=METHODS)
+    methods: tuple[str, ...] = option(STUDENTS, "students to train", choices=STUDENTS)
     teacher_seed: int = option(0, "seed of the teacher's training (one teacher for all)")
     train_per_class: int = option(
         10, "training images per class (the other digits images are the test split)"
@@ -125,9 +127,9 @@ class ExperimentConfig:
     progress: bool = option(True, "show progress")
 
     def __post_init__(self) -> None:
-        unknown = set(self.methods) - set(METHODS)
+        unknown = set(self.methods) - set(STUDENTS)
         if unknown:
-            raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {METHODS}")
+            raise ValueError(f"unknown method(s) {sorted(unknown)}; choose from {STUDENTS}")
         if not self.seeds:
             raise ValueError("at least one seed is needed")
         if min(self.seeds) < 0 or self.teacher_seed < 0:
@@ -201,7 +203,7 @@ class Data:
         centre = self.mean[:, PAD:-PAD, PAD:-PAD]
         return ((self.test_images.astype(np.float32) - centre) * SCALE).astype(np.float32)
 
-    def batch_fns(self, batch: int, seed: int):  # noqa: ANN201 (two BatchFn callables)
+    def batch_fns(self, batch: int, seed: int):
         common = {"scale": SCALE, "data_blob": "Data1", "label_blob": "Data2"}
         train_fn = array_batch_fn(
             self.train_images,
@@ -237,7 +239,7 @@ def _data_config(cfg: ExperimentConfig) -> DataConfig:
     )
 
 
-def short_run_batchnorm(net, fraction: float = BN_FRACTION):  # noqa: ANN001, ANN201
+def short_run_batchnorm(net, fraction: float = BN_FRACTION):
     """Give the trained BatchNorm layers a short memory for their test-time statistics.
 
     Caffe's default moving_average_fraction (0.999) averages the batch statistics
@@ -252,7 +254,7 @@ def short_run_batchnorm(net, fraction: float = BN_FRACTION):  # noqa: ANN001, AN
     return net
 
 
-def teacher_net(cfg: ExperimentConfig, teacher: ResNetSpec):  # noqa: ANN201
+def teacher_net(cfg: ExperimentConfig, teacher: ResNetSpec):
     """The NetParameter that trains the teacher."""
     return short_run_batchnorm(train_net(teacher, data=_data_config(cfg), name="digits_teacher"))
 

@@ -36,7 +36,7 @@ from caffe.net_spec import NetSpec, Top
 from caffe.proto import caffe_pb2
 
 from pyirg.arch import ConvSpec, ResNetSpec
-from pyirg.data.core import MIRROR, PIXEL_SCALE
+from pyirg.data.core import DATASETS, Dataset
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
@@ -54,46 +54,6 @@ MSRA = {"type": "msra"}
 ZERO = {"type": "constant", "value": 0}
 
 DATA_KINDS = ("lmdb", "imagedata", "hdf5", "input")
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """What the nets need to know about a data set: image geometry, classes and sizes.
-
-    ``pad`` is the zero padding stored in the training LMDB (random crops of ``size`` out
-    of ``size + 2 pad`` give the standard CIFAR shift augmentation); ``train_size`` and
-    ``test_size`` set the solver's ``test_iter``.
-    """
-
-    name: str
-    channels: int
-    size: int
-    num_classes: int
-    pad: int
-    train_size: int
-    test_size: int
-
-    @property
-    def root(self) -> str:
-        return f"data/{self.name}"
-
-    @property
-    def scale(self) -> float:
-        """Pixel scale after mean subtraction (:data:`pyirg.data.core.PIXEL_SCALE`)."""
-        return PIXEL_SCALE.get(self.name, 1.0)
-
-    @property
-    def mirror(self) -> bool:
-        """Whether random mirroring suits the data set (:data:`pyirg.data.core.MIRROR`)."""
-        return MIRROR.get(self.name, True)
-
-
-DATASETS: dict[str, Dataset] = {
-    "cifar10": Dataset("cifar10", 3, 32, 10, 4, 50000, 10000),
-    "cifar100": Dataset("cifar100", 3, 32, 100, 4, 50000, 10000),
-    # scikit-learn's 8x8 grey digits, split 1000 / 797 as in the pilot.
-    "digits": Dataset("digits", 1, 8, 10, 1, 1000, 797),
-}
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,10 @@ from pathlib import Path
 
 from pyirg.cli import debugging
 from pyirg.data.cifar import CIFAR_VARIANTS, load_cifar
-from pyirg.data.core import DataError, DataSplit
+from pyirg.data.core import DATASETS, DataError, DataSplit
 from pyirg.data.digits import DIGITS_TEST_FRACTION, load_digits_split
 from pyirg.data.writer import write_dataset
 from pyirg.options import ArgumentParser, HelpFormatter
-
-#: Default padding: CIFAR 4 pixels (40x40 -> 32x32 crops), digits 1 pixel (10x10 -> 8x8).
-DEFAULT_PAD = {"cifar10": 4, "cifar100": 4, "digits": 1}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--pad",
             type=int,
-            default=DEFAULT_PAD[dataset],
+            default=DATASETS[dataset].pad,
             help="zero padding of the padded train LMDB (0 = none)",
         )
         p.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")

@@ -9,13 +9,14 @@ import pytest
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 pytest.importorskip("caffe")
-from caffe.proto import caffe_pb2  # noqa: E402
-from google.protobuf import text_format  # noqa: E402
+from caffe.proto import caffe_pb2
+from google.protobuf import text_format
 
-from pyirg.arch import cifar_resnet  # noqa: E402
-from pyirg.check import ERROR, WARNING, Problem, check_net, included, main  # noqa: E402
-from pyirg.distill import DistillConfig, distill_net  # noqa: E402
-from pyirg.netspec import DATASETS, DataConfig, train_net  # noqa: E402
+from pyirg.arch import cifar_resnet
+from pyirg.check import ERROR, WARNING, Problem, check_net, included, main
+from pyirg.data.core import DATASETS
+from pyirg.distill import DistillConfig, distill_net
+from pyirg.netspec import DataConfig, train_net
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST

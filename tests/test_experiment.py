@@ -16,9 +16,9 @@ from conftest import REPO, run
 
 pytest.importorskip("caffe")  # pyirg.experiment builds its nets with pycaffe's NetSpec
 
-from pyirg import experiment  # noqa: E402
-from pyirg.cli import COMMANDS  # noqa: E402
-from pyirg.experiment import ExperimentConfig, Run, Scheduler, paired, summarize  # noqa: E402
+from pyirg import experiment
+from pyirg.cli import COMMANDS
+from pyirg.experiment import ExperimentConfig, Run, Scheduler, paired, summarize
 
 ENV = dict(os.environ, GLOG_minloglevel="2", MPLBACKEND="Agg")
 

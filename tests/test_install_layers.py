@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, run
 
 sys.path.insert(0, str(REPO / "tools"))
-import install_layers  # noqa: E402
+import install_layers
 
 PATCH = REPO / "caffe_layers" / "proto" / "caffe.proto.patch"
 

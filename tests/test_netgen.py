@@ -21,10 +21,11 @@ from caffe.proto import caffe_pb2  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 
 from pyirg.arch import cifar_resnet  # noqa: E402
+from pyirg.data.core import DATASETS  # noqa: E402
 from pyirg.distill import METHOD_WEIGHTS, DistillConfig, distill_net  # noqa: E402
 from pyirg.gen import main as gen_main  # noqa: E402
 from pyirg.gen import reference_files  # noqa: E402
-from pyirg.netspec import DATASETS, DataConfig, deploy_net, train_net  # noqa: E402
+from pyirg.netspec import DataConfig, deploy_net, train_net  # noqa: E402
 from pyirg.solver import Schedule, make_solver  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -452,7 +453,8 @@ def test_reduction_pooling_gives_the_same_transformation_terms() -> None:
 def test_each_data_set_has_one_preprocessing_everywhere() -> None:
     """Generated digits LMDB nets scale and (don't) mirror as the main job trains."""
     from pyirg import experiment
-    from pyirg.netspec import DATASETS, DataConfig, train_net
+    from pyirg.data.core import DATASETS
+    from pyirg.netspec import DataConfig, train_net
 
     digits = DATASETS["digits"]
     assert experiment.SCALE == digits.scale == pytest.approx(1 / 255)

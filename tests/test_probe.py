@@ -14,13 +14,13 @@ import pytest
 from conftest import REPO
 
 pytest.importorskip("caffe")
-from caffe.proto import caffe_pb2  # noqa: E402
+from caffe.proto import caffe_pb2
 
-from pyirg import cli  # noqa: E402
+from pyirg import cli
 from pyirg.caffeio import read_net as load_net
-from pyirg.check import check_net  # noqa: E402
-from pyirg.experiment import ExperimentConfig  # noqa: E402
-from pyirg.experiment import main as main_job  # noqa: E402
+from pyirg.check import check_net
+from pyirg.experiment import ExperimentConfig
+from pyirg.experiment import main as main_job
 
 ENV = dict(os.environ, GLOG_minloglevel="2", MPLBACKEND="Agg")
 
@@ -156,9 +156,8 @@ def test_nan_teacher_weights_are_refused(tmp_path: Path) -> None:
 
 
 def test_teacher_weights_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
-    from pyirg.train.folder import run_settings
-
     from pyirg.train import TrainError
+    from pyirg.train.folder import run_settings
 
     fifo = tmp_path / "teacher.caffemodel"
     os.mkfifo(fifo)

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from pyirg.data.core import DataError, DataSplit
+from pyirg.data.core import DATASETS, DataError, DataSplit
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ _LABELS: dict[tuple[str, str], tuple[str, str, int]] = {
     ("cifar100", "coarse"): ("coarse_labels", "coarse_label_names", 20),
 }
 
-CIFAR_IMAGE_SHAPE = (3, 32, 32)
+CIFAR_IMAGE_SHAPE = DATASETS["cifar10"].image_shape
 
 
 class UnsafePickleError(DataError):

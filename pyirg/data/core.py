@@ -1,4 +1,4 @@
-"""Types shared by the data-set readers and writers.
+"""The data sets and the types shared by their readers and writers.
 
 A :class:`DataSplit` is the in-memory form of a data set (numpy arrays in Caffe's
 N x C x H x W layout), so the same object feeds both the LMDB writer (for
@@ -11,12 +11,46 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Each data set's preprocessing, the one home every net (generated LMDB nets, the main
-#: job's Input-fed nets) and tool (train --npy-data) takes it from: the pixel scale after
-#: mean subtraction (CIFAR: none, as the authors' IRG nets; digits: 1/255, as the main
-#: job trains) and whether random mirroring is a valid augmentation (not for digits).
-PIXEL_SCALE: dict[str, float] = {"cifar10": 1.0, "cifar100": 1.0, "digits": 1.0 / 255}
-MIRROR: dict[str, bool] = {"cifar10": True, "cifar100": True, "digits": False}
+
+@dataclass(frozen=True)
+class Dataset:
+    """A data set's geometry and preprocessing: the one home that the nets (generated LMDB
+    nets, the main job's Input-fed nets), the readers and the tools take them from.
+
+    ``pad`` is the zero padding stored in the training LMDB (random crops of ``size`` out
+    of ``size + 2 pad`` give the standard CIFAR shift augmentation); ``train_size`` and
+    ``test_size`` set the solver's ``test_iter``. ``scale`` multiplies the pixels after
+    mean subtraction (CIFAR: none, as the authors' IRG nets; digits: 1/255, as the main
+    job trains); ``mirror``: whether random mirroring is a valid augmentation (not for
+    digits).
+    """
+
+    name: str
+    channels: int
+    size: int
+    num_classes: int
+    pad: int
+    train_size: int
+    test_size: int
+    scale: float = 1.0
+    mirror: bool = True
+
+    @property
+    def root(self) -> str:
+        return f"data/{self.name}"
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return self.channels, self.size, self.size
+
+
+DATASETS: dict[str, Dataset] = {
+    "cifar10": Dataset("cifar10", 3, 32, 10, 4, 50000, 10000),
+    "cifar100": Dataset("cifar100", 3, 32, 100, 4, 50000, 10000),
+    # scikit-learn's 8x8 grey digits, split 1000 / 797 as in the pilot.
+    "digits": Dataset("digits", 1, 8, 10, 1, 1000, 797, scale=1.0 / 255, mirror=False),
+}
 
 
 class DataError(ValueError):

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from pyirg.data.core import DataSplit
+from pyirg.data.core import DATASETS, DataSplit
 
 DIGITS_SIZE = 1797
 #: The default test share: 797 of 1797 images, leaving 1000 for training.
-DIGITS_TEST_FRACTION = 797 / DIGITS_SIZE
+DIGITS_TEST_FRACTION = DATASETS["digits"].test_size / DIGITS_SIZE
 
 
 def load_digits_split(

@@ -45,11 +45,6 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     with atomic_output(path) as tmp:
         tmp.write_text(text)

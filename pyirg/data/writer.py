@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pyirg.caffeio import caffe_pb2
-from pyirg.data.core import PIXEL_SCALE, DataError, DataSplit
+from pyirg.data.core import DATASETS, DataError, DataSplit
 from pyirg.data.feed import pad_images, pixel_mean
 from pyirg.data.fsutil import atomic_directory
 
@@ -156,7 +156,7 @@ def write_dataset(
             "train_count": len(split.train_labels),
             "test_count": len(split.test_labels),
             "pad": pad,
-            "scale": PIXEL_SCALE.get(split.name, 1.0),
+            "scale": DATASETS[split.name].scale if split.name in DATASETS else 1.0,
             "files": files + ["labels.txt"],
         }
         (tmp / "info.json").write_text(json.dumps(info, indent=2) + "\n")
