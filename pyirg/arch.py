@@ -118,6 +118,21 @@ def _default_kept(n: int, ref_n: int) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(range(n)) for _ in range(3))
 
 
+def _checked_kept(
+    kept: tuple[tuple[int, ...], ...], n: int, ref_n: int
+) -> tuple[tuple[int, ...], ...]:
+    """``kept``, if it keeps ``n`` of the ``ref_n`` blocks of each stage, the first always."""
+    if len(kept) != 3 or any(len(k) != n for k in kept):
+        raise ValueError(f"kept_blocks must list {n} blocks for each of 3 stages, got {kept}")
+    for stage, k in enumerate(kept):
+        if list(k) != sorted(set(k)) or k[0] != 0 or k[-1] >= ref_n:
+            raise ValueError(
+                f"kept_blocks for stage {stage + 1} must be increasing, start at 0 and stay "
+                f"below {ref_n}: got {k}"
+            )
+    return kept
+
+
 def cifar_resnet(
     depth: int = 20,
     width: float = 1.0,
@@ -131,15 +146,7 @@ def cifar_resnet(
     ref_n = blocks_per_stage(numbering_depth or depth)
     if ref_n < n:
         raise ValueError(f"cannot number ResNet-{depth} as the shallower ResNet-{numbering_depth}")
-    kept = kept_blocks or _default_kept(n, ref_n)
-    if len(kept) != 3 or any(len(k) != n for k in kept):
-        raise ValueError(f"kept_blocks must list {n} blocks for each of 3 stages, got {kept}")
-    for stage, k in enumerate(kept):
-        if list(k) != sorted(set(k)) or k[0] != 0 or k[-1] >= ref_n:
-            raise ValueError(
-                f"kept_blocks for stage {stage + 1} must be increasing, start at 0 and stay "
-                f"below {ref_n}: got {k}"
-            )
+    kept = _checked_kept(kept_blocks or _default_kept(n, ref_n), n, ref_n)
     widths = stage_widths(width)
     conv_no, relu_no, elt_no = 1, 1, 1
 

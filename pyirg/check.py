@@ -64,6 +64,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from caffe.proto import caffe_pb2
 
@@ -357,15 +358,9 @@ def _check_phase(
     prefixes: _Prefixes,
     out: _Collector,
 ) -> dict[str, _Blob]:
+    """Walk the layers active in ``phase``, checking each against the blobs before it."""
     pname = PHASES[phase]
-    blobs: dict[str, _Blob] = {}
-    for i, name in enumerate(net.input):
-        if net.input_shape:
-            dims = net.input_shape[i].dim if i < len(net.input_shape) else []
-            n = dims[0] if dims else None
-        else:
-            n = net.input_dim[4 * i] if len(net.input_dim) > 4 * i else None
-        blobs[name] = _Blob("(net input)", DATA, n, f"net input {name!r}")
+    blobs = _net_inputs(net)
     for index, layer in enumerate(net.layer):
         if not included(layer, phase, stages):
             continue
@@ -385,53 +380,76 @@ def _check_phase(
         for b in layer.bottom:
             if b in blobs and b not in layer.top:
                 blobs[b].readers.append(layer.name)
-        owner = prefixes.owner(layer)
         _check_irg_use(layer, known, out, pname)
-        if layer.type in DATA_TYPES:
-            tops = [_Blob(layer.name, DATA, n, layer.name) for n in _data_batches(layer)]
-        else:
-            first = known[0] if known else None
-            keep = first is not None and (_keeps_n(layer) or layer.type in IRG_TYPES)
-            irg = layer.type in IRG_TYPES or any(k is not None and k.irg for k in known)
-            n = first.n if keep and first is not None else None
-            n_from = first.n_from if keep and first is not None else ""
-            ns = _axis0_batches(layer, known) or [n] * len(layer.top)
-            if any(m is not None for m in ns) and n is None:
-                n_from = next((k.n_from for k in known if k is not None and k.n_from), "")
-            tops = [_Blob(layer.name, owner, m, n_from, irg) for m in ns]
-            if layer.type in IRG_TYPES:
-                for top in tops:
-                    top.irg_top = layer.name
-            if layer.type == "InnerProduct" and layer.inner_product_param.num_output:
-                for top in tops:
-                    top.features = layer.inner_product_param.num_output
-        for info, (c, d) in zip(tops, _instance_sizes(layer, known)):
-            info.channels, info.size = c, d
-        for j, (top, info) in enumerate(zip(layer.top, tops)):
-            in_place = j < len(layer.bottom) and layer.bottom[j] == top
-            if in_place and top in blobs and blobs[top].readers:
-                out.add(
-                    ERROR,
-                    "in-place-shared",
-                    layer.name,
-                    f"{layer.type} runs in place on {top!r}, which {blobs[top].readers[0]!r} "
-                    "also reads: Caffe's split of a shared blob makes this layer a second "
-                    "producer and aborts ('produced by multiple sources'); give it its own top",
-                    pname,
-                )
-            if top in blobs and not in_place:
-                out.add(
-                    ERROR,
-                    "duplicate-top",
-                    layer.name,
-                    f"top {top!r} is already produced by {blobs[top].producer!r} and this "
-                    "layer is not in place on it (Caffe: 'produced by multiple sources')",
-                    pname,
-                )
-            if in_place and top in blobs:
-                info.owner = blobs[top].owner
-            blobs[top] = info
+        _add_tops(layer, _layer_tops(layer, known, prefixes.owner(layer)), blobs, out, pname)
     return blobs
+
+
+def _net_inputs(net: caffe_pb2.NetParameter) -> dict[str, _Blob]:
+    """The net-level inputs (``input`` / ``input_shape`` / legacy ``input_dim``)."""
+    blobs: dict[str, _Blob] = {}
+    for i, name in enumerate(net.input):
+        if net.input_shape:
+            dims = net.input_shape[i].dim if i < len(net.input_shape) else []
+            n = dims[0] if dims else None
+        else:
+            n = net.input_dim[4 * i] if len(net.input_dim) > 4 * i else None
+        blobs[name] = _Blob("(net input)", DATA, n, f"net input {name!r}")
+    return blobs
+
+
+def _layer_tops(layer: Any, known: list[_Blob | None], owner: str) -> list[_Blob]:
+    """What the layer's tops are: their batch size and where it comes from, owner, sizes."""
+    if layer.type in DATA_TYPES:
+        tops = [_Blob(layer.name, DATA, n, layer.name) for n in _data_batches(layer)]
+    else:
+        first = known[0] if known else None
+        keep = first is not None and (_keeps_n(layer) or layer.type in IRG_TYPES)
+        irg = layer.type in IRG_TYPES or any(k is not None and k.irg for k in known)
+        n = first.n if keep and first is not None else None
+        n_from = first.n_from if keep and first is not None else ""
+        ns = _axis0_batches(layer, known) or [n] * len(layer.top)
+        if any(m is not None for m in ns) and n is None:
+            n_from = next((k.n_from for k in known if k is not None and k.n_from), "")
+        tops = [_Blob(layer.name, owner, m, n_from, irg) for m in ns]
+        for top in tops:
+            if layer.type in IRG_TYPES:
+                top.irg_top = layer.name
+            if layer.type == "InnerProduct" and layer.inner_product_param.num_output:
+                top.features = layer.inner_product_param.num_output
+    for info, (c, d) in zip(tops, _instance_sizes(layer, known)):
+        info.channels, info.size = c, d
+    return tops
+
+
+def _add_tops(
+    layer: Any, tops: list[_Blob], blobs: dict[str, _Blob], out: _Collector, pname: str
+) -> None:
+    """Record the layer's tops; a second producer of a blob is what Caffe aborts on."""
+    for j, (top, info) in enumerate(zip(layer.top, tops)):
+        in_place = j < len(layer.bottom) and layer.bottom[j] == top
+        if in_place and top in blobs and blobs[top].readers:
+            out.add(
+                ERROR,
+                "in-place-shared",
+                layer.name,
+                f"{layer.type} runs in place on {top!r}, which {blobs[top].readers[0]!r} "
+                "also reads: Caffe's split of a shared blob makes this layer a second "
+                "producer and aborts ('produced by multiple sources'); give it its own top",
+                pname,
+            )
+        if top in blobs and not in_place:
+            out.add(
+                ERROR,
+                "duplicate-top",
+                layer.name,
+                f"top {top!r} is already produced by {blobs[top].producer!r} and this "
+                "layer is not in place on it (Caffe: 'produced by multiple sources')",
+                pname,
+            )
+        if in_place and top in blobs:
+            info.owner = blobs[top].owner
+        blobs[top] = info
 
 
 def _axis0_batches(

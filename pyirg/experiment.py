@@ -356,24 +356,20 @@ def train_run(
     teacher, student = _specs(cfg)
     data = Data.load(cfg.train_per_class)
     if run.method == TEACHER:
-        net, iterations, spec, prefix, init = (
-            teacher_net(cfg, teacher),
-            cfg.teacher_iter,
-            teacher,
-            "",
-            None,
-        )
+        net, iterations, spec, prefix = teacher_net(cfg, teacher), cfg.teacher_iter, teacher, ""
+        init = None
     else:
         net, iterations = student_net(cfg, run.method, teacher, student), cfg.max_iter
         spec, prefix, init = student, STUDENT_PREFIX, init_weights_path(cfg, run.seed)
     out = run.folder(cfg)
+    every = cfg.test_interval or iterations
     solver = make_solver(
         net,
         cfg.schedule(iterations),
         snapshot_prefix="net",
         test_iter=math.ceil(len(data.test_labels) / cfg.batch),
-        test_interval=cfg.test_interval or iterations,
-        display=cfg.test_interval or iterations,
+        test_interval=every,
+        display=every,
         snapshot=iterations,
         random_seed=run.seed,
     )

@@ -94,12 +94,8 @@ def _number(name: str, prefix: str, kind: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def infer_spec(
-    net: Any, prefix: str | None = None, depth: int | None = None, width: float | None = None
-) -> Deploy:
-    """Recover the ResNetSpec (and prefix, input) of a deploy net; see the module docstring."""
-    from pyirg.arch import blocks_per_stage, cifar_resnet
-
+def _input_layer(net: Any) -> tuple[Any, tuple[int, ...]]:
+    """The one Input layer (N x C x H x W) of a net whose every layer is convertible."""
     for layer in net.layer:
         if layer.type not in CONVERTIBLE:
             raise ExportError(
@@ -116,14 +112,19 @@ def infer_spec(
     dims = tuple(int(d) for d in data.input_param.shape[0].dim)
     if len(dims) != 4:
         raise ExportError(f"Input layer {data.name!r} has shape {dims}; expected N x C x H x W")
+    return data, dims
+
+
+def _stem(net: Any, data_top: str, prefix: str | None) -> tuple[Any, str]:
+    """The stem convolution '<prefix>Convolution1' reading the input, and its prefix."""
     stems = [
-        layer for layer in net.layer if layer.type == "Convolution" and data.top[0] in layer.bottom
+        layer for layer in net.layer if layer.type == "Convolution" and data_top in layer.bottom
     ]
     match = re.fullmatch(r"(.*)Convolution1", stems[0].name) if len(stems) == 1 else None
     if match is None:
         names = [layer.name for layer in stems]
         raise ExportError(
-            f"cannot find the stem convolution '<prefix>Convolution1' reading {data.top[0]!r} "
+            f"cannot find the stem convolution '<prefix>Convolution1' reading {data_top!r} "
             f"(convolutions reading it: {names})"
         )
     stem, found = stems[0], match.group(1)
@@ -132,7 +133,17 @@ def infer_spec(
             f"--prefix {prefix!r} does not match the stem convolution {stem.name!r} "
             f"(prefix {found!r})"
         )
-    prefix = found
+    return stem, found
+
+
+def infer_spec(
+    net: Any, prefix: str | None = None, depth: int | None = None, width: float | None = None
+) -> Deploy:
+    """Recover the ResNetSpec (and prefix, input) of a deploy net; see the module docstring."""
+    from pyirg.arch import blocks_per_stage, cifar_resnet
+
+    data, dims = _input_layer(net)
+    stem, prefix = _stem(net, data.top[0], prefix)
     elts = sorted(
         n for n in (_number(layer.name, prefix, "Eltwise") for layer in net.layer) if n is not None
     )

@@ -153,26 +153,10 @@ def train(solver: PathLike | Any, out_dir: PathLike, **settings: Any) -> TrainRe
             csolver, s.teacher_weights, s.student_prefix, source, required=not resuming
         )
         _check_feeds(csolver, s, source)
-        run_info = {
-            "solver": "<param>" if isinstance(solver, caffe_pb2().SolverParameter) else str(solver),
-            "net": source,
-            "teacher_weights": str(s.teacher_weights) if s.teacher_weights else None,
-            "seed": s.seed,
-            "max_iter": s.max_iter,
-            "student_prefix": s.student_prefix,
-            "distillation": distill,
-            "init_weights": str(s.init_weights) if s.init_weights else None,
-        }
-        run = TrainingRun(
-            csolver, param, out, tmp, name, s, distill, run_info, label_rules(net_param)
-        )
+        info = _run_info(solver, source, s, distill)
+        run = TrainingRun(csolver, param, out, tmp, name, s, distill, info, label_rules(net_param))
         if resuming:
-            run.restore(resumable_snapshot(out, name, net_param_shapes([csolver.net])))
-            if csolver.iter > s.max_iter:
-                raise TrainError(
-                    f"{out} is already at iteration {csolver.iter}, past --max-iter "
-                    f"{s.max_iter}: nothing to resume"
-                )
+            _restore(run, csolver, out, name, s.max_iter)
         elif s.resume:
             print(
                 f"notice: {out} holds no snapshot '{name}_iter_*': starting at 0", file=sys.stderr
@@ -181,6 +165,21 @@ def train(solver: PathLike | Any, out_dir: PathLike, **settings: Any) -> TrainRe
         return run.run()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_info(solver: Any, source: str, s: TrainSettings, distill: bool) -> dict[str, Any]:
+    """What metrics.json says about the run."""
+    given = isinstance(solver, caffe_pb2().SolverParameter)
+    return {
+        "solver": "<param>" if given else str(solver),
+        "net": source,
+        "teacher_weights": str(s.teacher_weights) if s.teacher_weights else None,
+        "seed": s.seed,
+        "max_iter": s.max_iter,
+        "student_prefix": s.student_prefix,
+        "distillation": distill,
+        "init_weights": str(s.init_weights) if s.init_weights else None,
+    }
 
 
 def _resolved(s: TrainSettings, param: Any) -> TrainSettings:
@@ -262,6 +261,16 @@ def run_preflight(
     if errors:
         raise PreflightError(f"{source}: pre-flight check failed:\n  " + "\n  ".join(errors))
     return [str(p) for p in problems if not p.is_error]
+
+
+def _restore(run: TrainingRun, csolver: Any, out: Path, name: str, max_iter: int) -> None:
+    """Continue from the newest complete snapshot, if it is not past ``max_iter``."""
+    run.restore(resumable_snapshot(out, name, net_param_shapes([csolver.net])))
+    if csolver.iter > max_iter:
+        raise TrainError(
+            f"{out} is already at iteration {csolver.iter}, past --max-iter {max_iter}: "
+            "nothing to resume"
+        )
 
 
 def label_rules(net_param: Any) -> dict[str, tuple[int, int | None]]:
