@@ -55,3 +55,14 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
         sys.stdout.write(proc.stdout[-20000:])
         sys.stderr.write(proc.stderr[-20000:])
     return proc
+
+
+PYIRG_ENV = dict(os.environ, GLOG_minloglevel="2", MPLBACKEND="Agg")
+
+
+def run_pyirg(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m pyirg ARGV`` from the checkout, as a user runs it (output captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pyirg", *argv],
+        capture_output=True, text=True, cwd=REPO, env=PYIRG_ENV, timeout=timeout,
+    )  # fmt: skip

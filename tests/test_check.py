@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import run_pyirg
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 pytest.importorskip("caffe")
@@ -359,3 +360,41 @@ def test_batch_of_one_vector_layer_that_still_trains_is_not_flagged() -> None:
     assert "irg-batch-1" in kinds(check_net(net))  # normalized: always 1, gradient 0
     v.irg_param.normalize = caffe_pb2.IRGParameter.NONE  # t = |x - y|: it trains
     assert "irg-batch-1" not in kinds(check_net(net))
+
+
+def test_empty_net_and_unknown_layer_type_are_errors() -> None:
+    assert [p.kind for p in check_net(caffe_pb2.NetParameter())] == ["empty-net"]
+    net = caffe_pb2.NetParameter()
+    net.layer.add(name="x", type="Input", top=["x"]).input_param.shape.add(dim=[4, 3])
+    net.layer.add(name="bem", type="BatchEuclidMap", bottom=["x"], top=["bem"])
+    found = [p for p in check_net(net) if p.kind == "unknown-type"]
+    assert len(found) == 1 and "'BatchEuclideanMap'" in found[0].message  # the close match
+
+
+def test_a_mean_file_of_another_size_than_the_lmdb_images(tmp_path: Path) -> None:
+    from pyirg import prepare
+
+    data = tmp_path / "digits"
+    assert prepare.main(["digits", str(data), "--quiet"]) == 0
+
+    def net(source: str, mean: str) -> caffe_pb2.NetParameter:
+        n = caffe_pb2.NetParameter()
+        layer = n.layer.add(name="Data1", type="Data", top=["Data1", "Data2"])
+        layer.data_param.source = str(data / source)
+        layer.data_param.batch_size = 4
+        layer.data_param.backend = caffe_pb2.DataParameter.LMDB
+        layer.transform_param.mean_file = str(data / mean)
+        return n
+
+    found = [p for p in check_net(net("train_lmdb", "mean_pad.binaryproto"))]
+    assert [p.kind for p in found] == ["mean-mismatch"]
+    assert "1x10x10" in found[0].message and "1x8x8" in found[0].message
+    assert check_net(net("train_pad_lmdb", "mean_pad.binaryproto")) == []
+    assert check_net(net("test_lmdb", "mean.binaryproto")) == []
+
+
+def test_a_fifo_net_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "net.prototxt"
+    os.mkfifo(fifo)
+    proc = run_pyirg("check", str(fifo), timeout=60)
+    assert proc.returncode != 0 and "not a regular file" in proc.stdout + proc.stderr

@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import importlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -13,12 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, run
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("caffe")  # pyirg.experiment builds its nets with pycaffe's NetSpec
 
 from pyirg import experiment
 from pyirg.cli import COMMANDS
 from pyirg.experiment import ExperimentConfig, Run, Scheduler, paired, summarize
+from pyirg.experiment import main as main_job
 
 ENV = dict(os.environ, GLOG_minloglevel="2", MPLBACKEND="Agg")
 
@@ -303,3 +307,73 @@ def test_overwrite_moves_only_a_job_folder_aside(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="holds no pyirg main job"):
         experiment.move_job_aside(mine)
     assert (mine / "notes.txt").read_text() == "keep"
+
+
+def test_non_finite_widths_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="teacher_width must be a positive finite"):
+        ExperimentConfig(teacher_width=float("nan"))
+
+
+def test_quick_keeps_the_options_given_explicitly(capsys) -> None:
+    with pytest.raises(SystemExit) as info:  # --max-iter 0 was silently replaced by 24
+        main_job(["--quick", "--max-iter", "0", "--out", "/nonexistent/never"])
+    assert info.value.code == 2 and "max_iter" in capsys.readouterr().err
+
+
+def test_main_refuses_weights_its_methods_do_not_use(capsys) -> None:
+    for argv in (
+        ["--methods", "baseline", "--edge-weight", "0.7"],
+        ["--methods", "IRG", "--transform-weight", "0.3"],
+    ):
+        with pytest.raises(SystemExit) as info:
+            main_job(["--quick", "--out", "/nonexistent/never", *argv])
+        assert info.value.code == 2 and "not used by --methods" in capsys.readouterr().err
+
+
+def test_main_checks_the_depth_irg_t_needs_before_training() -> None:
+    with pytest.raises(ValueError, match="student_depth must be >= 14"):
+        ExperimentConfig(methods=("baseline", "IRG-t"), student_depth=8)
+    ExperimentConfig(methods=("baseline", "IRG"), student_depth=8)
+
+
+def test_negative_seeds_are_refused() -> None:
+    with pytest.raises(ValueError, match="seeds must be >= 0"):
+        ExperimentConfig(seeds=(-1,))
+    with pytest.raises(ValueError, match="seeds must be >= 0"):
+        ExperimentConfig(teacher_seed=-1)
+
+
+numbers = st.one_of(
+    st.integers(-3, 1000),
+    st.floats(allow_nan=True, allow_infinity=True, width=32),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    batch=st.integers(-2, 300),
+    max_iter=st.integers(-2, 50),
+    train_per_class=st.integers(-2, 400),
+    jobs=st.integers(-2, 8),
+    edge=numbers,
+    lr=numbers,
+)
+def test_main_options_are_either_valid_or_refused(
+    batch, max_iter, train_per_class, jobs, edge, lr
+) -> None:
+    try:
+        cfg = ExperimentConfig(
+            batch=batch,
+            max_iter=max_iter,
+            train_per_class=train_per_class,
+            jobs=jobs,
+            edge_weight=float(edge),
+            base_lr=float(lr),
+        )
+    except ValueError as e:
+        assert str(e)  # refused with a message (never another exception type)
+        return
+    assert cfg.batch >= 2 and cfg.max_iter >= 4 and cfg.jobs >= 0
+    assert 1 <= cfg.train_per_class <= 173
+    assert math.isfinite(cfg.edge_weight) and cfg.edge_weight >= 0
+    assert math.isfinite(cfg.base_lr) and cfg.base_lr >= 0

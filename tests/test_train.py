@@ -6,11 +6,13 @@ import json
 import os
 import signal
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_pyirg
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 caffe = pytest.importorskip("caffe")
@@ -732,3 +734,78 @@ def test_ignore_label_is_not_a_label_out_of_range(tmp_path: Path, feeds) -> None
     result = run(path, tmp_path / "out", (with_ignored, test_fn), max_iter=2, test_interval=0,
                  solver=dict(test_iter=[]))  # fmt: skip
     assert result.iterations == 2
+
+
+def test_a_binary_caffemodel_given_as_a_net_names_the_file(tmp_path: Path) -> None:
+    model = tmp_path / "teacher.caffemodel"
+    model.write_bytes(b"\x0a\x04name\xa2\x06\xff\xfe\xfd")
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(f'net: "{model}"\nbase_lr: 0.1\nmax_iter: 2\n')
+    proc = run_pyirg("train", "--solver", str(solver), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "teacher.caffemodel" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_generated_input_solvers_test_and_labels_past_the_classes_are_refused(
+    tmp_path: Path,
+) -> None:
+    """Generated Input-fed solvers had no test_iter (no test net, --test-interval ignored);
+    a 5-class net fed the 10 digit classes corrupted memory (glibc: double free)."""
+    nets = tmp_path / "nets"
+    proc = run_pyirg(
+        "gen", "--method", "baseline", "--dataset", "digits", "--data", "input",
+        "--student-depth", "8", "--num-classes", "5", "--name", "b5", "--out", str(nets),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    solver = caffe_pb2.SolverParameter()
+    from google.protobuf import text_format
+
+    text_format.Merge((nets / "solver_b5.prototxt").read_text(), solver)
+    assert list(solver.test_iter) and solver.test_iter[0] >= 1
+    data = tmp_path / "digits"
+    assert run_pyirg("prepare-data", "digits", str(data), "--quiet").returncode == 0
+    proc = run_pyirg(
+        "train", "--solver", str(nets / "solver_b5.prototxt"), "--npy-data", str(data),
+        "--out", str(tmp_path / "run"), "--max-iter", "4", "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "5 classes" in proc.stderr and "labels" in proc.stderr
+
+
+def test_nan_teacher_weights_are_refused(tmp_path: Path) -> None:
+    from pyirg.train import TeacherWeightsError
+    from pyirg.train.weights import require_finite
+
+    net = types.SimpleNamespace(
+        params={"ip1": [types.SimpleNamespace(data=np.array([1.0, np.nan]))]}
+    )
+    with pytest.raises(TeacherWeightsError, match="non-finite.*ip1"):
+        require_finite(net, ["ip1"], tmp_path / "nan.caffemodel")
+    require_finite(net, [], tmp_path / "nan.caffemodel")
+
+
+def test_teacher_weights_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    from pyirg.train import TrainError
+    from pyirg.train.folder import run_settings
+
+    fifo = tmp_path / "teacher.caffemodel"
+    os.mkfifo(fifo)
+    with pytest.raises(TrainError, match="not a regular file"):
+        run_settings(
+            caffe_pb2.SolverParameter(), caffe_pb2.NetParameter(), seed=0,
+            teacher_weights=str(fifo), init_weights=None, student_prefix="stu_",
+        )  # fmt: skip
+
+
+def test_input_feeding_options_without_npy_data_are_refused(tmp_path: Path) -> None:
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('net: "n.prototxt"\n')
+    proc = run_pyirg("train", "--solver", str(solver), "--out", str(tmp_path / "o"), "--mirror")
+    assert proc.returncode == 2 and "--mirror apply only with --npy-data" in proc.stderr
+
+
+def test_a_fifo_solver_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "solver.prototxt"
+    os.mkfifo(fifo)
+    proc = run_pyirg("train", "--solver", str(fifo), "--out", str(tmp_path / "o"), timeout=60)
+    assert proc.returncode == 2 and "not a regular file" in proc.stderr

@@ -1,7 +1,6 @@
-"""Tests of the net generator (pyirg.netspec, pyirg.distill, pyirg.solver, pyirg.gen).
-
-Expected structure comes from the authors' released prototxts (read from ../shared, not
-copied) and from the paper's definitions, expected values from numpy written here.
+"""Tests of the distillation nets (pyirg.distill): topology against the authors' released
+prototxts (read from ../shared, not copied), every term combination run in pycaffe, and
+the terms' values against numpy written here from the paper's definitions.
 """
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +21,6 @@ from google.protobuf import text_format  # noqa: E402
 from pyirg.arch import cifar_resnet  # noqa: E402
 from pyirg.data.core import DATASETS  # noqa: E402
 from pyirg.distill import METHOD_WEIGHTS, DistillConfig, distill_net  # noqa: E402
-from pyirg.gen import main as gen_main  # noqa: E402
-from pyirg.gen import reference_files  # noqa: E402
 from pyirg.netspec import DataConfig, deploy_net, train_net  # noqa: E402
 from pyirg.solver import Schedule, make_solver  # noqa: E402
 
@@ -37,32 +33,6 @@ def parse(text: str) -> caffe_pb2.NetParameter:
     net = caffe_pb2.NetParameter()
     text_format.Merge(text, net)
     return net
-
-
-# ----------------------------------------------------------------------------- committed files
-
-
-def test_committed_prototxt_is_generated_output(tmp_path: Path) -> None:
-    assert gen_main(["--out", str(tmp_path), "--net-dir", "prototxt"]) == 0
-    names = sorted(reference_files())
-    assert sorted(p.name for p in tmp_path.iterdir()) == names
-    stale = [n for n in names if (REPO / "prototxt" / n).read_text() != (tmp_path / n).read_text()]
-    assert not stale, f"prototxt/ is stale, run python tools/gen_prototxt.py: {stale}"
-
-
-def test_solvers_follow_he_et_al() -> None:
-    for name in ("ResNet-20", "IRG", "IRG_Transformation"):
-        sp = caffe_pb2.SolverParameter()
-        text_format.Merge((REPO / "prototxt" / f"solver_{name}.prototxt").read_text(), sp)
-        assert sp.net == f"prototxt/{name}.prototxt"
-        assert (sp.type, sp.lr_policy) == ("SGD", "multistep")
-        assert sp.base_lr == pytest.approx(0.1) and sp.gamma == pytest.approx(0.1)
-        assert sp.momentum == pytest.approx(0.9) and sp.weight_decay == pytest.approx(1e-4)
-        assert list(sp.stepvalue) == [32000, 48000] and sp.max_iter == 64000
-        assert list(sp.test_iter) == [100]  # 10000 CIFAR test images / TEST batch 100
-
-
-# ----------------------------------------------------------------------------- vs the authors
 
 
 def _phases(rules: list[caffe_pb2.NetStateRule]) -> list[str]:
@@ -166,12 +136,15 @@ def test_method_weights_agree_with_pytorch_reference() -> None:
         assert ours == weights, method
 
 
-# ----------------------------------------------------------------------------- run in pycaffe
-
-
 TEACHER = cifar_resnet(14, 0.5, in_channels=1)  # 8/16/32 channels
+
+
 STUDENT = cifar_resnet(14, 0.25, in_channels=1)  # 4/8/16
+
+
 STUDENT8 = cifar_resnet(8, 0.25, in_channels=1, numbering_depth=14)  # Eltwise1, 3, 5
+
+
 CASES = {
     "logits": dict(method="logits"),
     "IRG": dict(method="IRG"),
@@ -192,9 +165,15 @@ CASES = {
     ),
     "MTK-none": dict(method="MTK", normalize="NONE"),
 }
+
+
 # The loss layers each case must have, with their weights, by the paper's terms.
 EDGE_LOSSES = {"bem_loss": 0.005}
+
+
 VECTOR_LOSSES = {"bem12_loss": 0.005, "bem34_loss": 0.005, "bem56_loss": 0.005}
+
+
 EXPECTED_LOSSES = {
     "logits": {"logits_loss": 0.05},
     "IRG": {"logits_loss": 0.05, **EDGE_LOSSES},
@@ -334,39 +313,6 @@ def test_teacher_frozen_after_two_solver_steps(tmp_path: Path) -> None:
     assert set(changed) == set(student), set(student) - set(changed)
 
 
-def test_baseline_and_deploy_nets_share_weights_by_name(tmp_path: Path) -> None:
-    caffe.set_mode_cpu()
-    cfg = case_config("IRG")
-    param = distill_net(cfg)
-    net = load(param)
-    feed(net)
-    net.forward()
-    weights = str(tmp_path / "irg.caffemodel")
-    net.save(weights)
-    deploy = deploy_net(STUDENT, "stu_", batch=6, channels=1, height=8, width=8)
-    assert all(not la.param for la in deploy.layer)
-    assert not any(la.type.endswith("Loss") for la in deploy.layer)
-    with tempfile.NamedTemporaryFile("w", suffix=".prototxt") as f:
-        f.write(text_format.MessageToString(deploy))
-        f.flush()
-        dnet = caffe.Net(f.name, caffe.TEST, weights=weights)
-    np.testing.assert_array_equal(
-        dnet.params["stu_Convolution1"][0].data, net.params["stu_Convolution1"][0].data
-    )
-    dnet.blobs["data"].data[...] = net.blobs["Data1"].data
-    prob = dnet.forward()["prob"]
-    assert prob.shape == (6, 10)
-    np.testing.assert_allclose(prob.sum(1), 1, rtol=1e-5)
-    baseline = load(train_net(STUDENT, DIGITS_INPUT))
-    feed(baseline)
-    loss = float(baseline.forward()["SoftmaxWithLoss1"])
-    assert math.isfinite(loss) and loss > 0
-    assert set(baseline.blob_loss_weights.values()) <= {0.0, 1.0}
-
-
-# ----------------------------------------------------------------------------- errors and CLI
-
-
 def test_config_errors_name_what_is_wrong() -> None:
     with pytest.raises(ValueError, match="one block in stage 1"):
         DistillConfig.for_method("IRG-t", TEACHER, STUDENT8, data=DIGITS_INPUT)
@@ -394,30 +340,6 @@ def test_config_errors_name_what_is_wrong() -> None:
             teacher_pairs=(("InnerProduct1", "Eltwise1"),),
             data=DIGITS_INPUT,
         )
-
-
-def _run_gen(args: list[str]) -> Iterator[str]:
-    with tempfile.TemporaryDirectory() as out:
-        assert gen_main(["--out", out, *args]) == 0
-        yield from sorted(os.listdir(out))
-
-
-def test_gen_cli_other_pairs_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    files = list(_run_gen(["--method", "MTK", "--student-depth", "14"]))
-    assert files == [
-        "MTK_ResNet-20_to_ResNet-14-x0.5.prototxt",
-        "deploy_MTK_ResNet-20_to_ResNet-14-x0.5.prototxt",
-        "solver_MTK_ResNet-20_to_ResNet-14-x0.5.prototxt",
-    ]
-    assert list(_run_gen(["--method", "IRG", "--student-width", "0.375"]))[0] == (
-        "IRG_ResNet-20_to_ResNet-20-x0.375.prototxt"
-    )
-    with pytest.raises(SystemExit) as exc:
-        gen_main(["--student-depth", "14"])
-    assert exc.value.code == 2
-    with pytest.raises(SystemExit):
-        gen_main(["--method", "IRG-t", "--student-depth", "8", "--out", "/nonexistent/x"])
-    assert "one block in stage 1" in capsys.readouterr().err
 
 
 def test_reduction_pooling_gives_the_same_transformation_terms() -> None:
@@ -450,43 +372,31 @@ def test_reduction_pooling_gives_the_same_transformation_terms() -> None:
     assert any(v > 0 for v in outputs[0].values())
 
 
-def test_each_data_set_has_one_preprocessing_everywhere() -> None:
-    """Generated digits LMDB nets scale and (don't) mirror as the main job trains."""
-    from pyirg import experiment
-    from pyirg.data.core import DATASETS
-    from pyirg.netspec import DataConfig, train_net
-
-    digits = DATASETS["digits"]
-    assert experiment.SCALE == digits.scale == pytest.approx(1 / 255)
-    assert experiment.PAD == digits.pad
-    net = train_net(cifar_resnet(8, 0.25, 10, 1), DataConfig(kind="lmdb", dataset=digits), "d")
-    transforms = [layer.transform_param for layer in net.layer if layer.type == "Data"]
-    assert len(transforms) == 2
-    for t in transforms:
-        assert t.scale == pytest.approx(1 / 255) and not t.mirror
-    cifar = train_net(cifar_resnet(8, 0.25, 10, 3), DataConfig(kind="lmdb"), "c")
-    train = next(layer for layer in cifar.layer if layer.type == "Data")
-    assert train.transform_param.mirror and not train.transform_param.HasField("scale")
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--method", "baseline", "--edge-weight", "0.1"], "--edge-weight: not used by"),
-        (["--method", "IRG-t", "--edge-layers", "Eltwise3"], "--edge-layers: not used by"),
-        (["--method", "IRG", "--transform-pool", "Reduction"], "--transform-pool: not used"),
-        (["--method", "logits", "--normalize", "MEAN"], "--normalize: not used by"),
-        (["--method", "baseline", "--teacher-depth", "32"], "--teacher-depth: not used by"),
-        (["--method", "IRG", "--num-classes", "0"], "--num-classes must be >= 1"),
-        (["--method", "IRG", "--train-batch", "0"], "--train-batch must be >= 1"),
-        (["--method", "MTK", "--student-width", "nan"], "--student-width must be a positive"),
-        (["--method", "MTK", "--teacher-width", "-1"], "--teacher-width must be a positive"),
-        (["--method", "IRG", "--logits-weight", "inf"], "--logits-weight must be a finite"),
-        (["--method", "IRG", "--edge-weight", "-0.1"], "--edge-weight must be a finite"),
-    ],
-)
-def test_gen_refuses_instead_of_ignoring(argv, message, tmp_path: Path, capsys) -> None:
-    with pytest.raises(SystemExit) as info:
-        gen_main(["--out", str(tmp_path), *argv])
-    assert info.value.code == 2 and message in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())  # nothing written
+def test_baseline_and_deploy_nets_share_weights_by_name(tmp_path: Path) -> None:
+    caffe.set_mode_cpu()
+    cfg = case_config("IRG")
+    param = distill_net(cfg)
+    net = load(param)
+    feed(net)
+    net.forward()
+    weights = str(tmp_path / "irg.caffemodel")
+    net.save(weights)
+    deploy = deploy_net(STUDENT, "stu_", batch=6, channels=1, height=8, width=8)
+    assert all(not la.param for la in deploy.layer)
+    assert not any(la.type.endswith("Loss") for la in deploy.layer)
+    with tempfile.NamedTemporaryFile("w", suffix=".prototxt") as f:
+        f.write(text_format.MessageToString(deploy))
+        f.flush()
+        dnet = caffe.Net(f.name, caffe.TEST, weights=weights)
+    np.testing.assert_array_equal(
+        dnet.params["stu_Convolution1"][0].data, net.params["stu_Convolution1"][0].data
+    )
+    dnet.blobs["data"].data[...] = net.blobs["Data1"].data
+    prob = dnet.forward()["prob"]
+    assert prob.shape == (6, 10)
+    np.testing.assert_allclose(prob.sum(1), 1, rtol=1e-5)
+    baseline = load(train_net(STUDENT, DIGITS_INPUT))
+    feed(baseline)
+    loss = float(baseline.forward()["SoftmaxWithLoss1"])
+    assert math.isfinite(loss) and loss > 0
+    assert set(baseline.blob_loss_weights.values()) <= {0.0, 1.0}
