@@ -71,6 +71,11 @@ class ResNetSpec:
     pool: str = "Pooling1"
     fc: str = "InnerProduct1"
     widths: tuple[int, int, int] = field(default=STAGE_WIDTHS)
+    #: The numbering and kept blocks it was built with (resolved), so that the PyTorch
+    #: reference (:mod:`pyirg.torch.resnet`) can build the same net from its own
+    #: description, reading only the choices that define the net.
+    numbering_depth: int | None = None
+    kept_blocks: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def feature_channels(self) -> int:
@@ -201,4 +206,6 @@ def cifar_resnet(
         stem=stem,
         blocks=tuple(blocks),
         widths=widths,
+        numbering_depth=numbering_depth or depth,
+        kept_blocks=tuple(tuple(k) for k in kept),
     )
