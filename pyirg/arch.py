@@ -1,8 +1,10 @@
 """One description of the CIFAR ResNet-(6n+2) family, shared by every backend.
 
-The Caffe generator (NetSpec) and the PyTorch reference both build their nets
-from :func:`cifar_resnet`, so layer names, channel counts and strides cannot
-drift apart between them, and weights transfer by name.
+The Caffe generator (NetSpec) builds every net from :func:`cifar_resnet`. The
+PyTorch reference (:mod:`pyirg.torch.resnet`) has its own description of the
+same family, written independently so that it can catch a bug here; a test
+holds the two against each other and against a hand-written ResNet-20 table,
+and weights transfer between them by name.
 
 Naming follows the authors' ResNet-20.prototxt: layers are numbered in network
 order (``Convolution1``, ``BatchNorm1``, ``Scale1``, ``ReLU1``, ``Eltwise1``,

@@ -138,7 +138,7 @@ def loss_terms(net_param: Any, student_prefix: str) -> dict[str, tuple[str, floa
 
 
 def _student_param_keys(model: Any, prefix: str) -> dict[str, tuple[str, int]]:
-    from pyirg.torch import caffe_name_map
+    from pyirg.torch.resnet import caffe_name_map
 
     params = dict(model.named_parameters())
     return {
@@ -184,8 +184,9 @@ def caffe_net_run(
 def check_net(case: NetCase, rng: np.random.Generator) -> list[Row]:
     """A distillation net in pycaffe (float32) vs the same in PyTorch (float64)."""
     from pyirg.distill import distill_net
-    from pyirg.torch import CifarResNet, IRGLoss
     from pyirg.torch.caffemodel import layers_from_pycaffe, load_caffe_weights
+    from pyirg.torch.losses import IRGLoss
+    from pyirg.torch.resnet import CifarResNet
 
     cfg = distill_config(case)
     net_param = distill_net(cfg)
