@@ -97,6 +97,33 @@ def test_a_wrong_irg_term_in_the_whole_net_is_caught(monkeypatch) -> None:
     assert by_term["gt"].passed and by_term["logits"].passed
 
 
+def test_a_wrong_pair_on_the_caffe_side_is_caught(monkeypatch) -> None:
+    """The PyTorch side chooses its own IRG-t pairs, so a wrong pyirg.distill choice fails."""
+    import pyirg.distill as distill
+
+    original = distill.stage_pairs
+
+    def wrong(spec):  # the student's stage-1 and stage-2 pairs swapped
+        pairs = original(spec)
+        student = spec.width == nc.NET_STUDENT[1]
+        return (pairs[1], pairs[0], *pairs[2:]) if student else pairs
+
+    monkeypatch.setattr(distill, "stage_pairs", wrong)
+    rows = nc.compare_net(nc.NetCase("IRG-t"), np.random.default_rng(0))
+    by_term = {r.case: r for r in rows}
+    assert not by_term["transform"].passed and not by_term["total"].passed
+    assert by_term["gt"].passed
+
+
+def test_a_wrong_architecture_on_the_caffe_side_is_caught(monkeypatch) -> None:
+    """The PyTorch nets come from the reference's own description, not from pyirg.arch."""
+    import pyirg.arch as arch
+
+    monkeypatch.setattr(arch, "STAGE_WIDTHS", (16, 32, 48))
+    with pytest.raises(ValueError, match="does not match the model's"):
+        nc.compare_net(nc.NetCase("IRG"), np.random.default_rng(0))
+
+
 @pytest.mark.parametrize("layer", lc.LAYERS)
 @pytest.mark.parametrize(
     "mode", [m for m in lc.ALL_MODES if m.backward == "EXACT"], ids=lambda m: m.label
