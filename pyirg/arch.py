@@ -1,4 +1,4 @@
-"""One description of the CIFAR ResNet-(6n+2) family, shared by every backend.
+"""The Caffe side's description of the CIFAR ResNet-(6n+2) family.
 
 The Caffe generator (NetSpec) builds every net from :func:`cifar_resnet`. The
 PyTorch reference (:mod:`pyirg.torch.resnet`) has its own description of the

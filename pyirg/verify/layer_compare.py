@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from caffe.proto import caffe_pb2
 
-from pyirg.netspec import caffe_net
+from pyirg.caffeio import caffe_net
 from pyirg.torch import layers as ref
 from pyirg.verify.report import (
     CAFFE_ROW,

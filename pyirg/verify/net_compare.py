@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 from pyirg.arch import cifar_resnet
+from pyirg.caffeio import caffe_net
 from pyirg.distill import DistillConfig, distill_net
-from pyirg.netspec import DataConfig, Dataset, caffe_net
+from pyirg.netspec import DataConfig, Dataset
 from pyirg.torch.caffemodel import layers_from_pycaffe, load_caffe_weights
 from pyirg.torch.losses import IRGLoss
 from pyirg.torch.resnet import CifarResNet, caffe_name_map, resnet_layout
