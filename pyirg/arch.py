@@ -1,8 +1,10 @@
-"""One description of the CIFAR ResNet-(6n+2) family, shared by every backend.
+"""The Caffe side's description of the CIFAR ResNet-(6n+2) family.
 
-The Caffe generator (NetSpec) and the PyTorch reference both build their nets
-from :func:`cifar_resnet`, so layer names, channel counts and strides cannot
-drift apart between them, and weights transfer by name.
+The Caffe generator (NetSpec) builds every net from :func:`cifar_resnet`. The
+PyTorch reference (:mod:`pyirg.torch.resnet`) has its own description of the
+same family, written independently so that it can catch a bug here; a test
+holds the two against each other and against a hand-written ResNet-20 table,
+and weights transfer between them by name.
 
 Naming follows the authors' ResNet-20.prototxt: layers are numbered in network
 order (``Convolution1``, ``BatchNorm1``, ``Scale1``, ``ReLU1``, ``Eltwise1``,
@@ -71,6 +73,11 @@ class ResNetSpec:
     pool: str = "Pooling1"
     fc: str = "InnerProduct1"
     widths: tuple[int, int, int] = field(default=STAGE_WIDTHS)
+    #: The numbering and kept blocks it was built with (resolved), so that the PyTorch
+    #: reference (:mod:`pyirg.torch.resnet`) can build the same net from its own
+    #: description, reading only the choices that define the net.
+    numbering_depth: int | None = None
+    kept_blocks: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def feature_channels(self) -> int:
@@ -201,4 +208,6 @@ def cifar_resnet(
         stem=stem,
         blocks=tuple(blocks),
         widths=widths,
+        numbering_depth=numbering_depth or depth,
+        kept_blocks=tuple(tuple(k) for k in kept),
     )

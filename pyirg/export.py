@@ -4,7 +4,7 @@
 [--batch N] [--input X.npy] [--depth D] [--width W] [--opset 17] [--atol 1e-4]``
 
 Why through PyTorch: the CIFAR ResNet already exists there with Caffe's layer names
-(:class:`pyirg.torch.CifarResNet`), checked against Caffe by ``tools/verify.py``, and
+(:class:`pyirg.torch.resnet.CifarResNet`), checked against Caffe by ``tools/verify.py``, and
 ``torch.onnx`` writes standard operators; a direct Caffe-to-ONNX translator would be a
 second implementation of the same network to keep in step.
 
@@ -262,8 +262,8 @@ class _WithSoftmax(nn.Module):
 
 def build_model(deploy: Deploy, weights: str | Path) -> nn.Module:
     """CifarResNet of the deploy spec with the caffemodel's weights, eval mode, float32."""
-    from pyirg.torch import CifarResNet
     from pyirg.torch.caffemodel import load_caffe_weights
+    from pyirg.torch.resnet import CifarResNet
 
     model = CifarResNet(deploy.spec)
     try:

@@ -17,7 +17,6 @@ from caffe.proto import caffe_pb2  # noqa: E402
 
 from pyirg.arch import cifar_resnet  # noqa: E402
 from pyirg.netspec import deploy_net  # noqa: E402
-from pyirg.torch import CifarResNet  # noqa: E402
 from pyirg.torch.caffemodel import (  # noqa: E402
     caffe_layers_from_model,
     layers_from_pycaffe,
@@ -27,6 +26,7 @@ from pyirg.torch.caffemodel import (  # noqa: E402
     save_caffemodel,
     state_dict_from_caffe,
 )
+from pyirg.torch.resnet import CifarResNet  # noqa: E402
 
 SPEC = cifar_resnet(8, 0.25)
 

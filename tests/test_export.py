@@ -20,12 +20,12 @@ from google.protobuf import text_format  # noqa: E402
 from pyirg import export  # noqa: E402
 from pyirg.arch import cifar_resnet  # noqa: E402
 from pyirg.netspec import deploy_net  # noqa: E402
-from pyirg.torch import CifarResNet  # noqa: E402
 from pyirg.torch.caffemodel import (  # noqa: E402
     caffe_layers_from_model,
     net_parameter_from_layers,
     save_caffemodel,
 )
+from pyirg.torch.resnet import CifarResNet  # noqa: E402
 
 #: ResNet-14 x0.25 numbered as ResNet-20 (gaps in the numbering), as a distilled student.
 SPEC = cifar_resnet(14, 0.25, numbering_depth=20)

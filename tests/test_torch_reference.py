@@ -14,16 +14,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pyirg.arch import cifar_resnet
-from pyirg.torch import (
+from pyirg.torch.layers import (
     BatchEuclideanMap,
     BatchEuclideanVector,
-    CaffeBatchNorm2d,
-    CifarResNet,
-    IRGLoss,
     batch_euclidean_map,
     batch_euclidean_vector,
+)
+from pyirg.torch.losses import IRGLoss
+from pyirg.torch.resnet import (
+    CaffeBatchNorm2d,
+    CifarResNet,
     caffe_name_map,
+    resnet_layout,
     stage_transform_pairs,
 )
 
@@ -458,27 +460,27 @@ def test_irg_loss_methods():
 @pytest.mark.parametrize("width", [1.0, 0.5, 0.25])
 @pytest.mark.parametrize("depth", [8, 14, 20])
 def test_resnet_shapes_and_names(depth, width):
-    spec = cifar_resnet(depth, width, num_classes=7)
-    model = CifarResNet(spec)
+    layout = resnet_layout(depth, width, num_classes=7)
+    model = CifarResNet(layout)
     logits, feats = model(torch.randn(2, 3, 16, 16), return_features=True)
     assert logits.shape == (2, 7)
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert len(convs) == len(spec.convs()) == depth + 1  # stem, 2 per block, 2 projections
+    assert len(convs) == len(layout.units()) == depth + 1  # stem, 2 per block, 2 projections
     n_blocks = 3 * (depth - 2) // 6
     names = set(model.layers)
-    for k in range(1, len(spec.convs()) + 1):
+    for k in range(1, len(layout.units()) + 1):
         assert {f"Convolution{k}", f"BatchNorm{k}", f"Scale{k}"} <= names
     eltwise = {f"Eltwise{k}" for k in range(1, n_blocks + 1)}
     assert eltwise <= names and {"Pooling1", "InnerProduct1"} <= names
     assert set(feats) == eltwise | {"Pooling1", "logits"}
-    assert feats["Pooling1"].shape == (2, spec.widths[2])
+    assert feats["Pooling1"].shape == (2, layout.channels[2])
     torch.testing.assert_close(feats["Pooling1"], feats[f"Eltwise{n_blocks}"].mean((2, 3)))
     assert all(feats[k].min() >= 0 for k in eltwise)  # taken after the in-place ReLU
     assert feats["logits"] is logits
 
 
 def test_resnet20_numbering():
-    model = CifarResNet.from_arch(20)
+    model = CifarResNet(resnet_layout(20))
     names = set(model.layers)
     assert {f"Convolution{k}" for k in range(1, 22)} <= names
     assert "Convolution22" not in names
@@ -486,7 +488,7 @@ def test_resnet20_numbering():
     assert isinstance(model.layers["Convolution8"], torch.nn.Conv2d)
     assert model.layers["Convolution8"].stride == (2, 2)  # stage 2 projection
     assert model.layers["Convolution8"].kernel_size == (1, 1)
-    assert stage_transform_pairs(model.spec) == [
+    assert stage_transform_pairs(model.layout) == [
         ("Eltwise3", "Eltwise1"),
         ("Eltwise6", "Eltwise4"),
         ("Pooling1", "Eltwise7"),
@@ -494,24 +496,24 @@ def test_resnet20_numbering():
 
 
 def test_resnet14_numbered_as_20_has_gaps():
-    model = CifarResNet.from_arch(14, 0.5, numbering_depth=20)
+    model = CifarResNet(resnet_layout(14, 0.5, numbering_depth=20))
     names = set(model.layers)
     assert "Convolution4" not in names and "Convolution6" in names
     _, feats = model(torch.randn(2, 3, 8, 8), return_features=True)
     assert {k for k in feats if k.startswith("Eltwise")} == {
         f"Eltwise{k}" for k in (1, 3, 4, 5, 7, 9)
     }
-    assert stage_transform_pairs(model.spec) == [
+    assert stage_transform_pairs(model.layout) == [
         ("Eltwise3", "Eltwise1"),
         ("Eltwise5", "Eltwise4"),
         ("Pooling1", "Eltwise7"),
     ]
     with pytest.raises(ValueError, match="one block"):
-        stage_transform_pairs(cifar_resnet(8))
+        stage_transform_pairs(resnet_layout(8))
 
 
 def test_caffe_name_map():
-    model = CifarResNet.from_arch(8, 0.25)
+    model = CifarResNet(resnet_layout(8, 0.25))
     mapping = caffe_name_map(model)
     state = model.state_dict()
     unmapped = {k for k in state if k not in mapping}
@@ -547,3 +549,191 @@ def test_batchnorm_follows_caffe_moving_average():
     x = rand(2, 3, 2, 2, seed=200)
     expected = (x - (s_mean / f).view(1, 3, 1, 1)) / torch.sqrt((s_var / f).view(1, 3, 1, 1) + 1e-5)
     torch.testing.assert_close(bn(x), expected)
+
+
+# ------------------------------------------- the reference's description against pyirg's
+#
+# pyirg.torch describes the ResNets and chooses the IRG layers itself; pyirg.arch and
+# pyirg.distill do the same for the Caffe nets. These tests hold the two against each other
+# and both against tables written here from the paper and the authors' prototxts, so a bug
+# on either side fails them (with only the first, a bug shared by both would pass).
+
+#: Every convolution of ResNet-20 in network order: (name, in, out, kernel, stride). A 3x3
+#: stem to 16 channels; 3 stages of 3 basic blocks (two 3x3 convolutions) with 16, 32, 64
+#: channels; the first block of stages 2 and 3 strides by 2 and has a strided 1x1
+#: projection, numbered before that block's convolutions.
+RESNET20_CONVS = [
+    ("Convolution1", 3, 16, 3, 1),
+    *((f"Convolution{k}", 16, 16, 3, 1) for k in range(2, 8)),
+    ("Convolution8", 16, 32, 1, 2),
+    ("Convolution9", 16, 32, 3, 2),
+    *((f"Convolution{k}", 32, 32, 3, 1) for k in range(10, 15)),
+    ("Convolution15", 32, 64, 1, 2),
+    ("Convolution16", 32, 64, 3, 2),
+    *((f"Convolution{k}", 64, 64, 3, 1) for k in range(17, 22)),
+]
+#: The IRG-t pairs of the authors' IRG_Transformation.prototxt (bem13, bem46, bem79) for
+#: the ResNet-20 teacher and their ResNet-14 student numbered as ResNet-20.
+AUTHORS_PAIRS_20 = [("Eltwise3", "Eltwise1"), ("Eltwise6", "Eltwise4"), ("Pooling1", "Eltwise7")]
+AUTHORS_PAIRS_14_UNDER_20 = [
+    ("Eltwise3", "Eltwise1"),
+    ("Eltwise5", "Eltwise4"),
+    ("Pooling1", "Eltwise7"),
+]
+#: (depth, width, classes, input channels, numbering depth, kept blocks).
+NETS = [
+    *((d, w, 10, 3, None, None) for d in (8, 14, 20, 32, 56) for w in (1.0, 0.5, 0.375, 0.25)),
+    (14, 0.5, 10, 3, 20, None),
+    (14, 0.25, 100, 1, 20, ((0, 1), (0, 2), (0, 1))),
+    (8, 0.25, 7, 1, 14, None),
+    (8, 0.5, 10, 3, 20, None),
+    (20, 0.5, 10, 3, 32, ((0, 1, 4), (0, 2, 3), (0, 1, 2))),
+]
+
+
+CHOICES = ("depth", "width", "num_classes", "in_channels", "numbering_depth", "kept_blocks")
+SHAPE = ("in_channels", "out_channels", "kernel", "stride", "pad")
+
+
+def values(obj, names) -> tuple | None:
+    return None if obj is None else tuple(getattr(obj, n) for n in names)
+
+
+def reference_rows(layout) -> dict:
+    """Everything the reference's description decides, in plain values."""
+    unit = ("conv", "bn", "scale", "relu_name", *SHAPE)
+    return {
+        "choices": values(layout, CHOICES),
+        "channels": layout.channels,
+        "stem": values(layout.stem, unit),
+        "blocks": [
+            (b.stage, b.position, b.eltwise, b.relu_name)
+            + tuple(values(u, unit) for u in (b.shortcut, b.conv_a, b.conv_b))
+            for b in layout.blocks
+        ],
+        "top": (layout.pool, layout.fc),
+    }
+
+
+def arch_rows(spec) -> dict:
+    """The same values from a pyirg.arch spec (its own field names)."""
+    unit = ("conv", "bn", "scale", "relu", *SHAPE)
+    return {
+        "choices": values(spec, CHOICES),
+        "channels": spec.widths,
+        "stem": values(spec.stem, unit),
+        "blocks": [
+            (b.stage, b.index, b.eltwise, b.relu)
+            + tuple(values(u, unit) for u in (b.proj, b.conv_a, b.conv_b))
+            for b in spec.blocks
+        ],
+        "top": (spec.pool, spec.fc),
+    }
+
+
+def model_convs(model: CifarResNet) -> list[tuple[str, int, int, int, int]]:
+    """The convolutions the built model really holds, checked for 'same' padding."""
+    out = []
+    for name, m in model.layers.items():
+        if isinstance(m, torch.nn.Conv2d):
+            assert (
+                m.padding == (m.kernel_size[0] // 2,) * 2 and m.kernel_size[0] == m.kernel_size[1]
+            )
+            out.append((name, m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0]))
+    return out
+
+
+def test_resnet20_convolutions_are_the_papers_on_both_sides():
+    from pyirg.arch import cifar_resnet
+
+    layout, spec = resnet_layout(20), cifar_resnet(20)
+    rows = [(u.conv, u.in_channels, u.out_channels, u.kernel, u.stride) for u in layout.units()]
+    assert rows == RESNET20_CONVS
+    assert [(c.conv, c.in_channels, c.out_channels, c.kernel, c.stride) for c in spec.convs()] == (
+        RESNET20_CONVS
+    )
+    assert model_convs(CifarResNet(layout)) == RESNET20_CONVS
+    assert model_convs(CifarResNet(spec)) == RESNET20_CONVS  # built from arch's choices only
+    assert [b.eltwise for b in layout.blocks] == [f"Eltwise{k}" for k in range(1, 10)]
+    assert [b.eltwise for b in spec.blocks] == [f"Eltwise{k}" for k in range(1, 10)]
+
+
+@pytest.mark.parametrize("net", NETS, ids=str)
+def test_reference_and_arch_describe_the_same_nets(net):
+    from pyirg.arch import cifar_resnet
+
+    spec = cifar_resnet(*net)
+    assert reference_rows(resnet_layout(*net)) == arch_rows(spec)
+    assert reference_rows(CifarResNet(spec).layout) == arch_rows(spec)
+
+
+def test_the_comparison_sees_a_one_field_difference():
+    """A wrong stride (or name) on the arch side must make the descriptions differ."""
+    import dataclasses
+
+    from pyirg.arch import cifar_resnet
+
+    spec = cifar_resnet(20)
+    block = spec.blocks[3]
+    wrong_stride = dataclasses.replace(block, conv_a=dataclasses.replace(block.conv_a, stride=1))
+    wrong_name = dataclasses.replace(block, eltwise="Eltwise5")
+    for bad in (wrong_stride, wrong_name):
+        blocks = spec.blocks[:3] + (bad,) + spec.blocks[4:]
+        assert reference_rows(resnet_layout(20)) != arch_rows(
+            dataclasses.replace(spec, blocks=blocks)
+        )
+
+
+def test_the_reference_imports_nothing_else_of_pyirg():
+    """Independence: beyond the package's own __init__, only pyirg.torch.* is loaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pyirg; base = set(sys.modules); "
+        "import pyirg.torch.layers, pyirg.torch.losses, pyirg.torch.resnet; "
+        "print(' '.join(sorted(m for m in set(sys.modules) - base if m.startswith('pyirg'))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    loaded = proc.stdout.split()
+    assert "pyirg.torch.resnet" in loaded
+    assert all(m == "pyirg.torch" or m.startswith("pyirg.torch.") for m in loaded), loaded
+
+
+@pytest.mark.parametrize("net", [n for n in NETS if n[0] >= 14], ids=str)
+def test_reference_pairs_are_distills(net):
+    pytest.importorskip("caffe")
+    from pyirg.arch import cifar_resnet
+    from pyirg.distill import stage_pairs
+
+    assert stage_transform_pairs(resnet_layout(*net)) == list(stage_pairs(cifar_resnet(*net)))
+
+
+def test_reference_pairs_are_the_authors():
+    assert stage_transform_pairs(resnet_layout(20)) == AUTHORS_PAIRS_20
+    student = resnet_layout(14, 0.5, numbering_depth=20)
+    assert stage_transform_pairs(student) == AUTHORS_PAIRS_14_UNDER_20
+    loss = IRGLoss.from_networks("IRG-t", resnet_layout(20), student)
+    assert list(loss.teacher_transform_pairs) == AUTHORS_PAIRS_20
+    assert list(loss.transform_pairs) == AUTHORS_PAIRS_14_UNDER_20
+    assert IRGLoss.from_networks("IRG", resnet_layout(20), student).edge_layers == ("Pooling1",)
+
+
+@pytest.mark.parametrize("method", ["IRG", "IRG-t", "MTK"])
+def test_reference_losses_choose_what_distill_chooses(method):
+    """Same weights, edge layers and transformation pairs (teacher's and student's)."""
+    pytest.importorskip("caffe")
+    from pyirg.arch import cifar_resnet
+    from pyirg.distill import DistillConfig
+
+    teacher, student = (20, 1.0), (14, 0.5, 10, 3, 20)
+    cfg = DistillConfig.for_method(method, cifar_resnet(*teacher), cifar_resnet(*student))
+    loss = IRGLoss.from_networks(method, resnet_layout(*teacher), resnet_layout(*student))
+    assert loss.weights == {
+        "gt": cfg.gt, "logits": cfg.logits, "edges": cfg.edges, "transform": cfg.transform
+    }  # fmt: skip
+    assert loss.edge_layers == (cfg.edge_layers if cfg.edges else ("Pooling1",))
+    t_pairs, s_pairs = cfg.pairs() if cfg.transform else ((), ())
+    assert loss.teacher_transform_pairs == tuple(t_pairs)
+    assert loss.transform_pairs == tuple(s_pairs)

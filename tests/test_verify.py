@@ -18,12 +18,14 @@ from conftest import REPO, run  # noqa: E402
 
 import pyirg.torch.layers as torch_layers  # noqa: E402
 import pyirg.torch.losses as torch_losses  # noqa: E402
-from pyirg import verify  # noqa: E402
+from pyirg.verify import cli, report  # noqa: E402
+from pyirg.verify import layer_compare as lc  # noqa: E402
+from pyirg.verify import net_compare as nc  # noqa: E402
 
 
 def _report(tmp_path, *argv: str) -> tuple[int, list[dict]]:
     out = tmp_path / "report.json"
-    code = verify.main([*argv, "--json", str(out)])
+    code = cli.main([*argv, "--json", str(out)])
     return code, json.loads(out.read_text())["rows"]
 
 
@@ -32,12 +34,12 @@ def test_quick_mode_passes_and_covers_layers_modes_and_nets(tmp_path, capsys) ->
     printed = capsys.readouterr().out
     assert code == 0, printed[-3000:]
     assert all(r["passed"] for r in rows)
-    for layer in verify.LAYERS:
+    for layer in lc.LAYERS:
         modes = {r["mode"] for r in rows if r["layer"] == layer}
-        assert modes == {m.label for m in verify.ALL_MODES}
+        assert modes == {m.label for m in lc.ALL_MODES}
         cases = {r["case"] for r in rows if r["layer"] == layer}
         assert {"near_tie", "exact_tie", "identical", "offset", "n2", "4d"} <= cases
-    assert {r["dtype"] for r in rows} == {verify.CAFFE_ROW, verify.NUMPY_ROW}
+    assert {r["dtype"] for r in rows} == {report.CAFFE_ROW, report.NUMPY_ROW}
     nets = {r["layer"].split()[1] for r in rows if r["layer"].startswith("net ")}
     assert nets == {"IRG", "IRG-t", "MTK"}
     terms = {(r["layer"].split()[1], r["case"]) for r in rows if r["layer"].startswith("net ")}
@@ -59,7 +61,7 @@ def test_a_wrong_forward_in_one_mode_is_caught(tmp_path, monkeypatch) -> None:
     assert failed == {("BatchEuclideanMap", "MEAN")}
     bad = [r for r in rows if not r["passed"]]
     # Both the Caffe and the NumPy rows see it, and only where the output is nonzero.
-    assert {r["dtype"] for r in bad} == {verify.CAFFE_ROW, verify.NUMPY_ROW}
+    assert {r["dtype"] for r in bad} == {report.CAFFE_ROW, report.NUMPY_ROW}
     assert all(r["fwd_rel"] > 1e-4 for r in bad)
 
 
@@ -88,18 +90,45 @@ def test_a_wrong_irg_term_in_the_whole_net_is_caught(monkeypatch) -> None:
         return original(x, normalize, squared, "RELEASED")
 
     monkeypatch.setattr(torch_losses, "batch_euclidean_map", released)
-    rows = verify.check_net(verify.NetCase("IRG"), np.random.default_rng(0))
+    rows = nc.compare_net(nc.NetCase("IRG"), np.random.default_rng(0))
     by_term = {r.case: r for r in rows}
     assert by_term["edges"].fwd_rel <= 1e-4  # same loss value...
     assert not by_term["edges"].passed  # ...different student gradients
     assert by_term["gt"].passed and by_term["logits"].passed
 
 
-@pytest.mark.parametrize("layer", verify.LAYERS)
+def test_a_wrong_pair_on_the_caffe_side_is_caught(monkeypatch) -> None:
+    """The PyTorch side chooses its own IRG-t pairs, so a wrong pyirg.distill choice fails."""
+    import pyirg.distill as distill
+
+    original = distill.stage_pairs
+
+    def wrong(spec):  # the student's stage-1 and stage-2 pairs swapped
+        pairs = original(spec)
+        student = spec.width == nc.NET_STUDENT[1]
+        return (pairs[1], pairs[0], *pairs[2:]) if student else pairs
+
+    monkeypatch.setattr(distill, "stage_pairs", wrong)
+    rows = nc.compare_net(nc.NetCase("IRG-t"), np.random.default_rng(0))
+    by_term = {r.case: r for r in rows}
+    assert not by_term["transform"].passed and not by_term["total"].passed
+    assert by_term["gt"].passed
+
+
+def test_a_wrong_architecture_on_the_caffe_side_is_caught(monkeypatch) -> None:
+    """The PyTorch nets come from the reference's own description, not from pyirg.arch."""
+    import pyirg.arch as arch
+
+    monkeypatch.setattr(arch, "STAGE_WIDTHS", (16, 32, 48))
+    with pytest.raises(ValueError, match="does not match the model's"):
+        nc.compare_net(nc.NetCase("IRG"), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("layer", lc.LAYERS)
 @pytest.mark.parametrize(
-    "mode", [m for m in verify.ALL_MODES if m.backward == "EXACT"], ids=lambda m: m.label
+    "mode", [m for m in lc.ALL_MODES if m.backward == "EXACT"], ids=lambda m: m.label
 )
-def test_numpy_gradient_matches_finite_differences(layer: str, mode: verify.Mode) -> None:
+def test_numpy_gradient_matches_finite_differences(layer: str, mode: lc.Mode) -> None:
     """The hand-derived NumPy gradient is the derivative of the NumPy forward."""
     rng = np.random.default_rng(7)
     x, y = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
@@ -107,13 +136,13 @@ def test_numpy_gradient_matches_finite_differences(layer: str, mode: verify.Mode
 
     def forward(x: np.ndarray, y: np.ndarray) -> float:
         if layer == "BatchEuclideanMap":
-            return float((verify.numpy_map(x, g, mode).top * g).sum())
-        return float((verify.numpy_vector(x, y, g, mode).top * g).sum())
+            return float((lc.numpy_map(x, g, mode).top * g).sum())
+        return float((lc.numpy_vector(x, y, g, mode).top * g).sum())
 
     if layer == "BatchEuclideanMap":
-        ref = verify.numpy_map(x, g, mode)
+        ref = lc.numpy_map(x, g, mode)
     else:
-        ref = verify.numpy_vector(x, y, g, mode)
+        ref = lc.numpy_vector(x, y, g, mode)
     h = 1e-6
     for which, arr in enumerate((x, y)[: len(ref.grads)]):
         numeric = np.zeros_like(arr)
@@ -129,26 +158,26 @@ def test_numpy_gradient_matches_finite_differences(layer: str, mode: verify.Mode
 
 def test_numpy_map_forward_by_hand() -> None:
     x = np.array([[0.0], [1.0], [3.0]])
-    out = verify.numpy_map(x, np.zeros((3, 3)), verify.Mode("MAX", True, "EXACT")).top
+    out = lc.numpy_map(x, np.zeros((3, 3)), lc.Mode("MAX", True, "EXACT")).top
     assert np.allclose(out, np.array([[0, 1, 9], [1, 0, 4], [9, 4, 0]]) / 9)
-    out = verify.numpy_map(x, np.zeros((3, 3)), verify.Mode("MEAN", False, "EXACT")).top
+    out = lc.numpy_map(x, np.zeros((3, 3)), lc.Mode("MEAN", False, "EXACT")).top
     assert np.allclose(out, np.array([[0, 1, 3], [1, 0, 2], [3, 2, 0]]) / 2)
 
 
 def test_tie_agnostic_check_accepts_convex_splits_only() -> None:
     rng = np.random.default_rng(0)
-    case = {c.name: c for c in verify.map_cases(rng)}["exact_tie"]
+    case = {c.name: c for c in lc.map_cases(rng)}["exact_tie"]
     x = case.bottoms[0].astype(np.float64)
     g = rng.standard_normal((x.shape[0],) * 2)
-    ref = verify.numpy_map(x, g, verify.Mode())
+    ref = lc.numpy_map(x, g, lc.Mode())
     assert len(ref.ties) == 2
     grad = np.concatenate([a.ravel() for a in ref.grads])
     for w in (0.0, 0.3, 1.0, 1.7):
         fake = ref.const + w * ref.ties[0] + (1 - w) * ref.ties[1]
-        err, rel, weights = verify.tie_agnostic(fake, ref, grad)
+        err, rel, weights = lc.tie_agnostic(fake, ref, grad)
         assert rel < 1e-9 and np.allclose(weights, [w, 1 - w])
     # Not of that form at all: a large residual.
-    _, rel, _ = verify.tie_agnostic(ref.const * 1.01, ref, grad)
+    _, rel, _ = lc.tie_agnostic(ref.const * 1.01, ref, grad)
     assert rel > 1e-4
 
 

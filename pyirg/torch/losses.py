@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pyirg.torch.layers import batch_euclidean_map, batch_euclidean_vector, check_params
+from pyirg.torch.resnet import ResNetLayout, stage_transform_pairs
 
 LOGITS = "logits"
 METHODS: dict[str, dict[str, float]] = {
@@ -150,14 +151,42 @@ class IRGLoss(nn.Module):
         """Build the loss of a paper method ("IRG", "IRG-t", "MTK") with its default weights.
 
         The default edge layer is the pooled feature, as in the released IRG.prototxt;
-        IRG-t and MTK need ``transform_pairs`` (see
-        :func:`pyirg.torch.resnet.stage_transform_pairs`).
+        IRG-t and MTK need ``transform_pairs`` (see :meth:`from_networks`).
         """
         if method not in METHODS:
             raise ValueError(f"IRGLoss: method must be one of {tuple(METHODS)}, got {method!r}")
         options: dict[str, object] = dict(METHODS[method])
         options.update(kwargs)
         return cls(edge_layers=edge_layers, transform_pairs=transform_pairs, **options)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_networks(
+        cls,
+        method: str,
+        teacher: ResNetLayout,
+        student: ResNetLayout,
+        **kwargs: object,
+    ) -> IRGLoss:
+        """The paper's loss of ``method`` between two reference ResNets, layers chosen here.
+
+        The reference picks the layers the terms compare itself, from the paper, rather
+        than taking them from the Caffe side's configuration (``pyirg.distill``), so that
+        ``tools/verify.py`` would catch a wrong choice there: edges on the pooled feature
+        (``Pooling1``, as the released IRG.prototxt), and, when the transformation term is
+        weighted, :func:`~pyirg.torch.resnet.stage_transform_pairs` of each network (the
+        student's own names, which differ from the teacher's when it keeps a deeper
+        numbering). ``kwargs`` override the weights and layer settings.
+        """
+        if method not in METHODS:
+            raise ValueError(f"IRGLoss: method must be one of {tuple(METHODS)}, got {method!r}")
+        transform = kwargs.get("transform_weight", METHODS[method].get("transform_weight"))
+        pairs = {}
+        if transform:
+            pairs = {
+                "transform_pairs": stage_transform_pairs(student),
+                "teacher_transform_pairs": stage_transform_pairs(teacher),
+            }
+        return cls.from_method(method, edge_layers=(student.pool,), **pairs, **kwargs)
 
     def extra_repr(self) -> str:
         w = ", ".join(f"{k}={v}" for k, v in self.weights.items())

@@ -18,8 +18,6 @@ from pathlib import Path
 import torch
 
 from pyirg.options import ArgumentParser, HelpFormatter
-from pyirg.verify.layer_checks import check_layers
-from pyirg.verify.net_checks import check_nets
 from pyirg.verify.report import format_table, write_json
 
 
@@ -45,23 +43,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    """Run the comparisons, print the table; 0 when every row passes, else 1."""
+    args = build_parser().parse_args(argv)
     if args.json:
         target = Path(args.json)
         if target.is_dir() or not target.parent.is_dir():
             raise ValueError(f"--json {target}: not a file in an existing folder")
     start = time.perf_counter()
+    # Imported once the options are known good: they load pycaffe, which --help and a
+    # refused option do not need.
+    from pyirg.verify.layer_compare import compare_layers
+    from pyirg.verify.net_compare import compare_nets
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: extra threads only contend (10x slower on 2 cores)
     try:
-        rows = check_layers(args.full, args.seed)
+        rows = compare_layers(args.full, args.seed)
         if not args.no_nets:
-            rows.extend(check_nets(args.full, args.seed))
+            rows.extend(compare_nets(args.full, args.seed))
     finally:
         torch.set_num_threads(threads)
     failed = [r for r in rows if not r.passed]

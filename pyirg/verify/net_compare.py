@@ -5,15 +5,23 @@ ResNet-14 x0.25, Input data, batch 8, 8x8 images; ResNet-14 so that every stage 
 blocks an IRG-t pair needs) in pycaffe, and the same networks in PyTorch (``CifarResNet``
 teacher in eval mode, i.e. global statistics as Caffe's frozen teacher with
 ``use_global_stats``; student in train mode, i.e. batch statistics) with
-:class:`pyirg.torch.IRGLoss`, weights copied from the pycaffe net through
+:class:`pyirg.torch.losses.IRGLoss`, weights copied from the pycaffe net through
 :mod:`pyirg.torch.caffemodel` (every weight, bias, scale and BatchNorm statistic is set
-to random values first, with a BatchNorm scale factor of 2.5). One row per loss term and
-one for the weighted total: ``fwd`` compares the term's value (Caffe's loss top, i.e.
-unweighted), ``bwd`` the student's parameter gradients of that term alone (all student
-parameters together). Caffe's per-term gradient is obtained by setting the loss tops'
-diffs (where Caffe keeps its loss weights) to 1 for that term's layers and 0 for the rest
-before ``net.backward()``; the total uses the nets' own loss weights. No solver is
-involved, so no weight decay. Tolerance 1e-4.
+to random values first, with a BatchNorm scale factor of 2.5).
+
+The two sides share only the choice of nets (depth, width, classes) and method: the
+PyTorch nets are built from the reference's own description
+(:func:`pyirg.torch.resnet.resnet_layout`) and the reference picks the layers each term
+compares and the method's weights itself (:meth:`~pyirg.torch.losses.IRGLoss.from_networks`),
+so a wrong architecture, pair or weight in ``pyirg.arch`` / ``pyirg.distill`` is a FAIL
+here rather than a bug both sides share.
+
+One row per loss term and one for the weighted total: ``fwd`` compares the term's value
+(Caffe's loss top, i.e. unweighted), ``bwd`` the student's parameter gradients of that term
+alone (all student parameters together). Caffe's per-term gradient is obtained by setting
+the loss tops' diffs (where Caffe keeps its loss weights) to 1 for that term's layers and 0
+for the rest before ``net.backward()``; the total uses the nets' own loss weights. No
+solver is involved, so no weight decay. Tolerance 1e-4.
 """
 
 from __future__ import annotations
@@ -25,14 +33,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from pyirg.verify.backends import load_net
-from pyirg.verify.modes import ALL_MODES, DEFAULT_MODE, Mode
-from pyirg.verify.rows import CAFFE_ROW, FLOAT_TOL, Row, errors, flatten, make_row
+from pyirg.arch import cifar_resnet
+from pyirg.caffeio import caffe_net
+from pyirg.distill import DistillConfig, distill_net
+from pyirg.netspec import DataConfig, Dataset
+from pyirg.torch.caffemodel import layers_from_pycaffe, load_caffe_weights
+from pyirg.torch.losses import IRGLoss
+from pyirg.torch.resnet import CifarResNet, caffe_name_map, resnet_layout
+from pyirg.verify.layer_compare import ALL_MODES, DEFAULT_MODE, Mode
+from pyirg.verify.report import CAFFE_ROW, FLOAT_TOL, MISSING, Row, errors, flatten, make_row
 
 NET_METHODS = ("IRG", "IRG-t", "MTK")
 #: (depth, width) of the whole-net teacher and student; ResNet-14 has two blocks per stage.
 NET_TEACHER, NET_STUDENT = (14, 0.5), (14, 0.25)
-NET_BATCH = 8
+NET_BATCH, NET_CLASSES, NET_CHANNELS = 8, 10, 3
 TERMS = ("gt", "logits", "edges", "transform")
 
 
@@ -57,18 +71,14 @@ def net_plan(full: bool) -> list[NetCase]:
     return plan + [NetCase(m, DEFAULT_MODE, 16) for m in NET_METHODS]
 
 
-def distill_config(case: NetCase) -> Any:
-    """The pyirg.distill configuration of a whole-net case (Input data, batch 8)."""
-    from pyirg.arch import cifar_resnet
-    from pyirg.distill import DistillConfig
-    from pyirg.netspec import DataConfig, Dataset
-
-    dataset = Dataset("verify", 3, case.size, 10, 0, NET_BATCH, NET_BATCH)
+def distill_config(case: NetCase) -> DistillConfig:
+    """The Caffe side's configuration of a whole-net case (Input data, batch 8)."""
+    dataset = Dataset("verify", NET_CHANNELS, case.size, NET_CLASSES, 0, NET_BATCH, NET_BATCH)
     data = DataConfig(kind="input", dataset=dataset, train_batch=NET_BATCH, test_batch=NET_BATCH)
     return DistillConfig.for_method(
         case.method,
-        cifar_resnet(*NET_TEACHER),
-        cifar_resnet(*NET_STUDENT),
+        cifar_resnet(*NET_TEACHER, NET_CLASSES, NET_CHANNELS),
+        cifar_resnet(*NET_STUDENT, NET_CLASSES, NET_CHANNELS),
         data=data,
         normalize=case.mode.normalize,
         squared=case.mode.squared,
@@ -101,6 +111,14 @@ def randomize_params(net: Any, rng: np.random.Generator) -> None:
             raise ValueError(f"verify: no initialization for layer {name!r} of type {kind}")
 
 
+#: An EuclideanLoss's term, by the type of layer that produced its bottoms.
+_EUCLIDEAN_TERMS = {
+    "BatchEuclideanMap": "edges",
+    "BatchEuclideanVector": "transform",
+    "InnerProduct": "logits",
+}
+
+
 def loss_terms(net_param: Any, student_prefix: str) -> dict[str, tuple[str, float]]:
     """Loss top -> (term, loss weight), classified by what feeds each loss layer.
 
@@ -111,19 +129,14 @@ def loss_terms(net_param: Any, student_prefix: str) -> dict[str, tuple[str, floa
     producer: dict[str, tuple[str, str]] = {}
     out: dict[str, tuple[str, float]] = {}
     for layer in net_param.layer:
-        weight = layer.loss_weight[0] if layer.loss_weight else None
         if layer.type in ("EuclideanLoss", "SoftmaxWithLoss"):
             kinds = {producer[b][0] for b in layer.bottom if b in producer}
             owners = {producer[b][1].startswith(student_prefix) for b in layer.bottom[:1]}
             if layer.type == "SoftmaxWithLoss":
                 term = "gt" if owners == {True} else None
             else:
-                term = {
-                    frozenset({"BatchEuclideanMap"}): "edges",
-                    frozenset({"BatchEuclideanVector"}): "transform",
-                    frozenset({"InnerProduct"}): "logits",
-                }.get(frozenset(kinds))
-            weight = 1.0 if weight is None else float(weight)
+                term = _EUCLIDEAN_TERMS.get(kinds.pop()) if len(kinds) == 1 else None
+            weight = float(layer.loss_weight[0]) if layer.loss_weight else 1.0
             if term is None and weight:
                 raise ValueError(
                     f"verify: cannot tell which IRG term loss layer {layer.name!r} "
@@ -135,15 +148,6 @@ def loss_terms(net_param: Any, student_prefix: str) -> dict[str, tuple[str, floa
             if top not in layer.bottom:  # in-place layers keep the producer
                 producer[top] = (layer.type, layer.name)
     return out
-
-
-def _student_param_keys(model: Any, prefix: str) -> dict[str, tuple[str, int]]:
-    from pyirg.torch import caffe_name_map
-
-    params = dict(model.named_parameters())
-    return {
-        k: (prefix + layer, i) for k, (layer, i) in caffe_name_map(model).items() if k in params
-    }
 
 
 def caffe_net_run(
@@ -181,63 +185,56 @@ def caffe_net_run(
     return values, grads
 
 
-def check_net(case: NetCase, rng: np.random.Generator) -> list[Row]:
-    """A distillation net in pycaffe (float32) vs the same in PyTorch (float64)."""
-    from pyirg.distill import distill_net
-    from pyirg.torch import CifarResNet, IRGLoss
-    from pyirg.torch.caffemodel import layers_from_pycaffe, load_caffe_weights
+def reference_nets(case: NetCase) -> tuple[CifarResNet, CifarResNet, IRGLoss]:
+    """(teacher, student, loss) of the PyTorch side, from the reference's own description."""
+    t_layout = resnet_layout(*NET_TEACHER, NET_CLASSES, NET_CHANNELS)
+    s_layout = resnet_layout(*NET_STUDENT, NET_CLASSES, NET_CHANNELS)
+    teacher = CifarResNet(t_layout).double().eval()  # frozen: global statistics
+    student = CifarResNet(s_layout).double().train()  # trained: batch statistics
+    mode = case.mode
+    loss = IRGLoss.from_networks(
+        case.method,
+        t_layout,
+        s_layout,
+        normalize=mode.normalize,
+        squared=mode.squared,
+        backward=mode.backward,
+    )
+    return teacher, student, loss
 
+
+def compare_net(case: NetCase, rng: np.random.Generator) -> list[Row]:
+    """A distillation net in pycaffe (float32) vs the same in PyTorch (float64)."""
     cfg = distill_config(case)
     net_param = distill_net(cfg)
-    net = load_net(net_param, "TRAIN")
+    net = caffe_net(net_param, "TRAIN")
     randomize_params(net, rng)
     sp = cfg.student_prefix
-    teacher = CifarResNet(cfg.teacher).double().eval()  # frozen: global statistics
-    student = CifarResNet(cfg.student).double().train()  # trained: batch statistics
+    teacher, student, loss = reference_nets(case)
     blobs = layers_from_pycaffe(net)
     load_caffe_weights(teacher, blobs)
     load_caffe_weights(student, blobs, prefix=sp)
 
-    x = rng.standard_normal((NET_BATCH, 3, case.size, case.size)).astype(np.float32)
-    labels = rng.integers(0, cfg.teacher.num_classes, NET_BATCH)
-    terms = loss_terms(net_param, sp)
-    keys = _student_param_keys(student, sp)
-    c_values, c_grads = caffe_net_run(net, x, labels.astype(np.float32), terms, keys)
-
-    t_pairs, s_pairs = cfg.pairs() if cfg.transform else ((), ())
-    loss = IRGLoss(
-        gt_weight=cfg.gt,
-        logits_weight=cfg.logits,
-        edge_weight=cfg.edges,
-        transform_weight=cfg.transform,
-        edge_layers=cfg.edge_layers if cfg.edges else (),
-        transform_pairs=s_pairs,
-        teacher_transform_pairs=t_pairs,
-        normalize=cfg.normalize,
-        squared=cfg.squared,
-        backward=cfg.backward,
+    x = rng.standard_normal((NET_BATCH, NET_CHANNELS, case.size, case.size)).astype(np.float32)
+    labels = rng.integers(0, NET_CLASSES, NET_BATCH)
+    params = dict(student.named_parameters())
+    keys = {k: (sp + layer, i) for k, (layer, i) in caffe_name_map(student).items() if k in params}
+    c_values, c_grads = caffe_net_run(
+        net, x, labels.astype(np.float32), loss_terms(net_param, sp), keys
     )
     xt = torch.tensor(x, dtype=torch.float64)
     with torch.no_grad():
         _, t_feats = teacher(xt, return_features=True)
     _, s_feats = student(xt, return_features=True)
     t_terms = loss(s_feats, t_feats, torch.tensor(labels))
-    params = dict(student.named_parameters())
+
+    def row(term: str, fwd: tuple[float, float], bwd: tuple[float, float], note: str) -> Row:
+        return make_row(case.label, case.mode.label, CAFFE_ROW, term, fwd, bwd, FLOAT_TOL, note)
+
     rows = []
     for which in [*(t for t in TERMS if t in c_grads), "total"]:
         if which not in t_terms:
-            rows.append(
-                make_row(
-                    case.label,
-                    case.mode.label,
-                    CAFFE_ROW,
-                    which,
-                    (math.inf,) * 2,
-                    (math.inf,) * 2,
-                    FLOAT_TOL,
-                    "term missing from the PyTorch loss",
-                )
-            )
+            rows.append(row(which, MISSING, MISSING, "term missing from the PyTorch loss"))
             continue
         g = torch.autograd.grad(
             t_terms[which], [params[k] for k in keys], retain_graph=True, allow_unused=True
@@ -247,39 +244,19 @@ def check_net(case: NetCase, rng: np.random.Generator) -> list[Row]:
         )
         c_flat = flatten([c_grads[which][k] for k in keys])
         fwd = errors(np.array(c_values[which]), np.array(t_terms[which].item()))
-        rows.append(
-            make_row(
-                case.label,
-                case.mode.label,
-                CAFFE_ROW,
-                which,
-                fwd,
-                errors(c_flat, t_flat),
-                FLOAT_TOL,
-                "fwd: loss term, bwd: all student parameter gradients",
-            )
-        )
+        note = "fwd: loss term, bwd: all student parameter gradients"
+        rows.append(row(which, fwd, errors(c_flat, t_flat), note))
     missing = set(t_terms) - set(c_values) - {"total"}
     if missing:
-        rows.append(
-            make_row(
-                case.label,
-                case.mode.label,
-                CAFFE_ROW,
-                ",".join(sorted(missing)),
-                (math.inf,) * 2,
-                (math.inf,) * 2,
-                FLOAT_TOL,
-                "term missing from the Caffe net",
-            )
-        )
+        note = "term missing from the Caffe net"
+        rows.append(row(",".join(sorted(missing)), MISSING, MISSING, note))
     return rows
 
 
-def check_nets(full: bool, seed: int) -> list[Row]:
+def compare_nets(full: bool, seed: int) -> list[Row]:
     """Every method's distillation net in pycaffe vs PyTorch (this module's docstring)."""
     rng = np.random.default_rng(seed + 1)
     rows = []
     for case in net_plan(full):
-        rows.extend(check_net(case, rng))
+        rows.extend(compare_net(case, rng))
     return rows
