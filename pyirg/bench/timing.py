@@ -1,20 +1,70 @@
-"""Interleaved timing that keeps OpenBLAS's and PyTorch's thread pools out of each other's way.
+"""How much a run measures (``Settings``) and how each sample is taken (``measure``).
 
-Why: the machines are small and shared, so only side-by-side samples are comparable, and
-two thread pools spinning in one process slow each other down many times (see
-``measure``).
+Why one module: the sizes and repetitions only mean something together with the way a
+sample is timed, and the layer sweep, the training comparison and the command line all
+share both without importing each other.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 MAX_INNER = 20000
+# Seconds for a thread pool to go idle after its last call (see measure): OpenBLAS's
+# workers spin ~2^28 cycles (0.07-0.13 s at 2-4 GHz), libgomp's some ms.
+SETTLE_S = {"openblas": 0.2, "torch": 0.05}
+
+
+@dataclass
+class Settings:
+    """How much to run: sizes, repetitions, and the training comparison."""
+
+    ns: tuple[int, ...]
+    cs: tuple[int, ...]
+    reps: int
+    warmup: int
+    min_sample_s: float
+    train_methods: tuple[str, ...]
+    train_batch: int
+    train_warmup: int
+    train_reps: int
+    attribution_reps: int
+    settle: dict[str, float] = field(default_factory=lambda: dict(SETTLE_S))
+    quick: bool = False
+    transform_pool: str = "Pooling"
+
+
+#: The published run (docs/benchmarks.md) and the seconds-long one tests run.
+FULL = Settings(
+    ns=(64, 128, 256, 512),
+    cs=(64, 256, 2048),
+    reps=15,
+    warmup=3,
+    min_sample_s=0.02,
+    train_methods=("IRG", "IRG-t", "MTK"),
+    train_batch=64,
+    train_warmup=2,
+    train_reps=12,
+    attribution_reps=5,
+)
+QUICK = Settings(
+    ns=(64, 256),
+    cs=(64, 256),
+    reps=3,
+    warmup=1,
+    min_sample_s=0.002,
+    train_methods=("IRG",),
+    train_batch=16,
+    train_warmup=1,
+    train_reps=2,
+    attribution_reps=1,
+    quick=True,
+)
 
 
 @dataclass
@@ -36,6 +86,7 @@ class Timing:
         return Timing([a + b for a, b in zip(self.samples, other.samples)], self.inner)
 
     def summary(self) -> dict[str, Any]:
+        """What bench.json keeps of a timing: quartiles for the tables, every sample."""
         ms = [s * 1e3 for s in self.samples]
         return {
             "median_ms": self.median * 1e3,
@@ -84,11 +135,10 @@ def measure(
     for pool in order:
         enter(pool)
         for name in groups[pool]:
-            fn = fns[name]
             for _ in range(warmup):
-                fn()
+                fns[name]()
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             once = max(time.perf_counter() - t0, 1e-7)
             inner[name] = max(1, min(MAX_INNER, int(min_sample_s / once)))
     samples: dict[str, list[float]] = {name: [] for name in fns}
@@ -96,9 +146,8 @@ def measure(
         k = rep % len(order)
         for pool in order[k:] + order[:k]:
             enter(pool)
-            names = groups[pool]
-            j = rep % len(names)
-            names = names[j:] + names[:j]
+            j = rep % len(groups[pool])
+            names = groups[pool][j:] + groups[pool][:j]
             fns[names[0]]()  # priming: wakes this pool, warms the caches after the sleep
             for name in names:
                 fn, count = fns[name], inner[name]
