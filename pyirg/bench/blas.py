@@ -16,7 +16,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,41 +26,37 @@ import numpy as np
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 
-class CaffeOpenBLAS:
-    """libcaffe's OpenBLAS: its thread count, its description, and the bound's cblas calls."""
+class Cblas:
+    """The few ``cblas_*`` calls the bounds need, on one BLAS library, and its thread pool."""
 
-    def __init__(self) -> None:
-        from pyirg.blas import caffe_blas_path, caffe_openblas
-
-        info = caffe_openblas()
-        if info is None:
-            raise RuntimeError(
-                f"libcaffe's BLAS is not OpenBLAS ({caffe_blas_path()}); the bound needs it"
-            )
-        self._filepath = info["filepath"]  # as threadpoolctl names it, to select it again
-        self.path = os.path.realpath(self._filepath)
+    def __init__(self, path: str) -> None:
+        self.path = os.path.realpath(path)
         self.lib = ctypes.CDLL(self.path)
-        self.lib.openblas_get_config.restype = ctypes.c_char_p
         self.lib.cblas_sdot.restype = ctypes.c_float
         i, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
         self.lib.cblas_sgemm.argtypes = [i, i, i, i, i, i, f, p, i, p, i, f, p, i]
         self.lib.cblas_sdot.argtypes = [i, p, i, p, i]
         self.lib.cblas_scopy.argtypes = [i, p, i, p, i]
 
-    def _pool(self) -> Any:
+    def pool(self) -> Any:
         """threadpoolctl's handle on this library alone (not numpy's or torch's pools)."""
         from threadpoolctl import ThreadpoolController
 
-        return ThreadpoolController().select(filepath=self._filepath)
+        ctl = ThreadpoolController()
+        names = [
+            c.filepath for c in ctl.lib_controllers if os.path.realpath(c.filepath) == self.path
+        ]
+        return ctl.select(filepath=names)
 
     def limit_threads(self, n: int) -> None:
         """Set this library's threads for the rest of the process: every part of the run
         (Caffe's nets, the bound, the training steps) must see the same pool."""
-        self._pool().limit(limits=n)
+        self.pool().limit(limits=n)
 
     def info(self) -> dict[str, Any]:
-        """Path, build configuration, kernel and threads, as bench.json records them."""
-        (now,) = self._pool().info()
+        """Path, build configuration, kernel and threads (an OpenBLAS), as bench.json has it."""
+        (now,) = self.pool().info()
+        self.lib.openblas_get_config.restype = ctypes.c_char_p
         return {
             "path": self.path,
             "config": self.lib.openblas_get_config().decode(),
@@ -93,43 +91,45 @@ class CaffeOpenBLAS:
         return (lambda: dot(n, px, 1, py, 1)), backward
 
 
+def caffe_cblas() -> Cblas:
+    """The OpenBLAS libcaffe links, as :func:`pyirg.blas.caffe_openblas` finds it."""
+    from pyirg.blas import caffe_blas_path, caffe_openblas
+
+    info = caffe_openblas()
+    if info is None:
+        path = caffe_blas_path()
+        raise RuntimeError(f"libcaffe's BLAS is not OpenBLAS ({path}); the bound needs it")
+    return Cblas(info["filepath"])
+
+
 # -- which BLAS for Caffe's convolutions ------------------------------------------------
 
-#: Times Caffe's convolution GEMMs with one BLAS library in a fresh process, one thread:
-#: the kernel (OPENBLAS_CORETYPE) is fixed when the library loads, so each candidate
-#: needs its own process. argv: library path, JSON list of [M, N, K, count], reps.
-_GEMM_PROBE = r"""
-import ctypes, json, os, sys, time
-import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
-path, shapes, reps = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
-lib = ctypes.CDLL(path)
-threadpool_limits(limits=1)
-info = next(i for i in threadpool_info()
-            if os.path.realpath(i["filepath"]) == os.path.realpath(path))
-name = "MKL" if info["internal_api"] == "mkl" else "OpenBLAS " + info["architecture"]
-i, f, p = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
-lib.cblas_sgemm.argtypes = [i, i, i, i, i, i, f, p, i, p, i, f, p, i]
-rng = np.random.default_rng(0)
-out = []
-for m, n, k, count in shapes:
-    a = rng.standard_normal((m, k), dtype=np.float32)
-    b = rng.standard_normal((k, n), dtype=np.float32)
-    c = np.zeros((m, n), np.float32)
-    inner = max(1, int(2e7 / (m * n * k)))
-    call = lambda: lib.cblas_sgemm(101, 111, 111, m, n, k, 1.0, a.ctypes.data, k,
-                                   b.ctypes.data, n, 0.0, c.ctypes.data, n)
-    call()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        for _ in range(inner):
-            call()
-        best = min(best, (time.perf_counter() - t) / inner)
-    err = float(np.abs(c - a.astype(np.float64) @ b).max() / max(1.0, np.abs(c).max()))
-    out.append({"m": m, "n": n, "k": k, "count": count, "s": best, "err": err})
-print(json.dumps({"library": name, "path": path, "gemms": out}))
-"""
+
+def time_gemms(path: str, shapes: list[list[int]], reps: int) -> dict[str, Any]:
+    """Best time of each GEMM [M, N, K, count] with the library at ``path``, one thread,
+    and its error against float64; run by :func:`blas_choice` in a fresh process."""
+    lib = Cblas(path)
+    (info,) = lib.pool().info()
+    lib.limit_threads(1)
+    rng = np.random.default_rng(0)
+    gemms = []
+    for m, n, k, count in shapes:
+        a = rng.standard_normal((m, k), dtype=np.float32)
+        b = rng.standard_normal((k, n), dtype=np.float32)
+        c = np.zeros((m, n), np.float32)
+        call = lib.gemm(a, b, c, trans_b=False, alpha=1.0)
+        call()
+        inner = max(1, int(2e7 / (m * n * k)))
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            for _ in range(inner):
+                call()
+            best = min(best, (time.perf_counter() - t) / inner)
+        err = float(np.abs(c - a.astype(np.float64) @ b).max() / max(1.0, np.abs(c).max()))
+        gemms.append({"m": m, "n": n, "k": k, "count": count, "s": best, "err": err})
+    name = "MKL" if info["internal_api"] == "mkl" else f"OpenBLAS {info['architecture']}"
+    return {"library": name, "path": path, "gemms": gemms}
 
 
 def conv_gemms(spec: Any, height: int) -> list[list[int]]:
@@ -163,7 +163,7 @@ def find_mkl() -> str | None:
     return None
 
 
-def blas_choice(blas: CaffeOpenBLAS, reps: int) -> list[dict[str, Any]]:
+def blas_choice(blas: Cblas, reps: int) -> list[dict[str, Any]]:
     """Caffe's ResNet-20 convolution GEMMs timed with each OpenBLAS kernel this CPU can run
     (each in its own process: the kernel is fixed at load) and with MKL if installed."""
     from pyirg.arch import cifar_resnet
@@ -179,13 +179,16 @@ def blas_choice(blas: CaffeOpenBLAS, reps: int) -> list[dict[str, Any]]:
     if mkl:
         libraries.append((mkl, {"MKL_NUM_THREADS": "1"}))
     shapes = json.dumps(conv_gemms(cifar_resnet(20, 1.0, 10, 3), 32))
+    # The package root on the path: a checkout's tools/bench.py runs pyirg uninstalled.
+    root = str(Path(__file__).resolve().parents[2])
+    pythonpath = os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))
     rows: list[dict[str, Any]] = []
     for path, extra in libraries:
         proc = subprocess.run(
-            [sys.executable, "-c", _GEMM_PROBE, path, shapes, str(reps)],
+            [sys.executable, "-m", "pyirg.bench.blas", path, shapes, str(reps)],
             capture_output=True,
             text=True,
-            env=dict(os.environ, **extra),
+            env=dict(os.environ, PYTHONPATH=pythonpath, **extra),
         )
         if proc.returncode:
             rows.append({"library": path, "error": proc.stderr.strip()[-300:], "chosen": False})
@@ -195,3 +198,7 @@ def blas_choice(blas: CaffeOpenBLAS, reps: int) -> list[dict[str, Any]]:
         row["chosen"] = row["library"] == f"OpenBLAS {in_use}"
         rows.append(row)
     return rows
+
+
+if __name__ == "__main__":  # one library's GEMMs, in the fresh process blas_choice starts
+    print(json.dumps(time_gemms(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]))))

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from pyirg.bench.blas import CaffeOpenBLAS, blas_choice
+from pyirg.bench.blas import Cblas, blas_choice, caffe_cblas
 from pyirg.bench.layers import NetFiles, bench_layer, evaluate_targets, memory_rows
 from pyirg.bench.report import plot, render
-from pyirg.bench.timing import FULL, QUICK, Settings
+from pyirg.bench.timing import QUICK, Settings
 from pyirg.bench.training import bench_training, training_targets
 from pyirg.options import ArgumentParser, HelpFormatter
 
@@ -88,7 +88,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def settings(args: argparse.Namespace) -> Settings:
     """Full or quick sizes, then the options that narrow them: one place decides what runs."""
-    s = dataclasses.replace(QUICK if args.quick else FULL, transform_pool=args.transform_pool)
+    s = dataclasses.replace(QUICK if args.quick else Settings(), transform_pool=args.transform_pool)
     if args.reps:
         s.reps = args.reps
     if args.skip_train or args.blas_only:
@@ -106,7 +106,7 @@ def _mem_total() -> str | None:
     return next((x.split(":", 1)[1].strip() for x in lines if x.startswith("MemTotal")), None)
 
 
-def machine_info(blas: CaffeOpenBLAS) -> dict[str, Any]:
+def machine_info(blas: Cblas) -> dict[str, Any]:
     """Where the numbers come from: timings from a small shared machine are meaningless
     without the machine, its load and the libraries that produced them."""
     import caffe
@@ -138,7 +138,7 @@ def machine_info(blas: CaffeOpenBLAS) -> dict[str, Any]:
     }
 
 
-def measure_all(s: Settings, blas: CaffeOpenBLAS) -> dict[str, Any]:
+def measure_all(s: Settings, blas: Cblas) -> dict[str, Any]:
     """The layer sweep, the memory probe and the training comparison, in that order; one
     progress line per size, since a full run takes minutes."""
     files = NetFiles()
@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     s = settings(args)
-    blas = CaffeOpenBLAS()
+    blas = caffe_cblas()
     if args.threads is not None:
         blas.limit_threads(args.threads)
     threads = blas.info()["threads"]

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pyirg.bench.blas import CaffeOpenBLAS
+from pyirg.bench.blas import Cblas
 from pyirg.bench.timing import Settings, Timing, measure
 
 #: The PyTorch forms each layer is timed in (bench.json timing keys, the report's columns).
@@ -125,7 +125,7 @@ def torch_vector(x: Any, y: Any, target: Any) -> Callable[[], None]:
 
 
 def bench_layer(
-    layer: str, n: int, c: int, s: Settings, blas: CaffeOpenBLAS, files: NetFiles, seed: int
+    layer: str, n: int, c: int, s: Settings, blas: Cblas, files: NetFiles, seed: int
 ) -> dict[str, Any]:
     """All implementations of one layer at one size, interleaved in one measurement: the
     row bench.json keeps (ratios from the raw samples, then their summaries)."""

@@ -1,8 +1,7 @@
 """How much a run measures (``Settings``) and how each sample is taken (``measure``).
 
-Why one module: the sizes and repetitions only mean something together with the way a
-sample is timed, and the layer sweep, the training comparison and the command line all
-share both without importing each other.
+Why one module: the layer sweep, the training comparison and the command line share
+both, and the repetition counts only mean something with the way a sample is timed.
 """
 
 from __future__ import annotations
@@ -22,36 +21,24 @@ SETTLE_S = {"openblas": 0.2, "torch": 0.05}
 
 @dataclass
 class Settings:
-    """How much to run: sizes, repetitions, and the training comparison."""
+    """How much to run: sizes, repetitions, and the training comparison. The defaults are
+    the published run (docs/benchmarks.md); ``QUICK`` is the seconds-long one tests run."""
 
-    ns: tuple[int, ...]
-    cs: tuple[int, ...]
-    reps: int
-    warmup: int
-    min_sample_s: float
-    train_methods: tuple[str, ...]
-    train_batch: int
-    train_warmup: int
-    train_reps: int
-    attribution_reps: int
+    ns: tuple[int, ...] = (64, 128, 256, 512)
+    cs: tuple[int, ...] = (64, 256, 2048)
+    reps: int = 15
+    warmup: int = 3
+    min_sample_s: float = 0.02
+    train_methods: tuple[str, ...] = ("IRG", "IRG-t", "MTK")
+    train_batch: int = 64
+    train_warmup: int = 2
+    train_reps: int = 12
+    attribution_reps: int = 5
     settle: dict[str, float] = field(default_factory=lambda: dict(SETTLE_S))
     quick: bool = False
     transform_pool: str = "Pooling"
 
 
-#: The published run (docs/benchmarks.md) and the seconds-long one tests run.
-FULL = Settings(
-    ns=(64, 128, 256, 512),
-    cs=(64, 256, 2048),
-    reps=15,
-    warmup=3,
-    min_sample_s=0.02,
-    train_methods=("IRG", "IRG-t", "MTK"),
-    train_batch=64,
-    train_warmup=2,
-    train_reps=12,
-    attribution_reps=5,
-)
 QUICK = Settings(
     ns=(64, 256),
     cs=(64, 256),
@@ -109,16 +96,13 @@ def measure(
 ) -> dict[str, Timing]:
     """Time every function ``reps`` times, interleaved, one sample of each per repetition.
 
-    Interleaving puts every implementation under the same background load. But two thread
-    pools share this process and its cores: OpenBLAS's workers spin for about 2^28 cycles
-    (~0.1 s) after each call and libgomp's (PyTorch) for some ms, and a pool that finds
-    the other one spinning runs many times slower (measured: a 1.3 ms PyTorch step takes
-    75-115 ms within 0.1 s of a GEMM). No user runs both in one process, so each sample
-    must see only its own pool: functions are grouped by ``pools[name]``, each group runs
-    after ``settle[previous pool]`` seconds of sleep (the other pool gone idle) and one
-    untimed priming call; the group order and the order inside a group rotate per
-    repetition so none always runs first. Fast calls are repeated ``inner`` times per
-    sample so a sample lasts ``min_sample_s`` and timer resolution and jitter average out.
+    Interleaving puts every implementation under the same background load. But a thread
+    pool that finds the other one (OpenBLAS's, PyTorch's libgomp) still spinning runs many
+    times slower (docs/benchmarks.md, "Timing"), and no user runs both in one process: so
+    functions are grouped by ``pools[name]``, each group runs after ``settle[previous
+    pool]`` seconds of sleep and one untimed priming call, and the group order and the
+    order inside a group rotate per repetition. Fast calls are repeated ``inner`` times
+    so a sample lasts ``min_sample_s`` and timer resolution and jitter average out.
     """
     groups: dict[str, list[str]] = {}
     for name in fns:
