@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pyirg.bench.blas import Cblas, blas_choice, caffe_cblas
-from pyirg.bench.layers import NetFiles, bench_layer, evaluate_targets, memory_rows
+from pyirg.bench.layers import bench_layer, evaluate_targets, memory_rows
 from pyirg.bench.report import plot, render
 from pyirg.bench.timing import QUICK, Settings
 from pyirg.bench.training import bench_training, training_targets
@@ -141,28 +141,24 @@ def machine_info(blas: Cblas) -> dict[str, Any]:
 def measure_all(s: Settings, blas: Cblas) -> dict[str, Any]:
     """The layer sweep, the memory probe and the training comparison, in that order; one
     progress line per size, since a full run takes minutes."""
-    files = NetFiles()
-    try:
-        layers = []
-        for layer in ("map", "vector"):
-            for c in s.cs:
-                for n in s.ns:
-                    row = bench_layer(layer, n, c, s, blas, files, seed=n * 7919 + c)
-                    layers.append(row)
-                    print(
-                        f"  {layer:>6} N={n:>4} C={c:>5}: caffe "
-                        f"{row['timings']['caffe']['median_ms']:.3f} ms, "
-                        f"/torch {row['ratios']['vs_torch']:.2f}, "
-                        f"/bound {row['ratios']['vs_bound']:.2f}",
-                        flush=True,
-                    )
-        memory = memory_rows(s.ns, files)
-        training = []
-        for method in s.train_methods:
-            print(f"  training: {method} ...", flush=True)
-            training.append(bench_training(method, s, files))
-    finally:
-        files.close()
+    layers = []
+    for layer in ("map", "vector"):
+        for c in s.cs:
+            for n in s.ns:
+                row = bench_layer(layer, n, c, s, blas, seed=n * 7919 + c)
+                layers.append(row)
+                print(
+                    f"  {layer:>6} N={n:>4} C={c:>5}: caffe "
+                    f"{row['timings']['caffe']['median_ms']:.3f} ms, "
+                    f"/torch {row['ratios']['vs_torch']:.2f}, "
+                    f"/bound {row['ratios']['vs_bound']:.2f}",
+                    flush=True,
+                )
+    memory = memory_rows(s.ns)
+    training = []
+    for method in s.train_methods:
+        print(f"  training: {method} ...", flush=True)
+        training.append(bench_training(method, s))
     targets = evaluate_targets(layers) + training_targets(training)
     return {"layers": layers, "targets": targets, "memory": memory, "training": training}
 

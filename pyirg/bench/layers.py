@@ -2,17 +2,14 @@
 
 Why together: every implementation of a size is timed in one interleaved measurement,
 so the ratios compare samples taken under the same load; the targets judge those ratios;
-and the memory probe builds the same one-layer nets. ``NetFiles`` lives here because
-pycaffe 1.0 loads nets from files only (the training solvers use it too).
+and the memory probe builds the same one-layer nets.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -24,27 +21,13 @@ from pyirg.bench.timing import Settings, Timing, measure
 TORCH_FORMS = {"map": ("torch_gram", "torch_cdist"), "vector": ("torch",)}
 
 
-class NetFiles:
-    """Prototxts written to one temporary folder: pycaffe 1.0 loads nets from files only."""
-
-    def __init__(self) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="irg-bench-")
-        self._count = 0
-
-    def write(self, text: str, stem: str = "net") -> str:
-        self._count += 1
-        path = Path(self._dir.name) / f"{stem}{self._count}.prototxt"
-        path.write_text(text)
-        return str(path)
-
-    def close(self) -> None:
-        self._dir.cleanup()
-
-
-def layer_net_text(layer: str, n: int, c: int) -> str:
-    """Input(s) -> BatchEuclideanMap/Vector -> EuclideanLoss against an Input target."""
+def layer_net(layer: str, n: int, c: int) -> Any:
+    """A pycaffe Net of Input(s) -> BatchEuclideanMap/Vector -> EuclideanLoss against an
+    Input target, with ``force_backward`` so the layer's backward runs."""
     from caffe import layers as L
     from caffe.net_spec import NetSpec
+
+    from pyirg.netspec import caffe_net
 
     ns = NetSpec()
     ns.x = L.Input(shape={"dim": [n, c]})
@@ -58,7 +41,7 @@ def layer_net_text(layer: str, n: int, c: int) -> str:
     ns.loss = L.EuclideanLoss(ns.irg, ns.t)
     proto = ns.to_proto()
     proto.force_backward = True
-    return str(proto)
+    return caffe_net(proto, "TRAIN")
 
 
 def target_map(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -124,16 +107,13 @@ def torch_vector(x: Any, y: Any, target: Any) -> Callable[[], None]:
     return run
 
 
-def bench_layer(
-    layer: str, n: int, c: int, s: Settings, blas: Cblas, files: NetFiles, seed: int
-) -> dict[str, Any]:
+def bench_layer(layer: str, n: int, c: int, s: Settings, blas: Cblas, seed: int) -> dict[str, Any]:
     """All implementations of one layer at one size, interleaved in one measurement: the
     row bench.json keeps (ratios from the raw samples, then their summaries)."""
-    import caffe
     import torch
 
     rng = np.random.default_rng(seed)
-    net = caffe.Net(files.write(layer_net_text(layer, n, c)), caffe.TRAIN)
+    net = layer_net(layer, n, c)
     x = rng.standard_normal((n, c)).astype(np.float32)
     net.blobs["x"].data[...] = x
     names = list(net._layer_names)
@@ -303,7 +283,7 @@ def _heap_in_use() -> int | None:
     return int(info.uordblks + info.hblkhd)
 
 
-def observed_extra_bytes(layer: str, n: int, c: int, files: NetFiles) -> int | None:
+def observed_extra_bytes(layer: str, n: int, c: int) -> int | None:
     """Heap growth of building and running the layer's net, minus every blob it shows:
     the check of :func:`layer_extra_bytes` against what malloc saw.
 
@@ -311,14 +291,11 @@ def observed_extra_bytes(layer: str, n: int, c: int, files: NetFiles) -> int | N
     objects, protobuf messages: a few KB); Python's small objects come from pymalloc's
     mmap'ed arenas and do not count. Blob memory is malloc'ed in a CPU-only build.
     """
-    import caffe
-
-    path = files.write(layer_net_text(layer, n, c))
     x = np.ones((n, c), np.float32)
     before = _heap_in_use()
     if before is None:
         return None
-    net = caffe.Net(path, caffe.TRAIN)
+    net = layer_net(layer, n, c)
     net.blobs["x"].data[...] = x
     if layer == "vector":
         net.blobs["y"].data[...] = -x
@@ -333,7 +310,7 @@ def observed_extra_bytes(layer: str, n: int, c: int, files: NetFiles) -> int | N
     return grown - blobs - loss_internal
 
 
-def memory_rows(ns: tuple[int, ...], files: NetFiles) -> list[dict[str, Any]]:
+def memory_rows(ns: tuple[int, ...]) -> list[dict[str, Any]]:
     """Computed and observed extra bytes of both layers at every N, observed also net of
     the bookkeeping that every net carries.
     """
@@ -342,7 +319,7 @@ def memory_rows(ns: tuple[int, ...], files: NetFiles) -> list[dict[str, Any]]:
             "layer": layer,
             "n": n,
             "computed": layer_extra_bytes(layer, n),
-            "observed_residual": observed_extra_bytes(layer, n, 64, files),
+            "observed_residual": observed_extra_bytes(layer, n, 64),
         }
         for layer in ("map", "vector")
         for n in ns
