@@ -23,7 +23,8 @@ from pyirg.bench.blas import Cblas, blas_choice, caffe_cblas
 from pyirg.bench.layers import bench_layer, evaluate_targets, memory_rows
 from pyirg.bench.report import plot, render
 from pyirg.bench.timing import QUICK, Settings
-from pyirg.bench.training import bench_training, training_targets
+from pyirg.bench.training import bench_training
+from pyirg.blas import kernel_line, read_cpuinfo
 from pyirg.options import ArgumentParser, HelpFormatter
 
 
@@ -113,8 +114,6 @@ def machine_info(blas: Cblas) -> dict[str, Any]:
     import matplotlib
     import torch
 
-    from pyirg.blas import read_cpuinfo
-
     prefixes = ("OPENBLAS_", "OMP_", "MKL_", "GOTO")
     return {
         "cpu_model": read_cpuinfo()[1] or None,
@@ -159,7 +158,7 @@ def measure_all(s: Settings, blas: Cblas) -> dict[str, Any]:
     for method in s.train_methods:
         print(f"  training: {method} ...", flush=True)
         training.append(bench_training(method, s))
-    targets = evaluate_targets(layers) + training_targets(training)
+    targets = evaluate_targets(layers, training)
     return {"layers": layers, "targets": targets, "memory": memory, "training": training}
 
 
@@ -179,9 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(threads)
     meta = machine_info(blas)
     print(
-        f"CPU {meta['cpu_model']} ({meta['cpus_usable']} usable of {meta['cpu_count']}); "
-        f"OpenBLAS {meta['openblas']['corename']} x{threads} threads "
-        f"({meta['openblas']['path']}); torch {torch.__version__} x{torch.get_num_threads()} "
+        f"{kernel_line()}; torch {torch.__version__} x{torch.get_num_threads()} "
         f"({meta['torch_blas']}); load {meta['loadavg_start']}"
     )
     started = time.time()

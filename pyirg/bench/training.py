@@ -15,11 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from pyirg.bench.layers import verdict
 from pyirg.bench.timing import Settings, measure
 
-#: The target of issue 5 for training: the IRG layers' own time, in % of an iteration.
-TRAIN_TARGET_PCT = 1.0
 IRG_TYPES = frozenset({"BatchEuclideanMap", "BatchEuclideanVector"})
 # Parameter-free layers pyirg.distill adds only to feed the IRG layers (pooling of block
 # outputs, zero padding); removed with them when nobody reads their tops any more.
@@ -180,20 +177,3 @@ def bench_training(method: str, s: Settings) -> dict[str, Any]:
         "losses_finite": all(math.isfinite(v) for v in losses.values()),
         "losses": losses,
     }
-
-
-def training_targets(train: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The training-overhead target for each method run, judged like the layers' targets."""
-    return [
-        verdict(
-            "training",
-            f"{t['method']}: overhead <= "
-            f"{TRAIN_TARGET_PCT}% (IRG layers' own time / iteration without them)",
-            t["batch"],
-            None,
-            "attributed_overhead_pct",
-            t["attributed_overhead_pct"],
-            TRAIN_TARGET_PCT,
-        )
-        for t in train
-    ]
