@@ -9,6 +9,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pyirg.cli import tool  # noqa: E402
+from pyirg.cli import tool
 
 tool("bench")
