@@ -105,13 +105,14 @@ def _training(training: list[dict[str, Any]]) -> list[str]:
 
 def _memory(memory: list[dict[str, Any]]) -> list[str]:
     head = ["layer", "N", "from the code", "parts", "heap residual observed"]
-    head.append("minus the vector net's")
+    head += ["minus the vector net's"]
     rows = []
     for m in memory:
         parts = ", ".join(f"`{k}` {v}" for k, v in m["computed"].items() if k != "total")
-        net = m["observed_minus_baseline"]
-        rows.append([m["layer"], m["n"], m["computed"]["total"], parts, m["observed_residual"]])
-        rows[-1].append("-" if net is None else net)
+        net = "-" if m["observed_minus_baseline"] is None else m["observed_minus_baseline"]
+        rows.append(
+            [m["layer"], m["n"], m["computed"]["total"], parts, m["observed_residual"], net]
+        )
     return ["**extra memory beyond the top** (bytes, float)", "", *_table(head, "lrrlrr", rows)]
 
 
