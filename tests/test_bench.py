@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run
 
-from pyirg import bench
+from pyirg.bench import layers, report, timing, training
 
 
 def _positive(x: object) -> bool:
@@ -27,7 +27,7 @@ def test_measure_interleaves_and_groups_pools() -> None:
     calls: list[str] = []
     fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "t")}
     pools = {"a": "blas", "b": "blas", "t": "torch"}
-    timings = bench.measure(fns, pools, reps=4, min_sample_s=0.0, warmup=1, settle={})
+    timings = timing.measure(fns, pools, reps=4, min_sample_s=0.0, warmup=1, settle={})
     assert set(timings) == {"a", "b", "t"}
     for t in timings.values():
         assert len(t.samples) == 4 and t.inner == 1
@@ -43,7 +43,7 @@ def test_measure_interleaves_and_groups_pools() -> None:
 
 
 def test_timing_summary_and_plus() -> None:
-    t = bench.Timing([0.001, 0.003, 0.002], inner=5)
+    t = timing.Timing([0.001, 0.003, 0.002], inner=5)
     s = t.summary()
     assert s["median_ms"] == pytest.approx(2.0)
     assert s["min_ms"] == pytest.approx(1.0) and s["max_ms"] == pytest.approx(3.0)
@@ -52,17 +52,17 @@ def test_timing_summary_and_plus() -> None:
 
 def test_layer_extra_bytes_from_the_code() -> None:
     n = 256
-    m = bench.layer_extra_bytes("map", n)
+    m = layers.layer_extra_bytes("map", n)
     assert m == {"pairs_": 4 * n * n, "ones_": 8 * n, "norm_": 12, "total": 4 * n * n + 8 * n + 12}
-    assert bench.layer_extra_bytes("vector", n) == {"norm_": 12, "total": 12}
+    assert layers.layer_extra_bytes("vector", n) == {"norm_": 12, "total": 12}
 
 
 @pytest.mark.usefixtures("caffe_root")
 def test_strip_irg_removes_only_the_irg_layers() -> None:
-    net = bench.distill_nets("MTK", batch=8)
-    stripped, removed = bench.strip_irg(net)
+    net = training.distill_nets("MTK", batch=8)
+    stripped, removed = training.strip_irg(net)
     types = {layer.type for layer in stripped.layer}
-    assert not types & bench.IRG_TYPES
+    assert not types & training.IRG_TYPES
     names = {layer.name for layer in stripped.layer}
     assert {"bem", "stu_bem", "bem_loss", "bem13", "stu_bem79", "bem46_loss"} <= set(removed)
     assert not any(name.startswith(("pool_eltwise", "stu_pool_eltwise")) for name in names)
@@ -70,6 +70,7 @@ def test_strip_irg_removes_only_the_irg_layers() -> None:
     assert len(stripped.layer) + len(removed) == len(net.layer)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("caffe_root")
 def test_quick_run_writes_well_formed_results(tmp_path: Path) -> None:
     out = tmp_path / "bench"
@@ -86,11 +87,12 @@ def test_quick_run_writes_well_formed_results(tmp_path: Path) -> None:
         cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "== targets ==" in proc.stdout and "== map" in proc.stdout
+    # The console shows the report itself: bench.md's tables, then the profile of misses.
+    assert (out / "bench.md").read_text() in proc.stdout and "**map**" in proc.stdout
     png = (out / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     result = json.loads((out / "bench.json").read_text())
-    assert (out / "bench.md").read_text() == bench.markdown(result)
+    assert (out / "bench.md").read_text() == report.render(result)
 
     meta = result["meta"]
     assert result["threads"] == 1 and meta["torch_threads"] == 1
@@ -98,13 +100,16 @@ def test_quick_run_writes_well_formed_results(tmp_path: Path) -> None:
     assert meta["cpu_model"] and meta["cpu_count"] >= 1
     assert {"caffe", "numpy", "torch"} <= set(meta["versions"])
 
-    layers = result["layers"]
-    sizes = {(r["layer"], r["n"], r["c"]) for r in layers}
+    rows = result["layers"]
+    sizes = {(r["layer"], r["n"], r["c"]) for r in rows}
     assert sizes == {
-        (layer, n, c) for layer in ("map", "vector") for n in bench.QUICK_N for c in bench.QUICK_C
+        (layer, n, c)
+        for layer in ("map", "vector")
+        for n in timing.QUICK.ns
+        for c in timing.QUICK.cs
     }
     reps = result["settings"]["reps"]
-    for r in layers:
+    for r in rows:
         impls = {
             "caffe",
             "bound_fwd",
@@ -126,9 +131,9 @@ def test_quick_run_writes_well_formed_results(tmp_path: Path) -> None:
     assert {t["layer"] for t in targets} == {"map", "vector", "training"}
 
     memory = result["memory"]
-    assert len(memory) == 2 * len(bench.QUICK_N)
+    assert len(memory) == 2 * len(timing.QUICK.ns)
     for m in memory:
-        assert m["computed"] == bench.layer_extra_bytes(m["layer"], m["n"])
+        assert m["computed"] == layers.layer_extra_bytes(m["layer"], m["n"])
 
     (train,) = result["training"]
     assert train["method"] == "IRG" and train["losses_finite"]

@@ -2,75 +2,30 @@
 
 Why here and not in each part: the order matters. Caffe is imported first so the bound
 uses its OpenBLAS, both libraries get the same thread count, and every part writes into
-one bench.json that the markdown and the plot are rebuilt from.
+one bench.json that the report and the plot are rendered from.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from pyirg.bench.blas import OpenBLAS, compare_blas, conv_gemms, find_caffe_openblas, find_mkl
-from pyirg.bench.config import FULL_C, FULL_N, QUICK_C, QUICK_N, TRAIN_METHODS, Settings
-from pyirg.bench.console import (
-    print_memory,
-    print_profile,
-    print_tables,
-    print_targets,
-    print_training,
-)
-from pyirg.bench.layers import NetFiles, bench_layer, ratios
-from pyirg.bench.machine import machine_info
-from pyirg.bench.memory import memory_rows
-from pyirg.bench.report import blas_markdown, markdown, plot, to_json
-from pyirg.bench.targets import evaluate_targets, training_targets
+import numpy as np
+
+from pyirg.bench.blas import Cblas, blas_choice, caffe_cblas
+from pyirg.bench.layers import bench_layer, evaluate_targets, memory_rows
+from pyirg.bench.report import plot, render
+from pyirg.bench.timing import QUICK, Settings
 from pyirg.bench.training import bench_training
+from pyirg.blas import kernel_line, read_cpuinfo
 from pyirg.options import ArgumentParser, HelpFormatter
-
-
-def settings(args: argparse.Namespace) -> Settings:
-    """Full or quick sizes, then the options that narrow them: one place decides what runs."""
-    if args.quick:
-        s = Settings(
-            QUICK_N,
-            QUICK_C,
-            reps=3,
-            warmup=1,
-            min_sample_s=0.002,
-            train_methods=("IRG",),
-            train_batch=16,
-            train_warmup=1,
-            train_reps=2,
-            attribution_reps=1,
-            quick=True,
-        )
-    else:
-        s = Settings(
-            FULL_N,
-            FULL_C,
-            reps=15,
-            warmup=3,
-            min_sample_s=0.02,
-            train_methods=TRAIN_METHODS,
-            train_batch=64,
-            train_warmup=2,
-            train_reps=12,
-            attribution_reps=5,
-        )
-    if args.reps:
-        s.reps = args.reps
-    if args.skip_train:
-        s.train_methods = ()
-    if args.train_only or args.blas_only:
-        s.ns, s.cs = (), ()
-    if args.blas_only:
-        s.train_methods = ()
-    s.transform_pool = args.transform_pool
-    return s
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,10 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="a few sizes, seconds (for tests)")
     p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("out/bench"),
-        help="folder for bench.json and bench.png",
+        "--out", type=Path, default=Path("out/bench"), help="folder for bench.json and bench.png"
     )
     p.add_argument(
         "--threads",
@@ -119,29 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def blas_choice(blas: OpenBLAS, reps: int) -> list[dict]:
-    """Caffe's ResNet-20 convolution GEMMs timed with each OpenBLAS kernel this CPU can run
-    (each in its own process: the kernel is fixed at load) and with MKL if installed."""
-    from pyirg.arch import cifar_resnet
-    from pyirg.blas import CORETYPE_ENV, KERNEL_TIERS, read_cpuinfo
-
-    vendor, _, flags = read_cpuinfo()
-    in_use = blas.info()["corename"]
-    kernels = [
-        name
-        for name, needs, only in KERNEL_TIERS
-        if needs <= flags and (only is None or only == vendor)
-    ]
-    libraries = [(blas.path, {CORETYPE_ENV: k}) for k in dict.fromkeys([in_use, *kernels])]
-    mkl = find_mkl()
-    if mkl:
-        libraries.append((mkl, {"MKL_NUM_THREADS": "1"}))
-    rows = compare_blas(libraries, conv_gemms(cifar_resnet(20, 1.0, 10, 3), 32), reps)
-    for row in rows:
-        row["chosen"] = row.get("library") == f"OpenBLAS {in_use}"
-    return rows
-
-
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """The options, checked before Caffe and PyTorch load so a typo fails fast."""
     p = build_parser()
@@ -158,6 +87,81 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def settings(args: argparse.Namespace) -> Settings:
+    """Full or quick sizes, then the options that narrow them: one place decides what runs."""
+    s = dataclasses.replace(QUICK if args.quick else Settings(), transform_pool=args.transform_pool)
+    if args.reps:
+        s.reps = args.reps
+    if args.skip_train or args.blas_only:
+        s.train_methods = ()
+    if args.train_only or args.blas_only:
+        s.ns, s.cs = (), ()
+    return s
+
+
+def _mem_total() -> str | None:
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((x.split(":", 1)[1].strip() for x in lines if x.startswith("MemTotal")), None)
+
+
+def machine_info(blas: Cblas) -> dict[str, Any]:
+    """Where the numbers come from: timings from a small shared machine are meaningless
+    without the machine, its load and the libraries that produced them."""
+    import caffe
+    import matplotlib
+    import torch
+
+    prefixes = ("OPENBLAS_", "OMP_", "MKL_", "GOTO")
+    return {
+        "cpu_model": read_cpuinfo()[1] or None,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "mem_total": _mem_total(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {
+            "caffe": getattr(caffe, "__version__", "?"),
+            "numpy": np.__version__,
+            "torch": torch.__version__,
+            "matplotlib": matplotlib.__version__,
+        },
+        "openblas": blas.info(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_blas": "MKL" if torch.backends.mkl.is_available() else "other",
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "env": {k: v for k, v in os.environ.items() if k.startswith(prefixes)},
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def measure_all(s: Settings, blas: Cblas) -> dict[str, Any]:
+    """The layer sweep, the memory probe and the training comparison, in that order; one
+    progress line per size, since a full run takes minutes."""
+    layers = []
+    for layer in ("map", "vector"):
+        for c in s.cs:
+            for n in s.ns:
+                row = bench_layer(layer, n, c, s, blas, seed=n * 7919 + c)
+                layers.append(row)
+                print(
+                    f"  {layer:>6} N={n:>4} C={c:>5}: caffe "
+                    f"{row['timings']['caffe']['median_ms']:.3f} ms, "
+                    f"/torch {row['ratios']['vs_torch']:.2f}, "
+                    f"/bound {row['ratios']['vs_bound']:.2f}",
+                    flush=True,
+                )
+    memory = memory_rows(s.ns)
+    training = []
+    for method in s.train_methods:
+        print(f"  training: {method} ...", flush=True)
+        training.append(bench_training(method, s))
+    targets = evaluate_targets(layers, training)
+    return {"layers": layers, "targets": targets, "memory": memory, "training": training}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Caffe first (its OpenBLAS is the bound), one thread count for both, then every part."""
     args = parse(argv)
@@ -167,70 +171,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     s = settings(args)
-    blas = OpenBLAS(find_caffe_openblas())
+    blas = caffe_cblas()
     if args.threads is not None:
-        blas.set_threads(args.threads)
-    threads = blas.threads
+        blas.limit_threads(args.threads)
+    threads = blas.info()["threads"]
     torch.set_num_threads(threads)
     meta = machine_info(blas)
     print(
-        f"CPU {meta['cpu_model']} ({meta['cpus_usable']} usable of {meta['cpu_count']}); "
-        f"OpenBLAS {meta['openblas']['corename']} x{threads} threads "
-        f"({meta['openblas']['path']}); torch {torch.__version__} x{torch.get_num_threads()} "
+        f"{kernel_line()}; torch {torch.__version__} x{torch.get_num_threads()} "
         f"({meta['torch_blas']}); load {meta['loadavg_start']}"
     )
-    files = NetFiles()
     started = time.time()
-    try:
-        rows = []
-        for layer in ("map", "vector"):
-            for c in s.cs:
-                for n in s.ns:
-                    row = bench_layer(layer, n, c, s, blas, files, seed=n * 7919 + c)
-                    row["ratios"] = ratios(row)
-                    rows.append(row)
-                    print(
-                        f"  {layer:>6} N={n:>4} C={c:>5}: caffe "
-                        f"{row['timings']['caffe'].median * 1e3:.3f} ms, "
-                        f"/torch {row['ratios']['vs_torch']:.2f}, "
-                        f"/bound {row['ratios']['vs_bound']:.2f}",
-                        flush=True,
-                    )
-        memory = memory_rows(s.ns, files)
-        train = []
-        for method in s.train_methods:
-            print(f"  training: {method} ...", flush=True)
-            train.append(bench_training(method, s, files))
-    finally:
-        files.close()
+    parts = measure_all(s, blas)
     blas_rows = []
     if not args.train_only:  # --train-only asks for the training comparison alone
         print("  BLAS for Caffe's convolutions ...", flush=True)
         blas_rows = blas_choice(blas, reps=3 if s.quick else 7)
-    targets = evaluate_targets(rows)
-    targets += training_targets(train)
-    print_tables(rows)
-    print_targets(targets)
-    print_profile(rows, targets)
-    print_memory(memory)
-    print_training(train)
-    print("\n".join(blas_markdown(blas_rows)))
     meta["loadavg_end"] = os.getloadavg()
     meta["wall_s"] = time.time() - started
+    result = {"meta": meta, "settings": dataclasses.asdict(s), "threads": threads}
+    result = json.loads(json.dumps({**result, **parts, "blas_choice": blas_rows}))
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {
-        "meta": meta,
-        "settings": {k: getattr(s, k) for k in Settings.__dataclass_fields__},
-        "threads": threads,
-        "layers": to_json(rows),
-        "targets": targets,
-        "memory": memory,
-        "training": train,
-        "blas_choice": blas_rows,
-    }
     (args.out / "bench.json").write_text(json.dumps(result, indent=1))
-    (args.out / "bench.md").write_text(markdown(json.loads(json.dumps(result))))
-    if rows:
-        plot(rows, args.out / "bench.png")
-    print(f"\nwrote bench.json, bench.md, bench.png in {args.out} ({meta['wall_s']:.0f} s)")
+    (args.out / "bench.md").write_text(render(result))
+    print("\n" + render(result, profile=True))
+    if result["layers"]:
+        plot(result["layers"], args.out / "bench.png")
+    print(f"wrote bench.json, bench.md, bench.png in {args.out} ({meta['wall_s']:.0f} s)")
     return 0

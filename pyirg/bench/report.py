@@ -1,29 +1,30 @@
-"""What a run leaves behind: bench.json rows, the markdown of docs/benchmarks.md, bench.png.
+"""The one renderer of a run: the tables of bench.md (printed on the console too) and bench.png.
 
-Why the markdown comes from the JSON: the tables in the docs are regenerated from a
-saved run, so none is hand-copied and a test can check bench.md against bench.json.
-matplotlib is imported (and its backend set) only when a plot is drawn.
+Why everything comes from the bench.json dict: the tables in docs/benchmarks.md are
+regenerated from a saved run, so none is hand-copied, the console shows what the file
+says, and a test can check bench.md against bench.json. matplotlib is imported (and its
+backend set) only when a plot is drawn.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pyirg.bench.layers import TORCH_FORMS
 
-def to_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {
-            "layer": r["layer"],
-            "n": r["n"],
-            "c": r["c"],
-            "loadavg_1min": r["loadavg_1min"],
-            "ratios": r["ratios"],
-            "timings": {k: v.summary() for k, v in r["timings"].items()},
-        }
-        for r in rows
+
+def _table(head: Sequence[str], align: str, rows: Iterable[Sequence[object]]) -> list[str]:
+    """A markdown table; ``align`` holds one letter per column, ``l`` or ``r``."""
+
+    def line(cells: Sequence[object]) -> str:
+        return "| " + " | ".join(map(str, cells)) + " |"
+
+    return [line(head), "|" + "".join("---:|" if a == "r" else "---|" for a in align)] + [
+        line(r) for r in rows
     ]
 
 
@@ -31,11 +32,10 @@ def _cell(t: dict[str, Any]) -> str:
     return f"{t['median_ms']:.3f} ({t['q1_ms']:.3f}-{t['q3_ms']:.3f})"
 
 
-def markdown(result: dict[str, Any]) -> str:
-    """The tables of docs/benchmarks.md, from a bench.json dict (so none is hand-copied)."""
-    meta, lines = result["meta"], []
+def _machine(result: dict[str, Any]) -> str:
+    meta = result["meta"]
     ob = meta["openblas"]
-    lines += [
+    return (
         f"Machine: {meta['cpu_model']}, {meta['cpus_usable']} usable cores of "
         f"{meta['cpu_count']}, {meta['mem_total']}; {meta['platform']}; Python "
         f"{meta['python']}; Caffe {meta['versions']['caffe']}, OpenBLAS `{ob['config']}` "
@@ -43,149 +43,182 @@ def markdown(result: dict[str, Any]) -> str:
         f"{meta['versions']['torch']} ({meta['torch_blas']}, {meta['torch_cpu_capability']}), "
         f"{meta['torch_threads']} threads; environment {meta['env'] or '{}'}; load average "
         f"{meta['loadavg_start'][0]:.2f} at the start, {meta['loadavg_end'][0]:.2f} at the end; "
-        f"{meta['wall_s']:.0f} s.",
-        "",
-    ]
-    for layer in ("map", "vector"):
-        rows = [r for r in result["layers"] if r["layer"] == layer]
+        f"{meta['wall_s']:.0f} s."
+    )
+
+
+def _layers(layers: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for layer, forms in TORCH_FORMS.items():
+        rows = [r for r in layers if r["layer"] == layer]
         if not rows:
             continue
-        refs = ["torch_gram", "torch_cdist"] if layer == "map" else ["torch"]
         bound = "GEMM bound" if layer == "map" else "stream floor"
-        lines += [
-            f"**{layer}**: forward + backward, ms, median (IQR)",
-            "",
-            "| N | C | ours (Caffe) | "
-            + " | ".join(f"PyTorch {r[6:] or 'autograd'}" for r in refs)
-            + f" | {bound} | ours / PyTorch | ours / {bound} | layer fwd | layer bwd |",
-            "|---:|---:|---:|" + "---:|" * len(refs) + "---:|---:|---:|---:|---:|",
-        ]
-        for r in rows:
-            t, q = r["timings"], r["ratios"]
-            lines.append(
-                f"| {r['n']} | {r['c']} | {_cell(t['caffe'])} | "
-                + " | ".join(_cell(t[x]) for x in refs)
-                + f" | {q['bound_ms']:.3f} | {q['vs_torch']:.2f} | {q['vs_bound']:.2f} | "
-                f"{t['layer_fwd']['median_ms']:.3f} | {t['layer_bwd']['median_ms']:.3f} |"
-            )
-        lines.append("")
-    lines += ["**targets**", "", "| target | met at | missed at (value) |", "|---|---|---|"]
+        head = ["N", "C", "ours (Caffe)", *(f"PyTorch {f[6:] or 'autograd'}" for f in forms)]
+        head += [bound, "ours / PyTorch", f"ours / {bound}", "layer fwd", "layer bwd"]
+        cells = (
+            [r["n"], r["c"], _cell(r["timings"]["caffe"])]
+            + [_cell(r["timings"][f]) for f in forms]
+            + [f"{r['ratios']['bound_ms']:.3f}", f"{r['ratios']['vs_torch']:.2f}"]
+            + [f"{r['ratios']['vs_bound']:.2f}", f"{r['timings']['layer_fwd']['median_ms']:.3f}"]
+            + [f"{r['timings']['layer_bwd']['median_ms']:.3f}"]
+            for r in rows
+        )
+        lines += [f"**{layer}**: forward + backward, ms, median (IQR)", ""]
+        lines += [*_table(head, "r" * len(head), cells), ""]
+    return lines
+
+
+def _targets(targets: list[dict[str, Any]]) -> list[str]:
     groups: dict[str, list[dict[str, Any]]] = {}
-    for t in result["targets"]:
+    for t in targets:
         groups.setdefault(f"{t['layer']}: {t['target']}", []).append(t)
+    rows = []
     for text, ts in groups.items():
-        met = [t for t in ts if t["met"]]
         missed = ", ".join(
             f"{t['n']}x{t['c']} ({t['value']:.2f})" if t["c"] is not None else f"{t['value']:.2f}"
             for t in ts
             if not t["met"]
         )
-        lines.append(f"| {text} | {len(met)} of {len(ts)} | {missed or '-'} |")
-    lines.append("")
-    if result["training"]:
-        lines += [
-            "**training iteration** (`solver.step(1)`, ms, median (IQR))",
-            "",
-            "| method | batch | with IRG | without | end-to-end diff (paired IQR) | IRG layers' "
-            "own time | of which BatchEuclidean* + losses | helpers (pooling) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for t in result["training"]:
-            q1, q3 = t["end_to_end_paired_diff_pct_q1_q3"]
-            lines.append(
-                f"| {t['method']} | {t['batch']} | {_cell(t['with_irg'])} | "
-                f"{_cell(t['without_irg'])} | {t['end_to_end_overhead_pct']:+.2f}% "
-                f"({q1:+.2f}..{q3:+.2f}%) | {t['attributed_overhead_pct']:.3f}% | "
-                f"{t['irg_core_ms']:.3f} ms ({t['irg_core_overhead_pct']:.3f}%) | "
-                f"{t['helpers_ms']:.3f} ms ({t['helpers_overhead_pct']:.3f}%) |"
-            )
-        lines.append("")
-    lines += [
-        "**extra memory beyond the top** (bytes, float)",
-        "",
-        "| layer | N | from the code | parts | heap residual observed | minus the vector net's |",
-        "|---|---:|---:|---|---:|---:|",
-    ]
-    for m in result["memory"]:
-        parts = ", ".join(f"`{k}` {v}" for k, v in m["computed"].items() if k != "total")
-        net = m["observed_minus_baseline"]
-        lines.append(
-            f"| {m['layer']} | {m['n']} | {m['computed']['total']} | {parts} | "
-            f"{m['observed_residual']} | {net if net is not None else '-'} |"
+        rows.append([text, f"{sum(t['met'] for t in ts)} of {len(ts)}", missed or "-"])
+    return ["**targets**", "", *_table(["target", "met at", "missed at (value)"], "lll", rows), ""]
+
+
+def _training(training: list[dict[str, Any]]) -> list[str]:
+    if not training:
+        return []
+    head = ["method", "batch", "with IRG", "without", "end-to-end diff (paired IQR)"]
+    head += ["IRG layers' own time", "of which BatchEuclidean* + losses", "helpers (pooling)"]
+    rows = []
+    for t in training:
+        q1, q3 = t["end_to_end_paired_diff_pct_q1_q3"]
+        rows.append(
+            [t["method"], t["batch"], _cell(t["with_irg"]), _cell(t["without_irg"])]
+            + [f"{t['end_to_end_overhead_pct']:+.2f}% ({q1:+.2f}..{q3:+.2f}%)"]
+            + [f"{t['attributed_overhead_pct']:.3f}%"]
+            + [f"{t['irg_core_ms']:.3f} ms ({t['irg_core_overhead_pct']:.3f}%)"]
+            + [f"{t['helpers_ms']:.3f} ms ({t['helpers_overhead_pct']:.3f}%)"]
         )
-    lines += blas_markdown(result.get("blas_choice", []))
-    return "\n".join(lines) + "\n"
+    title = "**training iteration** (`solver.step(1)`, ms, median (IQR))"
+    return [title, "", *_table(head, "lrrrrrrr", rows), ""]
 
 
-def blas_markdown(rows: list[dict[str, Any]]) -> list[str]:
+def _memory(memory: list[dict[str, Any]]) -> list[str]:
+    head = ["layer", "N", "from the code", "parts", "heap residual observed"]
+    head += ["minus the vector net's"]
+    rows = []
+    for m in memory:
+        parts = ", ".join(f"`{k}` {v}" for k, v in m["computed"].items() if k != "total")
+        net = "-" if m["observed_minus_baseline"] is None else m["observed_minus_baseline"]
+        rows.append(
+            [m["layer"], m["n"], m["computed"]["total"], parts, m["observed_residual"], net]
+        )
+    return ["**extra memory beyond the top** (bytes, float)", "", *_table(head, "lrrlrr", rows)]
+
+
+def _blas(rows: list[dict[str, Any]]) -> list[str]:
     """The BLAS comparison: Caffe's convolution GEMMs per library/kernel, one thread."""
     ok = [r for r in rows if "per_image_s" in r]
     if not ok:
         return []
     chosen = next((r for r in ok if r.get("chosen")), ok[0])
-    lines = [
+    cells = (
+        [f"{r['library']}{' (in use)' if r is chosen else ''}", f"{1e3 * r['per_image_s']:.3f}"]
+        + [f"{r['per_image_s'] / chosen['per_image_s']:.2f}"]
+        + [f"{max(g['err'] for g in r['gemms']):.1e}"]
+        for r in ok
+    )
+    head = ["library / kernel", "ms per image", "time / in use", "max rel. error vs float64"]
+    return [
         "",
         "**BLAS for Caffe's convolutions**: the im2col GEMMs (forward, weight and data "
         "gradients) of one 32x32 image through ResNet-20, one thread, best of the repetitions",
         "",
-        "| library / kernel | ms per image | time / in use | max rel. error vs float64 |",
-        "|---|---:|---:|---:|",
+        *_table(head, "lrrr", cells),
+        *(f"| {r['library']} | failed: {r['error']} | | |" for r in rows if "error" in r),
     ]
-    for r in ok:
-        mark = " (in use)" if r is chosen else ""
-        err = max(g["err"] for g in r["gemms"])
+
+
+def _profile(result: dict[str, Any]) -> list[str]:
+    """Where the time of each size with a missed target goes (ms, medians): BLAS or the rest."""
+    missed = {(t["layer"], t["n"], t["c"]) for t in result["targets"] if not t["met"]}
+    rows = [r for r in result["layers"] if (r["layer"], r["n"], r["c"]) in missed]
+    lines = ["", "**profile of missed sizes** (ms, medians)", ""] if rows else []
+    for r in rows:
+        t = {k: v["median_ms"] for k, v in r["timings"].items()}
+        ref = r["ratios"]["torch_impl"]
+        phases = t["layer_fwd"] + t["loss_fwd"] + t["loss_bwd"] + t["layer_bwd"]
+        torch = f"PyTorch {t[ref]:.3f}"
+        if "torch_gemms" in t:
+            torch += (
+                f" ({ref}), of which its 3 GEMMs (MKL) {t['torch_gemms']:.3f} vs our 2 "
+                f"(OpenBLAS) {t['bound_fwd'] + t['bound_bwd']:.3f}"
+            )
         lines.append(
-            f"| {r['library']}{mark} | {1e3 * r['per_image_s']:.3f} | "
-            f"{r['per_image_s'] / chosen['per_image_s']:.2f} | {err:.1e} |"
+            f"- {r['layer']} N={r['n']} C={r['c']}: total {t['caffe']:.3f} = layer fwd "
+            f"{t['layer_fwd']:.3f} (bound {t['bound_fwd']:.3f}, rest "
+            f"{t['layer_fwd'] - t['bound_fwd']:.3f}) + layer bwd {t['layer_bwd']:.3f} (bound "
+            f"{t['bound_bwd']:.3f}, rest {t['layer_bwd'] - t['bound_bwd']:.3f}) + loss "
+            f"{t['loss_fwd'] + t['loss_bwd']:.3f} + pycaffe/net {t['caffe'] - phases:.3f}; {torch}"
         )
-    lines += [f"| {r['library']} | failed: {r['error']} | | |" for r in rows if "error" in r]
     return lines
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def render(result: dict[str, Any], profile: bool = False) -> str:
+    """bench.md from a bench.json dict; ``profile`` adds, for the console, where the time
+    of each missed size goes (bench.md leaves that to bench.json's per-phase timings)."""
+    lines = [_machine(result), "", *_layers(result["layers"]), *_targets(result["targets"])]
+    lines += _training(result["training"]) + _memory(result["memory"])
+    lines += _blas(result.get("blas_choice", []))
+    return "\n".join(lines + (_profile(result) if profile else [])) + "\n"
+
+
+def _quartiles(row: dict[str, Any], key: str) -> tuple[float, float, float]:
+    """(q1, median, q3) in ms; the bound's from the repetition-wise sum of its two phases."""
+    t = row["timings"]
+    if key == "bound":
+        both = np.add(t["bound_fwd"]["samples_ms"], t["bound_bwd"]["samples_ms"])
+        q1, med, q3 = np.percentile(both, (25, 50, 75))
+        return float(q1), float(med), float(q3)
+    return t[key]["q1_ms"], t[key]["median_ms"], t[key]["q3_ms"]
+
+
+def _n(row: dict[str, Any]) -> int:
+    return row["n"]
+
+
+def plot(layers: list[dict[str, Any]], path: Path) -> None:
     """Time vs N, log-log, one panel per C; map on top, vector below; bars are the IQR."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cs = sorted({r["c"] for r in rows})
-    layers = [x for x in ("map", "vector") if any(r["layer"] == x for r in rows)]
+    cs = sorted({r["c"] for r in layers})
+    kinds = [x for x in TORCH_FORMS if any(r["layer"] == x for r in layers)]
     fig, axes = plt.subplots(
-        len(layers), len(cs), figsize=(4.2 * len(cs), 3.6 * len(layers)), squeeze=False
+        len(kinds), len(cs), figsize=(4.2 * len(cs), 3.6 * len(kinds)), squeeze=False
     )
-    series = {
-        "map": [
-            ("caffe", "ours (Caffe)"),
-            ("torch_gram", "PyTorch gram"),
-            ("torch_cdist", "PyTorch cdist"),
-            ("bound", "GEMM bound"),
-        ],
-        "vector": [("caffe", "ours (Caffe)"), ("torch", "PyTorch"), ("bound", "stream floor")],
+    labels = {
+        "caffe": "ours (Caffe)",
+        "torch_gram": "PyTorch gram",
+        "torch_cdist": "PyTorch cdist",
+        "torch": "PyTorch",
     }
-    for i, layer in enumerate(layers):
+    for i, layer in enumerate(kinds):
+        bound = "GEMM bound" if layer == "map" else "stream floor"
         for j, c in enumerate(cs):
             ax = axes[i][j]
-            sel = sorted(
-                (r for r in rows if r["layer"] == layer and r["c"] == c), key=lambda r: r["n"]
-            )
-            for key, label in series[layer]:
-                ts = [
-                    r["timings"]["bound_fwd"].plus(r["timings"]["bound_bwd"])
-                    if key == "bound"
-                    else r["timings"][key]
-                    for r in sel
-                ]
-                med = np.array([t.median for t in ts]) * 1e3
-                lo = med - np.array([t.q(25) for t in ts]) * 1e3
-                hi = np.array([t.q(75) for t in ts]) * 1e3 - med
+            sel = sorted((r for r in layers if (r["layer"], r["c"]) == (layer, c)), key=_n)
+            for key in ("caffe", *TORCH_FORMS[layer], "bound"):
+                q1, med, q3 = np.array([_quartiles(r, key) for r in sel]).T
                 ax.errorbar(
                     [r["n"] for r in sel],
                     med,
-                    yerr=[lo, hi],
+                    yerr=[med - q1, q3 - med],
                     marker="o",
                     capsize=3,
-                    label=label,
+                    label=labels.get(key, bound),
                     linestyle="--" if key == "bound" else "-",
                 )
             ax.set_xscale("log", base=2)

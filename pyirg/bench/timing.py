@@ -1,20 +1,57 @@
-"""Interleaved timing that keeps OpenBLAS's and PyTorch's thread pools out of each other's way.
+"""How much a run measures (``Settings``) and how each sample is taken (``measure``).
 
-Why: the machines are small and shared, so only side-by-side samples are comparable, and
-two thread pools spinning in one process slow each other down many times (see
-``measure``).
+Why one module: the layer sweep, the training comparison and the command line share
+both, and the repetition counts only mean something with the way a sample is timed.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 MAX_INNER = 20000
+# Seconds for a thread pool to go idle after its last call (see measure): OpenBLAS's
+# workers spin ~2^28 cycles (0.07-0.13 s at 2-4 GHz), libgomp's some ms.
+SETTLE_S = {"openblas": 0.2, "torch": 0.05}
+
+
+@dataclass
+class Settings:
+    """How much to run: sizes, repetitions, and the training comparison. The defaults are
+    the published run (docs/benchmarks.md); ``QUICK`` is the seconds-long one tests run."""
+
+    ns: tuple[int, ...] = (64, 128, 256, 512)
+    cs: tuple[int, ...] = (64, 256, 2048)
+    reps: int = 15
+    warmup: int = 3
+    min_sample_s: float = 0.02
+    train_methods: tuple[str, ...] = ("IRG", "IRG-t", "MTK")
+    train_batch: int = 64
+    train_warmup: int = 2
+    train_reps: int = 12
+    attribution_reps: int = 5
+    settle: dict[str, float] = field(default_factory=lambda: dict(SETTLE_S))
+    quick: bool = False
+    transform_pool: str = "Pooling"
+
+
+QUICK = Settings(
+    ns=(64, 256),
+    cs=(64, 256),
+    reps=3,
+    warmup=1,
+    min_sample_s=0.002,
+    train_methods=("IRG",),
+    train_batch=16,
+    train_warmup=1,
+    train_reps=2,
+    attribution_reps=1,
+    quick=True,
+)
 
 
 @dataclass
@@ -36,6 +73,7 @@ class Timing:
         return Timing([a + b for a, b in zip(self.samples, other.samples)], self.inner)
 
     def summary(self) -> dict[str, Any]:
+        """What bench.json keeps of a timing: quartiles for the tables, every sample."""
         ms = [s * 1e3 for s in self.samples]
         return {
             "median_ms": self.median * 1e3,
@@ -58,16 +96,13 @@ def measure(
 ) -> dict[str, Timing]:
     """Time every function ``reps`` times, interleaved, one sample of each per repetition.
 
-    Interleaving puts every implementation under the same background load. But two thread
-    pools share this process and its cores: OpenBLAS's workers spin for about 2^28 cycles
-    (~0.1 s) after each call and libgomp's (PyTorch) for some ms, and a pool that finds
-    the other one spinning runs many times slower (measured: a 1.3 ms PyTorch step takes
-    75-115 ms within 0.1 s of a GEMM). No user runs both in one process, so each sample
-    must see only its own pool: functions are grouped by ``pools[name]``, each group runs
-    after ``settle[previous pool]`` seconds of sleep (the other pool gone idle) and one
-    untimed priming call; the group order and the order inside a group rotate per
-    repetition so none always runs first. Fast calls are repeated ``inner`` times per
-    sample so a sample lasts ``min_sample_s`` and timer resolution and jitter average out.
+    Interleaving puts every implementation under the same background load. But a thread
+    pool that finds the other one (OpenBLAS's, PyTorch's libgomp) still spinning runs many
+    times slower (docs/benchmarks.md, "Timing"), and no user runs both in one process: so
+    functions are grouped by ``pools[name]``, each group runs after ``settle[previous
+    pool]`` seconds of sleep and one untimed priming call, and the group order and the
+    order inside a group rotate per repetition. Fast calls are repeated ``inner`` times
+    so a sample lasts ``min_sample_s`` and timer resolution and jitter average out.
     """
     groups: dict[str, list[str]] = {}
     for name in fns:
@@ -84,11 +119,10 @@ def measure(
     for pool in order:
         enter(pool)
         for name in groups[pool]:
-            fn = fns[name]
             for _ in range(warmup):
-                fn()
+                fns[name]()
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             once = max(time.perf_counter() - t0, 1e-7)
             inner[name] = max(1, min(MAX_INNER, int(min_sample_s / once)))
     samples: dict[str, list[float]] = {name: [] for name in fns}
@@ -96,9 +130,8 @@ def measure(
         k = rep % len(order)
         for pool in order[k:] + order[:k]:
             enter(pool)
-            names = groups[pool]
-            j = rep % len(names)
-            names = names[j:] + names[:j]
+            j = rep % len(groups[pool])
+            names = groups[pool][j:] + groups[pool][:j]
             fns[names[0]]()  # priming: wakes this pool, warms the caches after the sleep
             for name in names:
                 fn, count = fns[name], inner[name]

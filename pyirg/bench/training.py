@@ -8,14 +8,14 @@ against the same nets with the IRG layers stripped.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pyirg.bench.config import Settings
-from pyirg.bench.layers import NetFiles
-from pyirg.bench.timing import measure
+from pyirg.bench.timing import Settings, measure
 
 IRG_TYPES = frozenset({"BatchEuclideanMap", "BatchEuclideanVector"})
 # Parameter-free layers pyirg.distill adds only to feed the IRG layers (pooling of block
@@ -77,17 +77,23 @@ def distill_nets(method: str, batch: int, transform_pool: str = "Pooling") -> An
     )
 
 
-def _solver(net_text: str, files: NetFiles, seed: int) -> Any:
-    """SGD solver on the net, fed once with synthetic images and labels, sane BN stats."""
+def _solver(net_param: Any, seed: int) -> Any:
+    """SGD solver on the net, fed once with synthetic images and labels, sane BN stats.
+
+    pycaffe reads solvers and nets from files only; Caffe parses both while the solver
+    is built, so the files need not outlive it.
+    """
     import caffe
 
-    path = files.write(net_text)
-    solver_text = (
-        f'net: "{path}"\nbase_lr: 0.01\nmomentum: 0.9\nweight_decay: 0.0005\n'
-        'lr_policy: "fixed"\nmax_iter: 100000000\ndisplay: 0\nsnapshot: 0\n'
-        "snapshot_after_train: false\n"
-    )
-    solver = caffe.SGDSolver(files.write(solver_text, "solver"))
+    with tempfile.TemporaryDirectory(prefix="irg-bench-") as tmp:
+        net_path, solver_path = Path(tmp, "net.prototxt"), Path(tmp, "solver.prototxt")
+        net_path.write_text(str(net_param))
+        solver_path.write_text(
+            f'net: "{net_path}"\nbase_lr: 0.01\nmomentum: 0.9\nweight_decay: 0.0005\n'
+            'lr_policy: "fixed"\nmax_iter: 100000000\ndisplay: 0\nsnapshot: 0\n'
+            "snapshot_after_train: false\n"
+        )
+        solver = caffe.SGDSolver(str(solver_path))
     net = solver.net
     rng = np.random.default_rng(seed)
     images = net.blobs["Data1"]
@@ -120,27 +126,26 @@ def _per_layer(net: Any, reps: int) -> list[dict[str, float]]:
     return out
 
 
-def bench_training(method: str, s: Settings, files: NetFiles) -> dict[str, Any]:
+def bench_training(method: str, s: Settings) -> dict[str, Any]:
     """Iteration time with and without the IRG layers, and the IRG layers' own time."""
     full_net = distill_nets(method, s.train_batch, s.transform_pool)
     stripped, removed = strip_irg(full_net)
-    full, base = _solver(str(full_net), files, 1), _solver(str(stripped), files, 1)
+    full, base = _solver(full_net, 1), _solver(stripped, 1)
     steps = {"with_irg": lambda: full.step(1), "without_irg": lambda: base.step(1)}
     timings = measure(
         steps, dict.fromkeys(steps, "openblas"), s.train_reps, 0.0, s.train_warmup, s.settle
     )
-    layers = _per_layer(full.net, s.attribution_reps)
-    irg_times = [sum(t[name] for name in removed) for t in layers]
-    all_times = [sum(t.values()) for t in layers]
+    with_t, without_t = timings["with_irg"], timings["without_irg"]
+    base_ms = 1e3 * without_t.median
+    layers = [{k: 1e3 * v for k, v in t.items()} for t in _per_layer(full.net, s.attribution_reps)]
     # Our layers and their losses, apart from the stock Caffe layers that only feed them
     # (global pooling of block outputs, zero padding): a miss must say which it is.
     types = {layer.name: layer.type for layer in full_net.layer}
-    core = [n for n in removed if types[n] in IRG_TYPES or types[n] == "EuclideanLoss"]
-    core_med = float(np.median([sum(t[n] for n in core) for t in layers]))
-    helper_med = float(np.median([sum(t[n] for n in removed if n not in core) for t in layers]))
-    with_t, without_t = timings["with_irg"], timings["without_irg"]
-    paired = [a - b for a, b in zip(with_t.samples, without_t.samples)]
-    base_med = without_t.median
+    core = {n for n in removed if types[n] in IRG_TYPES or types[n] == "EuclideanLoss"}
+    irg_ms = [sum(t[n] for n in removed) for t in layers]
+    core_ms = float(np.median([sum(t[n] for n in core) for t in layers]))
+    helpers_ms = float(np.median([sum(t[n] for n in removed if n not in core) for t in layers]))
+    paired = [1e3 * (a - b) for a, b in zip(with_t.samples, without_t.samples)]
     losses = {
         k: float(np.asarray(v.data).sum())
         for k, v in full.net.blobs.items()
@@ -154,21 +159,21 @@ def bench_training(method: str, s: Settings, files: NetFiles) -> dict[str, Any]:
         "layers_without_irg": len(stripped.layer),
         "with_irg": with_t.summary(),
         "without_irg": without_t.summary(),
-        "end_to_end_overhead_pct": 100 * (with_t.median - base_med) / base_med,
+        "end_to_end_overhead_pct": 100 * (1e3 * with_t.median - base_ms) / base_ms,
         "end_to_end_paired_diff_pct_q1_q3": [
-            100 * float(np.percentile(paired, p)) / base_med for p in (25, 75)
+            100 * float(np.percentile(paired, p)) / base_ms for p in (25, 75)
         ],
-        "irg_layers_ms": [1e3 * t for t in irg_times],
-        "all_layers_ms": [1e3 * t for t in all_times],
-        "attributed_overhead_pct": 100 * float(np.median(irg_times)) / base_med,
+        "irg_layers_ms": irg_ms,
+        "all_layers_ms": [sum(t.values()) for t in layers],
+        "attributed_overhead_pct": 100 * float(np.median(irg_ms)) / base_ms,
         "removed_layer_ms": {
-            n: {"type": types[n], "median_ms": 1e3 * float(np.median([t[n] for t in layers]))}
+            n: {"type": types[n], "median_ms": float(np.median([t[n] for t in layers]))}
             for n in removed
         },
-        "irg_core_ms": 1e3 * core_med,
-        "irg_core_overhead_pct": 100 * core_med / base_med,
-        "helpers_ms": 1e3 * helper_med,
-        "helpers_overhead_pct": 100 * helper_med / base_med,
+        "irg_core_ms": core_ms,
+        "irg_core_overhead_pct": 100 * core_ms / base_ms,
+        "helpers_ms": helpers_ms,
+        "helpers_overhead_pct": 100 * helpers_ms / base_ms,
         "losses_finite": all(math.isfinite(v) for v in losses.values()),
         "losses": losses,
     }
