@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run
+from conftest import REPO, run, run_pyirg
 
 from pyirg.bench import layers, report, timing, training
 
@@ -142,3 +142,13 @@ def test_quick_run_writes_well_formed_results(tmp_path: Path) -> None:
         train["without_irg"]["median_ms"]
     )
     assert math.isfinite(train["attributed_overhead_pct"]) and train["attributed_overhead_pct"] >= 0
+
+
+def test_bench_refuses_contradicting_options() -> None:
+    for argv in (
+        ["--skip-train", "--train-only"],
+        ["--blas-only", "--train-only"],
+        ["--blas-only", "--transform-pool", "Reduction"],
+    ):
+        proc = run_pyirg("bench", "--quick", *argv)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, argv

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 pytest.importorskip("caffe")
-from conftest import REPO, run  # noqa: E402
+from conftest import REPO, run, run_pyirg
 
-import pyirg.torch.layers as torch_layers  # noqa: E402
-import pyirg.torch.losses as torch_losses  # noqa: E402
-from pyirg.verify import cli, report  # noqa: E402
-from pyirg.verify import layer_compare as lc  # noqa: E402
-from pyirg.verify import net_compare as nc  # noqa: E402
+import pyirg.torch.layers as torch_layers
+import pyirg.torch.losses as torch_losses
+from pyirg.verify import cli, report
+from pyirg.verify import layer_compare as lc
+from pyirg.verify import net_compare as nc
 
 
 def _report(tmp_path, *argv: str) -> tuple[int, list[dict]]:
@@ -189,3 +189,13 @@ def test_command_line_wrapper(tmp_path) -> None:
     )
     assert proc.returncode == 0
     assert "caffe-f32 vs torch-f64" in proc.stdout and json.loads(out.read_text())["passed"]
+
+
+def test_verify_checks_its_json_path_first(tmp_path: Path) -> None:
+    proc = run_pyirg("verify", "--no-nets", "--json", str(tmp_path))
+    assert proc.returncode == 2 and "--json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_verify_refuses_a_negative_seed_in_one_line() -> None:
+    proc = run_pyirg("verify", "--no-nets", "--seed", "-1")
+    assert proc.returncode == 2 and "--seed" in proc.stderr and "Traceback" not in proc.stderr

@@ -27,7 +27,7 @@ def layer_net(layer: str, n: int, c: int) -> Any:
     from caffe import layers as L
     from caffe.net_spec import NetSpec
 
-    from pyirg.netspec import caffe_net
+    from pyirg.caffeio import caffe_net
 
     ns = NetSpec()
     ns.x = L.Input(shape={"dim": [n, c]})
