@@ -140,6 +140,21 @@ def _checked_kept(
     return kept
 
 
+def _unit(cin: int, cout: int, kernel: int, stride: int, number: int, relu: int | None) -> ConvSpec:
+    """Convolution/BatchNorm/Scale number ``number`` (and ReLU ``relu``), "same" padding."""
+    return ConvSpec(
+        conv=f"Convolution{number}",
+        bn=f"BatchNorm{number}",
+        scale=f"Scale{number}",
+        in_channels=cin,
+        out_channels=cout,
+        kernel=kernel,
+        stride=stride,
+        pad=kernel // 2,
+        relu=None if relu is None else f"ReLU{relu}",
+    )
+
+
 def cifar_resnet(
     depth: int = 20,
     width: float = 1.0,
@@ -157,22 +172,7 @@ def cifar_resnet(
     widths = stage_widths(width)
     conv_no, relu_no, elt_no = 1, 1, 1
 
-    def unit(
-        cin: int, cout: int, kernel: int, stride: int, number: int, relu: int | None
-    ) -> ConvSpec:
-        return ConvSpec(
-            conv=f"Convolution{number}",
-            bn=f"BatchNorm{number}",
-            scale=f"Scale{number}",
-            in_channels=cin,
-            out_channels=cout,
-            kernel=kernel,
-            stride=stride,
-            pad=kernel // 2,
-            relu=None if relu is None else f"ReLU{relu}",
-        )
-
-    stem = unit(in_channels, widths[0], 3, 1, conv_no, relu_no)
+    stem = _unit(in_channels, widths[0], 3, 1, conv_no, relu_no)
     conv_no, relu_no = conv_no + 1, relu_no + 1
     blocks = []
     cin = widths[0]
@@ -183,14 +183,14 @@ def cifar_resnet(
             has_proj = first and stage > 0
             stride = 2 if has_proj else 1
             if ref_index in kept[stage]:
-                proj = unit(cin, cout, 1, stride, conv_no, None) if has_proj else None
+                proj = _unit(cin, cout, 1, stride, conv_no, None) if has_proj else None
                 c = conv_no + (1 if has_proj else 0)
                 blocks.append(
                     BlockSpec(
                         stage=stage,
                         index=ref_index,
-                        conv_a=unit(cin, cout, 3, stride, c, relu_no),
-                        conv_b=unit(cout, cout, 3, 1, c + 1, None),
+                        conv_a=_unit(cin, cout, 3, stride, c, relu_no),
+                        conv_b=_unit(cout, cout, 3, 1, c + 1, None),
                         proj=proj,
                         eltwise=f"Eltwise{elt_no}",
                         relu=f"ReLU{relu_no + 1}",
