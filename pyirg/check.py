@@ -69,12 +69,11 @@ from typing import Any
 from caffe.proto import caffe_pb2
 
 from pyirg.caffeio import read_net
-from pyirg.distill import STUDENT_PREFIX
+from pyirg.distill import IRG_TYPES, STUDENT_PREFIX
 from pyirg.options import ArgumentParser, HelpFormatter
 
 ERROR, WARNING = "error", "warning"
-IRG_MAP, IRG_VECTOR = "BatchEuclideanMap", "BatchEuclideanVector"
-IRG_TYPES = (IRG_MAP, IRG_VECTOR)
+IRG_MAP, IRG_VECTOR = IRG_TYPES
 PHASES = {caffe_pb2.TRAIN: "TRAIN", caffe_pb2.TEST: "TEST"}
 DATA_TYPES = ("Data", "ImageData", "HDF5Data", "Input", "DummyData", "MemoryData", "WindowData")
 TEACHER, STUDENT, DATA = "teacher", "student", "data"

@@ -103,6 +103,8 @@ BACKWARD = tuple(caffe_pb2.IRGParameter.Backward.keys())
 #: BLAS, several times faster on the CPU; see docs/benchmarks.md).
 TRANSFORM_POOLS = ("Pooling", "Reduction")
 STUDENT_PREFIX = "stu_"
+#: The Caffe type names of the two IRG layers (the authors', so their prototxts load).
+IRG_TYPES = ("BatchEuclideanMap", "BatchEuclideanVector")
 
 Pair = tuple[str, str]
 

@@ -36,11 +36,13 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from pyirg.arch import WIDTHS, cifar_resnet
+from pyirg.data.core import DATASETS
 from pyirg.distill import (
     BACKWARD,
     METHOD_WEIGHTS,
     METHODS,
     NORMALIZE,
+    STUDENT_PREFIX,
     TRANSFORM_POOLS,
     WEIGHT_HELP,
     WEIGHT_OPTIONS,
@@ -49,7 +51,6 @@ from pyirg.distill import (
 )
 from pyirg.netspec import (
     DATA_KINDS,
-    DATASETS,
     DataConfig,
     deploy_net,
     spec_label,
@@ -111,7 +112,13 @@ def reference_files(net_dir: str = DEFAULT_OUT) -> dict[str, Message]:
     )
     irg = DistillConfig(teacher, student, edges=0.005, data=distill, name="resnet_cifar10_IRG")
     _with_solver_and_deploy(
-        files, "IRG", distill_net(irg), deploy_net(student, "stu_"), distill, HE2016, net_dir
+        files,
+        "IRG",
+        distill_net(irg),
+        deploy_net(student, STUDENT_PREFIX),
+        distill,
+        HE2016,
+        net_dir,
     )
     irg_t = DistillConfig(
         teacher,
@@ -124,7 +131,7 @@ def reference_files(net_dir: str = DEFAULT_OUT) -> dict[str, Message]:
         files,
         "IRG_Transformation",
         distill_net(irg_t),
-        deploy_net(student14, "stu_"),
+        deploy_net(student14, STUDENT_PREFIX),
         distill,
         HE2016,
         net_dir,

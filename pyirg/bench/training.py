@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from pyirg.bench.timing import Settings, measure
+from pyirg.distill import IRG_TYPES
 
-IRG_TYPES = frozenset({"BatchEuclideanMap", "BatchEuclideanVector"})
 # Parameter-free layers pyirg.distill adds only to feed the IRG layers (pooling of block
 # outputs, zero padding); removed with them when nobody reads their tops any more.
 HELPER_TYPES = frozenset({"Pooling", "Reduction", "Power", "Slice", "Silence", "Concat"})

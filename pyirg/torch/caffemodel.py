@@ -46,7 +46,7 @@ import torch
 from caffe.proto import caffe_pb2
 from torch import nn
 
-from pyirg.caffeio import blob_array, read_binary, write_binary
+from pyirg.caffeio import blob_array, blob_fits, read_binary, write_binary
 from pyirg.torch.resnet import CaffeBatchNorm2d, CifarResNet, Scale
 
 #: Caffe layer type and blob count for every module kind that holds weights.
@@ -128,18 +128,11 @@ def _weight_modules(model: CifarResNet) -> list[tuple[str, nn.Module, str, int]]
     return out
 
 
-def _strip_ones(shape: tuple[int, ...]) -> tuple[int, ...]:
-    i = 0
-    while i < len(shape) - 1 and shape[i] == 1:
-        i += 1
-    return shape[i:]
-
-
 def _fit(layer: str, index: int, array: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
-    """``array`` in ``expected`` shape; leading-1 differences only (legacy 4-D blobs)."""
+    """``array`` in ``expected`` shape; a legacy 4-D blob fits as Caffe fits it (leading 1s)."""
     if array.shape == expected:
         return array
-    if _strip_ones(array.shape) == _strip_ones(expected):
+    if blob_fits(tuple(array.shape), True, expected):
         return array.reshape(expected)
     raise ValueError(
         f"layer {layer!r} blob {index}: caffemodel shape {tuple(array.shape)} does not match "

@@ -49,6 +49,7 @@ import torch
 from caffe.proto import caffe_pb2
 
 from pyirg.caffeio import caffe_net
+from pyirg.distill import IRG_TYPES
 from pyirg.torch import layers as ref
 from pyirg.verify.report import (
     CAFFE_ROW,
@@ -66,7 +67,7 @@ from pyirg.verify.report import (
 NORMALIZE = tuple(caffe_pb2.IRGParameter.Normalize.keys())  # MAX, MEAN, NONE
 BACKWARD = tuple(caffe_pb2.IRGParameter.Backward.keys())  # EXACT, RELEASED
 SQUARED = (True, False)
-LAYERS = ("BatchEuclideanMap", "BatchEuclideanVector")
+LAYERS = IRG_TYPES
 MAP = LAYERS[0]
 #: Smallest fitted tie weight still counted as convex (weights sum to 1).
 TIE_WEIGHT_SLACK = 1e-3
