@@ -62,7 +62,7 @@ def test_strip_irg_removes_only_the_irg_layers() -> None:
     net = training.distill_nets("MTK", batch=8)
     stripped, removed = training.strip_irg(net)
     types = {layer.type for layer in stripped.layer}
-    assert not types & training.IRG_TYPES
+    assert not types & set(training.IRG_TYPES)
     names = {layer.name for layer in stripped.layer}
     assert {"bem", "stu_bem", "bem_loss", "bem13", "stu_bem79", "bem46_loss"} <= set(removed)
     assert not any(name.startswith(("pool_eltwise", "stu_pool_eltwise")) for name in names)

@@ -65,6 +65,7 @@ def test_irg_layer_gtests_pass(caffe_root: Path) -> None:
     assert _passed(proc.stdout) >= 66
 
 
+@pytest.mark.slow
 def test_caffe_cpu_suite_still_passes(caffe_root: Path) -> None:
     """What Caffe's `make runtest` runs on a CPU_ONLY build, on our tree."""
     proc = run([str(_testbin(caffe_root)), "--gtest_filter=-*GPU*"], cwd=caffe_root)

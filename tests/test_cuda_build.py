@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO, run
 
 
+@pytest.mark.slow
 def test_cuda_sources_compile(caffe_base: Path) -> None:
     proc = run(["bash", str(REPO / "tools" / "check_cuda.sh"), str(caffe_base)])
     if proc.returncode == 77:

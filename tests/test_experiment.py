@@ -51,6 +51,7 @@ def _digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_main_job_quick(tmp_path: Path) -> None:
     pytest.importorskip("caffe")
     out = tmp_path / "digits"
@@ -111,6 +112,7 @@ def test_tools_are_thin_wrappers_with_help(script: str) -> None:
     assert "usage:" in proc.stdout
 
 
+@pytest.mark.slow
 def test_results_are_the_same_whatever_jobs_is(tmp_path: Path) -> None:
     """--jobs 1 (in this process, in order) and --jobs 2 (worker processes) give the same
     bits: every accuracy and every trained .caffemodel; so do two runs on one machine."""
@@ -127,6 +129,7 @@ def test_results_are_the_same_whatever_jobs_is(tmp_path: Path) -> None:
     assert one["summary"] == two["summary"]
 
 
+@pytest.mark.slow
 def test_every_method_starts_from_the_same_student_weights(tmp_path: Path) -> None:
     """Paired design: for one seed, the baseline's and MTK's students start identical."""
     pytest.importorskip("caffe")

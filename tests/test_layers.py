@@ -34,6 +34,7 @@ print("ok", net.blobs["v"].data.shape)
 """
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None)
 @given(n1=st.integers(1, 6), d1=st.integers(1, 5), n2=st.integers(1, 6), d2=st.integers(1, 5))
 def test_vector_layer_refuses_exactly_mismatched_bottoms(n1, d1, n2, d2) -> None:
