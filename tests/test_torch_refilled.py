@@ -684,3 +684,17 @@ Y4 = torch.tensor([0, 1, 0, 1])
 def test_invalid_inputs(call, pattern):
     with pytest.raises(ValueError, match=pattern):
         call()
+
+
+def test_refilled_imports_nothing_else_of_pyirg():
+    """Independence: beyond pyirg's own __init__, only pyirg.torch and this module load."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pyirg; base = set(sys.modules); import pyirg.torch.refilled; "
+        "print(' '.join(sorted(m for m in set(sys.modules) - base if m.startswith('pyirg'))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["pyirg.torch", "pyirg.torch.refilled"]
