@@ -57,7 +57,7 @@ from pyirg.caffeio import caffe_net
 from pyirg.cli import debugging
 from pyirg.data.core import DATASETS
 from pyirg.data.digits import load_digits_split
-from pyirg.data.feed import array_batch_fn, pad_images, pixel_mean
+from pyirg.data.feed import FedSplit
 from pyirg.distill import METHOD_WEIGHTS, STUDENT_PREFIX, DistillConfig, distill_net
 from pyirg.distill import WEIGHT_OPTIONS as DISTILL_WEIGHT_OPTIONS
 from pyirg.netspec import DataConfig, deploy_net, train_net
@@ -177,53 +177,9 @@ class ExperimentConfig:
         )
 
 
-@dataclass
-class Data:
-    """The digits split and the preprocessing every net of the run shares."""
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    mean: np.ndarray  # per-pixel mean of the padded training images
-
-    @classmethod
-    def load(cls, train_per_class: int | None) -> Data:
-        split = load_digits_split(train_per_class=train_per_class)
-        return cls(
-            split.train_images,
-            split.train_labels,
-            split.test_images,
-            split.test_labels,
-            pixel_mean(pad_images(split.train_images, PAD)),
-        )
-
-    def test_array(self) -> np.ndarray:
-        """Test images as the nets see them: centre of the padded mean removed, scaled."""
-        centre = self.mean[:, PAD:-PAD, PAD:-PAD]
-        return ((self.test_images.astype(np.float32) - centre) * SCALE).astype(np.float32)
-
-    def batch_fns(self, batch: int, seed: int):
-        common = {"scale": SCALE, "data_blob": "Data1", "label_blob": "Data2"}
-        train_fn = array_batch_fn(
-            self.train_images,
-            self.train_labels,
-            batch,
-            seed=seed,
-            pad=PAD,
-            mean=self.mean,
-            **common,
-        )
-        test_fn = array_batch_fn(
-            self.test_images,
-            self.test_labels,
-            batch,
-            seed=seed,
-            shuffle=False,
-            mean=self.mean[:, PAD:-PAD, PAD:-PAD],
-            **common,
-        )
-        return train_fn, test_fn
+def load_data(train_per_class: int) -> FedSplit:
+    """The digits split with ``train_per_class`` training images per class, as fed."""
+    return FedSplit.of(load_digits_split(train_per_class=train_per_class), PAD, SCALE)
 
 
 def _specs(cfg: ExperimentConfig) -> tuple[ResNetSpec, ResNetSpec]:
@@ -318,7 +274,7 @@ def write_init_weights(cfg: ExperimentConfig, seed: int) -> Path:
     return path
 
 
-def evaluate(spec: ResNetSpec, weights: Path, prefix: str, data: Data) -> float:
+def evaluate(spec: ResNetSpec, weights: Path, prefix: str, data: FedSplit) -> float:
     """Accuracy of a trained net on the whole test split, through its deploy net.
 
     Non-finite outputs (a diverged run) are an error, never counted as an accuracy.
@@ -354,7 +310,7 @@ def train_run(
 
     caffe.set_mode_cpu()
     teacher, student = _specs(cfg)
-    data = Data.load(cfg.train_per_class)
+    data = load_data(cfg.train_per_class)
     if run.method == TEACHER:
         net, iterations, spec, prefix = teacher_net(cfg, teacher), cfg.teacher_iter, teacher, ""
         init = None
@@ -613,7 +569,7 @@ def run(cfg: ExperimentConfig, command: str = "") -> dict:
     started = time.time()
     check_job_folder(cfg)
     machine = machine_line(cfg.workers)
-    data = Data.load(cfg.train_per_class)
+    data = load_data(cfg.train_per_class)
     teacher, student = _specs(cfg)
     print(
         f"teacher ResNet-{cfg.teacher_depth}x{cfg.teacher_width:g}, student "

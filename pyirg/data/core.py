@@ -7,6 +7,7 @@ Data-layer nets) and the array batch functions (for Input-fed nets).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,6 +97,30 @@ class DataSplit:
     @property
     def num_classes(self) -> int:
         return len(self.label_names)
+
+    def subset(self, classes: Sequence[int]) -> DataSplit:
+        """Only the instances of ``classes``, relabelled 0..k-1 in the order given: a task
+        of its own (cross-task distillation teaches it with a teacher of other classes)."""
+        classes = [int(c) for c in classes]
+        if len(set(classes)) != len(classes) or not classes:
+            raise DataError(f"{self.name}: classes must be distinct and not empty, got {classes}")
+        unknown = [c for c in classes if not 0 <= c < self.num_classes]
+        if unknown:
+            raise DataError(
+                f"{self.name}: no class(es) {unknown} (it has 0..{self.num_classes - 1})"
+            )
+        lookup = np.full(self.num_classes, -1, dtype=np.int64)
+        lookup[classes] = np.arange(len(classes))
+        parts = {}
+        for part in ("train", "test"):
+            labels = getattr(self, f"{part}_labels")
+            keep = lookup[labels] >= 0
+            parts[f"{part}_images"] = getattr(self, f"{part}_images")[keep]
+            parts[f"{part}_labels"] = lookup[labels[keep]]
+        names = tuple(self.label_names[c] for c in classes)
+        return DataSplit(
+            name=f"{self.name}[{','.join(map(str, classes))}]", label_names=names, **parts
+        )
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -15,9 +15,12 @@ size, an optional mirror, then ``scale``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
+from pyirg.data.core import DataSplit
 
 BatchFn = Callable[[int], Mapping[str, np.ndarray]]
 
@@ -102,3 +105,77 @@ def array_batch_fn(
         return {data_blob: out, label_blob: label_values[index]}
 
     return batch_fn
+
+
+@dataclass
+class FedSplit:
+    """A split as Input-fed nets see it: the per-pixel mean of the padded training images
+    subtracted, then ``scale``; training batches are random crops of the padded images
+    (mirrored when ``mirror``), test batches whole images in order.
+
+    One object for a run's every net, so the teacher, the students and any embedding
+    read through pycaffe see the same preprocessing.
+    """
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    mean: np.ndarray  # per-pixel mean of the padded training images
+    pad: int
+    scale: float
+    mirror: bool = False
+
+    @classmethod
+    def of(cls, split: DataSplit, pad: int, scale: float, mirror: bool = False) -> FedSplit:
+        mean = pixel_mean(pad_images(split.train_images, pad))
+        return cls(
+            split.train_images,
+            split.train_labels,
+            split.test_images,
+            split.test_labels,
+            mean,
+            pad,
+            scale,
+            mirror,
+        )
+
+    @property
+    def centre_mean(self) -> np.ndarray:
+        """The padded mean's centre: what is subtracted from an unpadded image."""
+        p = self.pad
+        return self.mean[:, p:-p, p:-p] if p else self.mean
+
+    def as_fed(self, images: np.ndarray) -> np.ndarray:
+        """Whole images as the nets see them (no crop, no mirror): float32."""
+        return ((images.astype(np.float32) - self.centre_mean) * self.scale).astype(np.float32)
+
+    def test_array(self) -> np.ndarray:
+        """The test images as the nets see them."""
+        return self.as_fed(self.test_images)
+
+    def batch_fns(
+        self, batch: int, seed: int, data_blob: str = "Data1", label_blob: str = "Data2"
+    ) -> tuple[BatchFn, BatchFn]:
+        """(train, test) batch functions; the test one walks the test split in order."""
+        common = {"scale": self.scale, "data_blob": data_blob, "label_blob": label_blob}
+        train_fn = array_batch_fn(
+            self.train_images,
+            self.train_labels,
+            batch,
+            seed=seed,
+            pad=self.pad,
+            mirror=self.mirror,
+            mean=self.mean,
+            **common,
+        )
+        test_fn = array_batch_fn(
+            self.test_images,
+            self.test_labels,
+            batch,
+            seed=seed,
+            shuffle=False,
+            mean=self.centre_mean,
+            **common,
+        )
+        return train_fn, test_fn
