@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("pyirg.prepare", "convert CIFAR-10/100 or digits to LMDB + mean files"),
     "train": ("pyirg.train.cli", "train a plain or a distillation net through pycaffe"),
     "main": ("pyirg.experiment", "the main job: distillation on the embedded digits data"),
+    "refilled": ("pyirg.two_stage", "REFILLED distillation: both stages through pycaffe"),
     "verify": ("pyirg.verify.cli", "compare the Caffe layers and nets with the PyTorch reference"),
     "export-onnx": ("pyirg.export", "export a trained student to ONNX and check it"),
     "bench": ("pyirg.bench.cli", "benchmark the layers against PyTorch and the GEMM bound"),

@@ -60,7 +60,7 @@ from pyirg.data.digits import load_digits_split
 from pyirg.data.feed import FedSplit
 from pyirg.distill import METHOD_WEIGHTS, STUDENT_PREFIX, DistillConfig, distill_net
 from pyirg.distill import WEIGHT_OPTIONS as DISTILL_WEIGHT_OPTIONS
-from pyirg.netspec import DataConfig, deploy_net, train_net
+from pyirg.netspec import DataConfig, batchnorm_memory, deploy_net, train_net
 from pyirg.options import (
     ArgumentParser,
     HelpFormatter,
@@ -77,6 +77,7 @@ STUDENTS = ("baseline", "IRG", "IRG-t", "MTK")
 TEACHER = "teacher"
 PAD = DATASETS["digits"].pad
 SCALE = DATASETS["digits"].scale
+#: BatchNorm test statistics for runs of a few hundred iterations (netspec.batchnorm_memory).
 BN_FRACTION = 0.95
 #: The worker reports its progress to the job's display every this many iterations.
 PROGRESS_EVERY = 8
@@ -195,24 +196,11 @@ def _data_config(cfg: ExperimentConfig) -> DataConfig:
     )
 
 
-def short_run_batchnorm(net, fraction: float = BN_FRACTION):
-    """Give the trained BatchNorm layers a short memory for their test-time statistics.
-
-    Caffe's default moving_average_fraction (0.999) averages the batch statistics
-    over about a thousand iterations: right for 64k-iteration CIFAR runs, but a run
-    of a few hundred iterations would then test with statistics that are mostly
-    those of its first, very different, weights. Frozen (use_global_stats) layers
-    are left alone.
-    """
-    for layer in net.layer:
-        if layer.type == "BatchNorm" and not layer.batch_norm_param.use_global_stats:
-            layer.batch_norm_param.moving_average_fraction = fraction
-    return net
-
-
 def teacher_net(cfg: ExperimentConfig, teacher: ResNetSpec):
     """The NetParameter that trains the teacher."""
-    return short_run_batchnorm(train_net(teacher, data=_data_config(cfg), name="digits_teacher"))
+    return batchnorm_memory(
+        train_net(teacher, data=_data_config(cfg), name="digits_teacher"), BN_FRACTION
+    )
 
 
 def student_net(cfg: ExperimentConfig, method: str, teacher: ResNetSpec, student: ResNetSpec):
@@ -227,7 +215,7 @@ def student_net(cfg: ExperimentConfig, method: str, teacher: ResNetSpec, student
             method, teacher, student, data=data, name=f"digits_{method}", **weights
         )
         net = distill_net(dc)
-    return short_run_batchnorm(net)
+    return batchnorm_memory(net, BN_FRACTION)
 
 
 # ------------------------------------------------------------------------------ runs

@@ -43,6 +43,7 @@ from pyirg.netspec import (
     add_classifier,
     add_data,
     add_features,
+    batchnorm_memory,
     spec_label,
     to_net,
 )
@@ -101,6 +102,8 @@ class RefilledConfig:
     teaching_weight: float = 100.0
     student_prefix: str = STUDENT_PREFIX
     name: str = "refilled"
+    #: The student's BatchNorm memory: PyTorch's momentum 0.1, which the authors train with.
+    bn_fraction: float = 0.9
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -145,7 +148,7 @@ def stage1_net(cfg: RefilledConfig) -> caffe_pb2.NetParameter:
             "scale": cfg.scale,
         },
     )
-    return to_net(ns, f"{cfg.name}_stage1", cfg.data)
+    return batchnorm_memory(to_net(ns, f"{cfg.name}_stage1", cfg.data), cfg.bn_fraction)
 
 
 def stage2_net(cfg: RefilledConfig) -> caffe_pb2.NetParameter:
@@ -169,7 +172,7 @@ def stage2_net(cfg: RefilledConfig) -> caffe_pb2.NetParameter:
             "teaching_weight": cfg.teaching_weight,
         },
     )
-    return to_net(ns, f"{cfg.name}_stage2", cfg.data)
+    return batchnorm_memory(to_net(ns, f"{cfg.name}_stage2", cfg.data), cfg.bn_fraction)
 
 
 def embedding_net(

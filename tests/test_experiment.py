@@ -104,6 +104,7 @@ def test_pyirg_command_lists_subcommands() -> None:
         "verify.py",
         "export_onnx.py",
         "run_main.py",
+        "refilled.py",
     ],
 )
 def test_tools_are_thin_wrappers_with_help(script: str) -> None:

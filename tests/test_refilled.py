@@ -1,0 +1,178 @@
+"""Tests of REFILLED's nets and workflow (pyirg.refilled, pyirg.two_stage): the stage
+nets build and train in pycaffe, their losses equal the PyTorch reference on the nets'
+own blobs, the centers and the NCM accuracy equal numpy written here, and ``pyirg
+refilled`` runs both stages end to end, cross-task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+caffe = pytest.importorskip("caffe")
+if "TripletRelationLoss" not in caffe.layer_type_list():
+    pytest.skip("this Caffe has no REFILLED layers", allow_module_level=True)
+import torch  # noqa: E402
+
+from pyirg import two_stage  # noqa: E402
+from pyirg.arch import cifar_resnet  # noqa: E402
+from pyirg.backbones import WideResNetSpec  # noqa: E402
+from pyirg.caffeio import caffe_net, read_binary  # noqa: E402
+from pyirg.data.core import DATASETS  # noqa: E402
+from pyirg.netspec import DataConfig  # noqa: E402
+from pyirg.refilled import (  # noqa: E402
+    CENTER_KD,
+    RefilledConfig,
+    class_centers,
+    ncm_accuracy,
+    stage1_net,
+    stage2_net,
+    write_centers,
+)
+from pyirg.torch import refilled as ref  # noqa: E402
+
+DIGITS = DataConfig(kind="input", dataset=DATASETS["digits"], train_batch=12, test_batch=12)
+TEACHER = cifar_resnet(8, 0.5, 10, 1)
+STUDENT = WideResNetSpec(10, 1, num_classes=10, in_channels=1)
+
+
+def _feed(net, seed: int = 0, classes: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    net.blobs["Data1"].data[...] = rng.normal(size=net.blobs["Data1"].data.shape)
+    labels = np.arange(12) % classes
+    net.blobs["Data2"].data[...] = labels
+    return labels
+
+
+@pytest.mark.parametrize("mode", ["TRIPLET", "TUPLE"])
+def test_stage1_loss_is_the_reference_on_the_nets_own_embeddings(mode: str) -> None:
+    net = caffe_net(stage1_net(RefilledConfig(TEACHER, STUDENT, DIGITS, mode=mode)), "TRAIN")
+    labels = _feed(net)
+    loss = float(net.forward()["relation_loss"])
+    student = torch.tensor(net.blobs["stu_pool"].data, dtype=torch.float64)
+    teacher = torch.tensor(net.blobs["Pooling1"].data, dtype=torch.float64)
+    expected = ref.triplet_relation_loss(student, teacher, torch.tensor(labels), mode=mode)
+    assert len(ref.mine_triplets(student, torch.tensor(labels))) > 0
+    assert loss == pytest.approx(float(expected), rel=1e-3, abs=1e-4)
+    net.backward()
+    assert np.abs(net.params["stu_conv1"][0].diff).sum() > 0  # the student learns
+    assert not np.abs(net.params["Convolution1"][0].diff).any()  # the teacher does not
+
+
+@pytest.mark.parametrize("centers", ["GLOBAL", "LOCAL"])
+def test_stage2_loss_is_the_reference_with_the_centers_blob(centers: str) -> None:
+    cfg = RefilledConfig(TEACHER, STUDENT, DIGITS, centers=centers)
+    proto = stage2_net(cfg)
+    kd = next(layer for layer in proto.layer if layer.name == CENTER_KD)
+    assert [(p.lr_mult, p.decay_mult) for p in kd.param] == [(0, 0)]
+    net = caffe_net(proto, "TRAIN")
+    rng = np.random.default_rng(3)
+    mu = rng.normal(size=net.params[CENTER_KD][0].data.shape)
+    net.params[CENTER_KD][0].data[...] = mu
+    labels = _feed(net, 1, classes=4)
+    out = net.forward()
+    logits = torch.tensor(net.blobs["stu_fc"].data, dtype=torch.float64)
+    teacher = torch.tensor(net.blobs["Pooling1"].data.reshape(12, -1), dtype=torch.float64)
+    given = torch.tensor(mu) if centers == "GLOBAL" else None
+    expected = ref.local_center_kd_loss(
+        logits, teacher, torch.tensor(labels), centers=given, mode=centers
+    )
+    assert float(out[CENTER_KD]) == pytest.approx(float(expected), rel=1e-3)
+
+
+def test_centers_and_nearest_class_mean_against_numpy(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    feats, labels = rng.normal(size=(30, 5)) + 2, np.arange(30) % 3
+    centers = class_centers(feats, labels, 3)
+    for c in range(3):
+        mean = feats[labels == c].mean(axis=0)
+        np.testing.assert_allclose(centers[c], mean / np.linalg.norm(mean))
+    with pytest.raises(ValueError, match=r"class\(es\) \[3\]"):
+        class_centers(feats, labels, 4)
+    # NCM: a test point takes the class of the nearest mean of normalized embeddings.
+    train = np.array([[1.0, 0], [2, 0.1], [0, 1], [0.1, 3]])
+    test = np.array([[5.0, 1], [1, 4], [-1, 0.2]])
+    unit = train / np.linalg.norm(train, axis=1, keepdims=True)
+    means = np.stack([unit[:2].mean(0), unit[2:].mean(0)])
+    t = test / np.linalg.norm(test, axis=1, keepdims=True)
+    predicted = ((t[:, None] - means[None]) ** 2).sum(-1).argmin(1)
+    truth = np.array([0, 1, 0])
+    assert ncm_accuracy(train, np.array([0, 0, 1, 1]), test, truth) == np.mean(predicted == truth)
+    # The centers travel inside a copy of the teacher's weights.
+    net = caffe_net(stage1_net(RefilledConfig(TEACHER, STUDENT, DIGITS)), "TEST")
+    weights = tmp_path / "t.caffemodel"
+    net.save(str(weights))
+    write_centers(weights, centers, tmp_path / "tc.caffemodel")
+    model = read_binary(tmp_path / "tc.caffemodel")
+    blob = next(la for la in model.layer if la.name == CENTER_KD).blobs[0]
+    assert list(blob.shape.dim) == [3, 5]
+    with pytest.raises(ValueError, match="already holds"):
+        write_centers(tmp_path / "tc.caffemodel", centers, tmp_path / "again.caffemodel")
+
+
+def test_bad_settings_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="mode must be one of"):
+        RefilledConfig(TEACHER, STUDENT, DIGITS, mode="PAIR")
+    with pytest.raises(ValueError, match="tau1"):
+        RefilledConfig(TEACHER, STUDENT, DIGITS, tau1=0)
+    with pytest.raises(ValueError, match="3-channel input"):
+        RefilledConfig(cifar_resnet(8), STUDENT, DIGITS)
+    with pytest.raises(ValueError, match="wrn-DEPTH-WIDEN"):
+        two_stage.parse_network("wrn-16", 10, 1)
+
+
+def _teacher(tmp_path: Path, data: Path) -> Path:
+    """A ResNet-8 trained briefly on digits 0-4 alone: the cross-task teacher."""
+    from dataclasses import replace
+
+    from pyirg.data.feed import FedSplit
+    from pyirg.data.writer import read_npy_split
+    from pyirg.netspec import train_net
+    from pyirg.solver import Schedule, make_solver
+    from pyirg.train.driver import train
+
+    split = read_npy_split(data).subset([0, 1, 2, 3, 4])
+    digits = DATASETS["digits"]
+    fed = FedSplit.of(split, digits.pad, digits.scale)
+    dataset = replace(digits, num_classes=5, test_size=len(split.test_labels))
+    data_cfg = DataConfig(kind="input", dataset=dataset, train_batch=32, test_batch=32)
+    net = train_net(cifar_resnet(8, 1.0, 5, 1), data_cfg, "teacher")
+    solver = make_solver(net, Schedule(stepvalues=(30,), max_iter=40), "net", 4, 40)
+    train_fn, test_fn = fed.batch_fns(32, 0)
+    result = train(
+        solver, tmp_path / "teacher", batch_fn=train_fn, test_batch_fn=test_fn, progress=False
+    )
+    return result.weights
+
+
+def test_pyirg_refilled_runs_both_stages_cross_task(tmp_path: Path, capsys) -> None:
+    from pyirg import prepare
+
+    data = tmp_path / "digits"
+    assert prepare.main(["digits", str(data), "--quiet"]) == 0
+    teacher = _teacher(tmp_path, data)
+    argv = [
+        "--data-dir", str(data), "--classes", "5", "6", "7", "8", "9",
+        "--teacher", "resnet-8", "--teacher-weights", str(teacher),
+        "--student", "wrn-10-1", "--out", str(tmp_path / "run"), "--mode", "TUPLE",
+        "--stage1-iter", "12", "--stage2-iter", "12", "--batch", "32", "--no-progress",
+    ]  # fmt: skip
+    assert two_stage.main(argv) == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "run" / "refilled.json").read_text())
+    assert 0 <= result["stage1_ncm_accuracy"] <= 1 and 0 <= result["student_accuracy"] <= 1
+    assert result["pair"]["teacher"] == "ResNet-8" and result["pair"]["student"] == "WRN-10-1"
+    for stage in ("stage1", "stage2"):
+        assert (tmp_path / "run" / stage / "net_iter_12.caffemodel").is_file()
+    # Stage 2 started from stage 1's student and kept the centers it was given.
+    two = read_binary(tmp_path / "run" / "stage2" / "net_iter_12.caffemodel")
+    centers = next(la for la in two.layer if la.name == CENTER_KD).blobs[0]
+    given = read_binary(tmp_path / "run" / "teacher_centers.caffemodel")
+    assert centers == next(la for la in given.layer if la.name == CENTER_KD).blobs[0]
+    assert "stage 1: nearest-class-mean accuracy" in capsys.readouterr().out
+    # One-line errors: a teacher file that is missing.
+    argv[argv.index(str(teacher))] = str(tmp_path / "missing.caffemodel")
+    argv[argv.index(str(tmp_path / "run"))] = str(tmp_path / "run2")
+    assert two_stage.main(argv) == 2
+    assert "missing.caffemodel" in capsys.readouterr().err
