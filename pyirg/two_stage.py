@@ -104,25 +104,13 @@ def _fed(s: TwoStageSettings) -> tuple[FedSplit, Dataset]:
     return fed, dataset
 
 
-def run(s: TwoStageSettings) -> dict[str, Any]:
-    """Both stages, the centers between them, and the NCM accuracy after stage 1."""
+def refilled_config(s: TwoStageSettings, dataset: Dataset) -> Any:
+    """The teacher -> student pair and both stages' loss settings of ``s``."""
     from pyirg.netspec import DataConfig
-    from pyirg.refilled import (
-        RefilledConfig,
-        describe,
-        embeddings,
-        ncm_accuracy,
-        stage1_net,
-        stage2_net,
-        teacher_centers,
-        write_centers,
-    )
-    from pyirg.solver import Schedule, cosine_schedule, make_solver
-    from pyirg.train.driver import train
+    from pyirg.refilled import RefilledConfig
 
-    fed, dataset = _fed(s)
     k, c = dataset.num_classes, dataset.channels
-    cfg = RefilledConfig(
+    return RefilledConfig(
         teacher=parse_network(s.teacher, k, c),  # its classifier is not in the nets
         student=parse_network(s.student, k, c),
         data=DataConfig(kind="input", dataset=dataset, train_batch=s.batch, test_batch=s.batch),
@@ -134,6 +122,29 @@ def run(s: TwoStageSettings) -> dict[str, Any]:
         tau2=s.tau2,
         teaching_weight=s.teaching_weight,
     )
+
+
+def run_stages(
+    cfg: Any,
+    fed: FedSplit,
+    s: TwoStageSettings,
+    out: Path,
+    init_weights: Path | None = None,
+) -> dict[str, Any]:
+    """Stage 1, the NCM accuracy, the centers, stage 2, into ``out``; ``init_weights``: the
+    student's start (else its fillers), so that runs of several methods can be paired."""
+    from pyirg.refilled import (
+        embeddings,
+        ncm_accuracy,
+        stage1_net,
+        stage2_net,
+        teacher_centers,
+        write_centers,
+    )
+    from pyirg.solver import Schedule, cosine_schedule, make_solver
+    from pyirg.train.driver import train
+
+    prefix = cfg.student_prefix
     train_fn, test_fn = fed.batch_fns(s.batch, s.seed)
     levels = min(16, max(1, s.stage1_iter // 4))  # steps at least 4 iterations apart
     nesterov = {"momentum": 0.9, "weight_decay": s.weight_decay, "type": "Nesterov"}
@@ -141,32 +152,43 @@ def run(s: TwoStageSettings) -> dict[str, Any]:
         stage1_net(cfg), cosine_schedule(s.lr1, s.stage1_iter, levels=levels, **nesterov), "net"
     )
     one = train(
-        first, s.out / "stage1", teacher_weights=s.teacher_weights, seed=s.seed,
-        batch_fn=train_fn, test_interval=0, progress=s.progress,
+        first, out / "stage1", teacher_weights=s.teacher_weights, init_weights=init_weights,
+        seed=s.seed, batch_fn=train_fn, test_interval=0, progress=s.progress,
     )  # fmt: skip
-    student_train = embeddings(cfg.student, one.weights, fed.as_fed(fed.train_images), "stu_")
-    student_test = embeddings(cfg.student, one.weights, fed.test_array(), "stu_")
+    train_images = fed.as_fed(fed.train_images)
+    student_train = embeddings(cfg.student, one.weights, train_images, prefix)
+    student_test = embeddings(cfg.student, one.weights, fed.test_array(), prefix)
     ncm = ncm_accuracy(student_train, fed.train_labels, student_test, fed.test_labels)
-    centers = teacher_centers(
-        cfg.teacher, s.teacher_weights, fed.as_fed(fed.train_images), fed.train_labels, k
-    )
-    with_centers = write_centers(s.teacher_weights, centers, s.out / "teacher_centers.caffemodel")
+    k = cfg.data.dataset.num_classes
+    centers = teacher_centers(cfg.teacher, s.teacher_weights, train_images, fed.train_labels, k)
+    with_centers = write_centers(s.teacher_weights, centers, out / "teacher_centers.caffemodel")
     n = s.stage2_iter
     steps = tuple(sorted({max(1, round(n * f)) for f in (0.5, 0.7, 0.9)} - {n}))
     schedule = Schedule(base_lr=s.lr2, gamma=0.2, stepvalues=steps, max_iter=n, **nesterov)
-    test_iter = math.ceil(dataset.test_size / s.batch)
+    test_iter = math.ceil(cfg.data.dataset.test_size / s.batch)
     second = make_solver(stage2_net(cfg), schedule, "net", test_iter, test_interval=n)
     two = train(
-        second, s.out / "stage2", teacher_weights=with_centers, init_weights=one.weights,
+        second, out / "stage2", teacher_weights=with_centers, init_weights=one.weights,
         seed=s.seed, batch_fn=train_fn, test_batch_fn=test_fn, progress=s.progress,
     )  # fmt: skip
-    result = {
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()},
-        "pair": dict(describe(cfg)),
+    return {
         "stage1_ncm_accuracy": ncm,
         "stage1_weights": str(one.weights),
         "student_accuracy": two.accuracy,
         "stage2_weights": str(two.weights),
+    }
+
+
+def run(s: TwoStageSettings) -> dict[str, Any]:
+    """Both stages on the prepared data of ``s``; the record in ``OUT/refilled.json``."""
+    from pyirg.refilled import describe
+
+    fed, dataset = _fed(s)
+    cfg = refilled_config(s, dataset)
+    result = {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()},
+        "pair": dict(describe(cfg)),
+        **run_stages(cfg, fed, s, s.out),
     }
     atomic_write_text(s.out / RESULTS, json.dumps(result, indent=2) + "\n")
     return result
