@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pyirg.train.cli", "train a plain or a distillation net through pycaffe"),
     "main": ("pyirg.experiment", "the main job: distillation on the embedded digits data"),
     "refilled": ("pyirg.two_stage", "REFILLED distillation: both stages through pycaffe"),
+    "refilled-demo": ("pyirg.refilled_demo", "REFILLED on the digits: cross-task and standard"),
     "verify": ("pyirg.verify.cli", "compare the Caffe layers and nets with the PyTorch reference"),
     "export-onnx": ("pyirg.export", "export a trained student to ONNX and check it"),
     "bench": ("pyirg.bench.cli", "benchmark the layers against PyTorch and the GEMM bound"),

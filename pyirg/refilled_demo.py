@@ -1,0 +1,331 @@
+"""``pyirg refilled-demo``: REFILLED on the embedded digits, cross-task and standard.
+
+Two settings, each over the seeds with the main job's paired design (for a seed every
+student starts from the same weights and sees the same batches; only the method
+differs) and its statistics (paired difference to the baseline with a 95% Student-t
+interval, wins/ties/losses):
+
+- **cross-task**: the teacher learns digits 0-4 only (all their images of the default
+  1000-image training split); the students learn digits 5-9 from 10 images per class.
+  Logit-matching methods cannot be used (the teacher has no classes 5-9); REFILLED relates
+  instances in the teacher's embedding. Baseline vs REFILLED, with REFILLED's stage-1
+  nearest-class-mean accuracy.
+- **standard**: the main job's setting (all ten digits, 10 training images per class, the
+  same teacher for every student): baseline vs REFILLED vs IRG.
+
+Networks are the main job's (teacher ResNet-20, student ResNet-14 x0.25); accuracies are
+on the whole test split through each net's deploy net. The baseline trains as long as
+REFILLED's stage 2; REFILLED's stage 1 comes on top (as in the paper's comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pyirg.cli import debugging
+from pyirg.data.core import DATASETS, Dataset
+from pyirg.data.feed import FedSplit
+from pyirg.options import ArgumentParser, HelpFormatter, add_options, from_args, option
+
+SETTINGS = ("cross-task", "standard")
+METHODS = {"cross-task": ("baseline", "REFILLED"), "standard": ("baseline", "REFILLED", "IRG")}
+CROSS_TEACHER, CROSS_STUDENT = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs; its flags are made from these fields."""
+
+    out: Path = option(Path("out/refilled-demo"), "output folder")
+    seeds: tuple[int, ...] = option(tuple(range(10)), "seeds (paired across methods)")
+    settings: tuple[str, ...] = option(SETTINGS, "which settings", choices=SETTINGS)
+    train_per_class: int = option(10, "the students' training images per class")
+    teacher_iter: int = option(300, "teacher iterations")
+    stage1_iter: int = option(150, "REFILLED stage-1 iterations")
+    max_iter: int = option(300, "baseline, IRG and REFILLED stage-2 iterations")
+    mode: str = option("TRIPLET", "REFILLED stage-1 relation", choices=("TRIPLET", "TUPLE"))
+    batch: int = option(64, "batch size")
+    jobs: int = option(0, "trainings in parallel, one BLAS thread each (0: one per core)")
+    progress: bool = option(True, "a line per finished training")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting's data: the teacher's and the students' fed splits and data sets."""
+
+    name: str
+    teacher_data: FedSplit
+    teacher_set: Dataset
+    student_data: FedSplit
+    student_set: Dataset
+
+
+def _dataset(fed: FedSplit, classes: int) -> Dataset:
+    return replace(
+        DATASETS["digits"],
+        num_classes=classes,
+        train_size=len(fed.train_labels),
+        test_size=len(fed.test_labels),
+    )
+
+
+def load_setting(name: str, train_per_class: int) -> Setting:
+    from pyirg.data.digits import load_digits_split
+
+    d = DATASETS["digits"]
+    students = load_digits_split(train_per_class=train_per_class)
+    if name == "standard":
+        fed = FedSplit.of(students, d.pad, d.scale)
+        return Setting(name, fed, _dataset(fed, 10), fed, _dataset(fed, 10))
+    teacher = FedSplit.of(load_digits_split().subset(CROSS_TEACHER), d.pad, d.scale)
+    student = FedSplit.of(students.subset(CROSS_STUDENT), d.pad, d.scale)
+    return Setting(name, teacher, _dataset(teacher, 5), student, _dataset(student, 5))
+
+
+def _specs(setting: Setting) -> tuple[Any, Any]:
+    from pyirg.arch import cifar_resnet
+
+    teacher = cifar_resnet(20, 1.0, setting.teacher_set.num_classes, 1)
+    return teacher, cifar_resnet(14, 0.25, setting.student_set.num_classes, 1)
+
+
+def _solver(net: Any, cfg: DemoConfig, iterations: int, test_size: int, seed: int) -> Any:
+    import math
+
+    from pyirg.solver import Schedule, make_solver
+
+    schedule = Schedule(stepvalues=(iterations // 2, iterations * 3 // 4), max_iter=iterations)
+    test_iter = math.ceil(test_size / cfg.batch)
+    return make_solver(net, schedule, "net", test_iter, iterations, iterations, iterations, seed)
+
+
+def _plain_net(spec: Any, dataset: Dataset, cfg: DemoConfig, prefix: str) -> Any:
+    from pyirg.experiment import BN_FRACTION
+    from pyirg.netspec import DataConfig, batchnorm_memory, train_net
+
+    data = DataConfig(kind="input", dataset=dataset, train_batch=cfg.batch, test_batch=cfg.batch)
+    return batchnorm_memory(train_net(spec, data, "digits", prefix), BN_FRACTION)
+
+
+def train_teacher(setting: Setting, cfg: DemoConfig) -> Path:
+    """The setting's teacher, trained once (seed 0), on the teacher's data."""
+    from pyirg.train.driver import train
+    from pyirg.train.folder import is_run_folder
+
+    teacher, _ = _specs(setting)
+    out = cfg.out / setting.name / "teacher"
+    net = _plain_net(teacher, setting.teacher_set, cfg, "")
+    solver = _solver(net, cfg, cfg.teacher_iter, setting.teacher_set.test_size, 0)
+    train_fn, test_fn = setting.teacher_data.batch_fns(cfg.batch, 0)
+    result = train(
+        solver, out, seed=0, batch_fn=train_fn, test_batch_fn=test_fn,
+        resume=is_run_folder(out), progress=False,
+    )  # fmt: skip
+    return result.weights
+
+
+def init_weights(setting: Setting, cfg: DemoConfig, seed: int) -> Path:
+    """The student's initial weights for ``seed``: its baseline net's fillers, drawn once."""
+    import caffe
+
+    from pyirg.caffeio import caffe_net
+    from pyirg.distill import STUDENT_PREFIX
+
+    path = cfg.out / setting.name / "init" / f"student_seed{seed}.caffemodel"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        caffe.set_random_seed(seed)
+        _, student = _specs(setting)
+        net = caffe_net(_plain_net(student, setting.student_set, cfg, STUDENT_PREFIX), "TRAIN")
+        net.save(str(path))
+    return path
+
+
+def train_student(
+    setting_name: str, method: str, seed: int, cfg: DemoConfig, teacher: Path
+) -> dict[str, Any]:
+    """One student (the demo's unit of parallel work), with one BLAS thread."""
+    import caffe
+    from threadpoolctl import threadpool_limits
+
+    from pyirg.distill import STUDENT_PREFIX, DistillConfig, distill_net
+    from pyirg.experiment import BN_FRACTION, evaluate
+    from pyirg.netspec import DataConfig, batchnorm_memory
+    from pyirg.train.driver import train
+    from pyirg.two_stage import TwoStageSettings, run_stages
+
+    caffe.set_mode_cpu()
+    setting = load_setting(setting_name, cfg.train_per_class)
+    teacher_spec, student = _specs(setting)
+    fed, dataset = setting.student_data, setting.student_set
+    out = cfg.out / setting_name / method / f"seed{seed}"
+    start = init_weights(setting, cfg, seed)
+    row: dict[str, Any] = {"setting": setting_name, "method": method, "seed": seed}
+    data = DataConfig(kind="input", dataset=dataset, train_batch=cfg.batch, test_batch=cfg.batch)
+    with threadpool_limits(limits=1):
+        if method == "REFILLED":
+            from pyirg.refilled import RefilledConfig
+
+            pair = RefilledConfig(teacher_spec, student, data, mode=cfg.mode)
+            s = TwoStageSettings(
+                teacher_weights=teacher, batch=cfg.batch, stage1_iter=cfg.stage1_iter,
+                stage2_iter=cfg.max_iter, seed=seed, progress=False, mode=cfg.mode,
+            )  # fmt: skip
+            stages = run_stages(pair, fed, s, out, init_weights=start)
+            weights = Path(stages["stage2_weights"])
+            row["ncm_accuracy"] = stages["stage1_ncm_accuracy"]
+        else:
+            if method == "baseline":
+                net, given = _plain_net(student, dataset, cfg, STUDENT_PREFIX), None
+            else:  # IRG: the main job's terms and weights
+                from pyirg.experiment import ExperimentConfig
+
+                e = ExperimentConfig()
+                dc = DistillConfig.for_method(
+                    "IRG", teacher_spec, student, data=data, name="digits_IRG",
+                    logits=e.logits_weight, edges=e.edge_weight,
+                )  # fmt: skip
+                net, given = batchnorm_memory(distill_net(dc), BN_FRACTION), teacher
+            solver = _solver(net, cfg, cfg.max_iter, dataset.test_size, seed)
+            train_fn, test_fn = fed.batch_fns(cfg.batch, seed)
+            weights = train(
+                solver, out, teacher_weights=given, init_weights=start, seed=seed,
+                batch_fn=train_fn, test_batch_fn=test_fn, progress=False,
+            ).weights  # fmt: skip
+        row["accuracy"] = evaluate(student, weights, STUDENT_PREFIX, fed)
+    return row
+
+
+def summary(rows: list[dict[str, Any]], setting: str) -> dict[str, dict[str, Any]]:
+    """Per method of ``setting``: mean/std accuracy (and NCM), the paired test vs baseline."""
+    import statistics
+
+    from pyirg.experiment import paired
+
+    out: dict[str, dict[str, Any]] = {}
+    by = {m: sorted((r for r in rows if r["setting"] == setting and r["method"] == m),
+                    key=lambda r: r["seed"]) for m in METHODS[setting]}  # fmt: skip
+    for method, runs in by.items():
+        accs = [r["accuracy"] for r in runs]
+        entry: dict[str, Any] = {"mean": statistics.fmean(accs), "n": len(accs)}
+        entry["std"] = statistics.stdev(accs) if len(accs) > 1 else float("nan")
+        if runs and "ncm_accuracy" in runs[0]:
+            entry["ncm_mean"] = statistics.fmean(r["ncm_accuracy"] for r in runs)
+        if method != "baseline":
+            entry["paired"] = paired([r["accuracy"] for r in by["baseline"]], accs)
+        out[method] = entry
+    return out
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """The README's table: one block per setting, in points (percent)."""
+    lines, teachers = [], results["teachers"]
+    for setting, methods in results["summary"].items():
+        lines += [
+            f"**{setting}** ({teachers[setting]['label']}, accuracy on its own task "
+            f"{100 * teachers[setting]['accuracy']:.2f})",
+            "",
+            "| student | accuracy (mean ± std) | Δ vs baseline [95% CI] | W/T/L | stage-1 NCM |",
+            "|---|---|---|---|---|",
+        ]
+        for method, e in methods.items():
+            p = e.get("paired")
+            delta = (
+                f"{100 * p['mean_diff']:+.2f} [{100 * p['ci_low']:+.2f}, {100 * p['ci_high']:+.2f}]"
+                if p else "—"
+            )  # fmt: skip
+            wtl = f"{p['wins']}/{p['ties']}/{p['losses']}" if p else "—"
+            ncm = f"{100 * e['ncm_mean']:.2f}" if "ncm_mean" in e else "—"
+            accuracy = f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f}"
+            lines.append(f"| {method} | {accuracy} | {delta} | {wtl} | {ncm} |")
+        lines.append("")
+    lines.append(results["machine"])
+    return "\n".join(lines)
+
+
+def run(cfg: DemoConfig) -> dict[str, Any]:
+    """Teachers first, then every (setting, method, seed) student in parallel."""
+    import multiprocessing
+
+    from pyirg.experiment import evaluate, machine_line, usable_cores
+
+    started = time.time()
+    workers = cfg.jobs or usable_cores()
+    teachers, tasks = {}, []
+    for name in cfg.settings:
+        setting = load_setting(name, cfg.train_per_class)
+        weights = train_teacher(setting, cfg)
+        teacher_spec, _ = _specs(setting)
+        teachers[name] = {
+            "weights": str(weights),
+            "accuracy": evaluate(teacher_spec, weights, "", setting.teacher_data),
+            "label": f"teacher on digits {'0-4' if name == 'cross-task' else '0-9'}",
+        }
+        for seed in cfg.seeds:
+            init_weights(setting, cfg, seed)
+            tasks += [(name, m, seed, cfg, weights) for m in METHODS[name]]
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        for row in pool.map(_task, tasks):
+            rows.append(row)
+            if cfg.progress:
+                print(f"{row['setting']} {row['method']} seed {row['seed']}: "
+                      f"{100 * row['accuracy']:.2f}", flush=True)  # fmt: skip
+    machine = machine_line(workers)
+    results = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "teachers": teachers,
+        "runs": rows,
+        "summary": {name: summary(rows, name) for name in cfg.settings},
+        "seconds": round(time.time() - started),
+    }
+    m = machine
+    results["machine"] = (
+        f"Machine: {m['cpu']} ({m['cores']} cores), {m['blas']} kernel {m['kernel']} "
+        f"({m['kernel_source']}), 1 BLAS thread per training, {workers} trainings in "
+        f"parallel; {m['date']}; pyirg {m['pyirg']}; {results['seconds']} s."
+    )
+    (cfg.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    table = format_table(results)
+    (cfg.out / "results.md").write_text(table + "\n")
+    print("\n" + table)
+    return results
+
+
+def _task(args: tuple) -> dict[str, Any]:
+    return train_student(*args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(
+        prog="refilled-demo",
+        description="REFILLED on the embedded digits: cross-task and standard, paired seeds.",
+        formatter_class=HelpFormatter,
+    )
+    add_options(p, DemoConfig)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pyirg refilled-demo``: train, print the table, write results.{json,md}."""
+    from pyirg.train import TrainError
+
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = from_args(DemoConfig, args)
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        run(cfg)
+    except (TrainError, ValueError) as e:
+        if debugging():
+            raise
+        print(f"refilled-demo: error: {e}", file=sys.stderr)
+        return 2
+    return 0
