@@ -25,7 +25,6 @@ Dropout (a teacher is used in evaluation mode).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from caffe import layers as L
 from caffe import params as P
@@ -106,7 +105,7 @@ class MobileNetSpec:
         return self.channels(MOBILENET_UNITS[-1][0])
 
 
-Backbone = Union[WideResNetSpec, MobileNetSpec]
+Backbone = WideResNetSpec | MobileNetSpec
 
 
 def _bn_relu(ns: NetSpec, name: str, bottom: Top, frozen: bool, *, in_place: bool) -> Top:

@@ -14,13 +14,13 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 import numpy as np
 
 from pyirg.data.fsutil import atomic_output, atomic_write_text, regular_file
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 Message = TypeVar("Message")
 
 
@@ -37,7 +37,7 @@ def import_caffe() -> Any:
     return caffe
 
 
-def caffe_pb2() -> Any:
+def caffe_proto() -> Any:
     """Caffe's protobuf module (``caffe.proto.caffe_pb2``), imported late like pycaffe."""
     return import_caffe().proto.caffe_pb2
 
@@ -80,7 +80,7 @@ def read_text(path: PathLike, message: Message, what: str) -> Message:
 
 def read_net(path: PathLike, *, v1: bool = True) -> Any:
     """A NetParameter prototxt; ``v1=False`` refuses the pre-2015 ``layers`` field."""
-    net = read_text(path, caffe_pb2().NetParameter(), "NetParameter")
+    net = read_text(path, caffe_proto().NetParameter(), "NetParameter")
     if not v1 and len(net.layers):
         raise CaffeFileError(
             f"{path} uses the V1 'layers' field; upgrade it with upgrade_net_proto_text"
@@ -90,7 +90,7 @@ def read_net(path: PathLike, *, v1: bool = True) -> Any:
 
 def read_solver(path: PathLike) -> Any:
     """A SolverParameter prototxt."""
-    return read_text(path, caffe_pb2().SolverParameter(), "SolverParameter")
+    return read_text(path, caffe_proto().SolverParameter(), "SolverParameter")
 
 
 def to_text(message: Any, *, as_one_line: bool = False) -> str:
@@ -112,7 +112,7 @@ def read_binary(path: PathLike, what: str = "caffemodel") -> Any:
     """A binary NetParameter (.caffemodel); one that is not, or holds no layers, is refused."""
     path = Path(path)
     data = regular_file(path, what).read_bytes()
-    net = caffe_pb2().NetParameter()
+    net = caffe_proto().NetParameter()
     try:
         net.ParseFromString(data)
     except Exception as e:  # protobuf's DecodeError differs between implementations
@@ -167,7 +167,7 @@ def blob_array(blob: Any, where: str) -> np.ndarray:
 def blob_proto(array: np.ndarray, *, legacy: bool = False) -> Any:
     """A float BlobProto of ``array``; ``legacy`` writes the 1xCxHxW form of a (C, H, W)
     array, as Caffe's compute_image_mean does for mean files."""
-    pb = caffe_pb2()
+    pb = caffe_proto()
     if legacy:
         c, h, w = array.shape
         blob = pb.BlobProto(num=1, channels=c, height=h, width=w)

@@ -68,7 +68,7 @@ from typing import Any
 
 from caffe.proto import caffe_pb2
 
-from pyirg.caffeio import read_net
+from pyirg.caffeio import blob_shape, read_net
 from pyirg.distill import IRG_TYPES, STUDENT_PREFIX
 from pyirg.options import ArgumentParser, HelpFormatter
 
@@ -640,10 +640,8 @@ def _mean_shape(path: str) -> tuple[int, int, int] | None:
         blob = caffe_pb2.BlobProto.FromString(Path(path).read_bytes())
     except Exception:
         return None
-    if blob.HasField("shape") and len(blob.shape.dim) >= 3:
-        c, h, w = (int(d) for d in blob.shape.dim[-3:])
-        return c, h, w
-    return blob.channels, blob.height, blob.width
+    shape, _ = blob_shape(blob)
+    return tuple(int(d) for d in shape[-3:]) if len(shape) >= 3 else None
 
 
 def _check_batches(

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from caffe import layers as L
@@ -48,7 +48,7 @@ from pyirg.netspec import (
     to_net,
 )
 
-Network = Union[ResNetSpec, WideResNetSpec, MobileNetSpec]
+Network = ResNetSpec | WideResNetSpec | MobileNetSpec
 MODES = tuple(caffe_pb2.RelationParameter.Mode.keys())
 CENTERS = tuple(caffe_pb2.RelationParameter.Centers.keys())
 #: Layer names: the stage-1 loss and the stage-2 KD layer (whose blob holds the centers).

@@ -152,3 +152,4 @@ def test_bench_refuses_contradicting_options() -> None:
     ):
         proc = run_pyirg("bench", "--quick", *argv)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, argv
+        assert "exclude each other" in proc.stderr or "applies to the training" in proc.stderr

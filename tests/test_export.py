@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -179,3 +180,11 @@ def test_prototxt_that_is_not_the_resnet(student, tmp_path, capsys) -> None:
 
     err = _error(capsys, str(deploy), str(weights), str(tmp_path / "x.onnx"), "--prefix", "t_")
     assert "--prefix 't_'" in err and "stu_Convolution1" in err
+
+
+def test_fifo_inputs_are_refused_not_waited_on(student, tmp_path, capsys) -> None:
+    deploy, weights, _ = student
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert "not a regular file" in _error(capsys, str(fifo), str(weights), str(tmp_path / "x.onnx"))
+    assert "not a regular file" in _error(capsys, str(deploy), str(fifo), str(tmp_path / "x.onnx"))

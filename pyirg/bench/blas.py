@@ -201,4 +201,6 @@ def blas_choice(blas: Cblas, reps: int) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":  # one library's GEMMs, in the fresh process blas_choice starts
+    if len(sys.argv) != 4:
+        sys.exit("usage: python -m pyirg.bench.blas LIBRARY GEMMS_JSON REPS (run by pyirg bench)")
     print(json.dumps(time_gemms(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]))))

@@ -84,6 +84,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--threads must be >= 1")
     if args.reps is not None and args.reps < 1:
         p.error("--reps must be >= 1")
+    try:  # before minutes of measuring, not after
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        p.error(f"--out {args.out}: {e.strerror}")
     return args
 
 
@@ -194,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(result, indent=1))
     (args.out / "bench.md").write_text(render(result))
-    print("\n" + render(result, profile=True))
+    print("\n" + render(result, profile=True), flush=True)
     if result["layers"]:
         plot(result["layers"], args.out / "bench.png")
     print(f"wrote bench.json, bench.md, bench.png in {args.out} ({meta['wall_s']:.0f} s)")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pyirg.bench.timing import Settings, measure
+from pyirg.caffeio import write_text
 from pyirg.distill import IRG_TYPES
 
 # Parameter-free layers pyirg.distill adds only to feed the IRG layers (pooling of block
@@ -87,7 +88,7 @@ def _solver(net_param: Any, seed: int) -> Any:
 
     with tempfile.TemporaryDirectory(prefix="irg-bench-") as tmp:
         net_path, solver_path = Path(tmp, "net.prototxt"), Path(tmp, "solver.prototxt")
-        net_path.write_text(str(net_param))
+        write_text(net_path, net_param)
         solver_path.write_text(
             f'net: "{net_path}"\nbase_lr: 0.01\nmomentum: 0.9\nweight_decay: 0.0005\n'
             'lr_policy: "fixed"\nmax_iter: 100000000\ndisplay: 0\nsnapshot: 0\n'

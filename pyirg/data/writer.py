@@ -33,7 +33,7 @@ import lmdb
 import numpy as np
 from tqdm import tqdm
 
-from pyirg.caffeio import caffe_pb2
+from pyirg.caffeio import caffe_proto
 from pyirg.data.core import DATASETS, DataError, DataSplit
 from pyirg.data.feed import pad_images, pixel_mean
 from pyirg.data.fsutil import atomic_directory
@@ -59,7 +59,7 @@ def write_datum_lmdb(
     desc: str | None = None,
 ) -> None:
     """Write uint8 (N, C, H, W) images and labels as caffe Datum records into a new LMDB."""
-    pb = caffe_pb2()
+    pb = caffe_proto()
     n, c, h, w = images.shape
     env = lmdb.open(str(path), map_size=_map_size(n, c * h * w), subdir=True, meminit=False)
     try:
@@ -84,7 +84,7 @@ def write_datum_lmdb(
 
 def read_datum_lmdb(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read a Datum LMDB back as uint8 (N, C, H, W) images and int64 labels, in key order."""
-    pb = caffe_pb2()
+    pb = caffe_proto()
     images: list[np.ndarray] = []
     labels: list[int] = []
     env = lmdb.open(str(path), readonly=True, lock=False, subdir=True)

@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ class CaffeLayer:
     blobs: list[np.ndarray]
 
 
-Source = Union[str, Path, caffe_pb2.NetParameter, Mapping[str, CaffeLayer]]
+Source = str | Path | caffe_pb2.NetParameter | Mapping[str, CaffeLayer]
 
 
 # ------------------------------------------------------------------------- protobuf I/O

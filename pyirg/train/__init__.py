@@ -21,7 +21,7 @@ Why a driver instead of ``caffe train``:
   solverstate holds the iteration and the update history but no data cursor and
   no RNG state, so a resumed run equals an uninterrupted one bit for bit only if
   the data of iteration ``i`` is a function of ``i``: Input-fed nets are fed by
-  ``batch_fn(iteration) -> {blob: array}`` (see :func:`pyirg.data.array_batch_fn`).
+  ``batch_fn(iteration) -> {blob: array}`` (see :func:`pyirg.data.feed.array_batch_fn`).
   Nets with Data layers resume with the cursor back at the start of the LMDB.
 - **Metrics.**  Each loss term (net outputs with a non-zero loss weight), the
   learning rate and images/s per iteration; test outputs averaged over

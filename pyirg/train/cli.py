@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pyirg.caffeio import PathLike, caffe_pb2
+from pyirg.caffeio import PathLike, caffe_proto
 from pyirg.cli import debugging
 from pyirg.data.core import DataError
 from pyirg.data.feed import BatchFn, array_batch_fn, pad_images, pixel_mean
@@ -56,7 +56,7 @@ def npy_batch_fns(
     of the padded images when ``pad`` > 0), the second the labels; the batch
     sizes are the Input shapes' first dimensions in each phase.
     """
-    pb = caffe_pb2()
+    pb = caffe_proto()
     split = read_npy_split(data_dir)
     fns = []
     for phase in (pb.TRAIN, pb.TEST):
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 scale=scale,
             )
         settings = from_args(TrainSettings, args, batch_fn=batch_fn, test_batch_fn=test_batch_fn)
-        result = train(args.solver, args.out, **vars(settings))
+        result = train(args.solver, args.out, settings)
     except TrainingInterrupted as e:
         print(
             f"train: {signal.Signals(e.signum).name} at iteration {e.result.iterations}: "

@@ -26,7 +26,7 @@ from pyirg.caffeio import (
     CaffeFileError,
     PathLike,
     caffe_has_cuda,
-    caffe_pb2,
+    caffe_proto,
     import_caffe,
     read_net,
     read_solver,
@@ -65,9 +65,8 @@ class TrainSettings:
     setting cannot exist in one place and be missing in another.
     """
 
-    net: Path | None = option(
-        None, "net .prototxt (replaces the solver's net; from Python also a NetParameter)"
-    )
+    #: From Python also a NetParameter (written to OUT/net.prototxt).
+    net: Path | None = option(None, "net .prototxt (replaces the solver's net)")
     teacher_weights: Path | None = option(None, "teacher .caffemodel (distillation)")
     init_weights: Path | None = option(
         None,
@@ -98,13 +97,20 @@ class TrainSettings:
     on_iteration: Callable[[int, Any], None] | None = None
 
 
-def train(solver: PathLike | Any, out_dir: PathLike, **settings: Any) -> TrainResult:
+def train(
+    solver: PathLike | Any,
+    out_dir: PathLike,
+    settings: TrainSettings | None = None,
+    **overrides: Any,
+) -> TrainResult:
     """Train the solver's net (or ``net``) into ``out_dir`` and return the final metrics.
 
-    ``solver``: a solver .prototxt path or a SolverParameter; ``settings``: the fields of
-    :class:`TrainSettings`. ``max_iter``/``test_interval``/``snapshot_interval``
-    override the solver's values (0 disables periodic tests or snapshots; the end of
-    training always tests and snapshots). Snapshots are ``out_dir/<basename of the
+    ``solver``: a solver .prototxt path or a SolverParameter; ``settings`` (or keyword
+    overrides of its fields, e.g. ``train(solver, out, seed=3)``): a
+    :class:`TrainSettings`, whose fields say what each does.
+    ``max_iter``/``test_interval``/``snapshot_interval`` override the solver's values
+    (0 disables periodic tests or snapshots; the end of training always tests and
+    snapshots). Snapshots are ``out_dir/<basename of the
     solver's snapshot_prefix, default "snapshot">_iter_N.{caffemodel,solverstate}``.
     Test outputs are averaged over ``test_iter`` batches of each test net, which shares
     the train net's weights. ``init_weights``: a .caffemodel the trained layers start
@@ -116,7 +122,7 @@ def train(solver: PathLike | Any, out_dir: PathLike, **settings: Any) -> TrainRe
     Raises :class:`TrainError` (or a subclass) before training when the setup is wrong,
     :class:`~pyirg.train.TrainingInterrupted` after saving a snapshot on SIGINT/SIGTERM.
     """
-    s = TrainSettings(**settings)
+    s = dataclasses.replace(settings or TrainSettings(), **overrides)
     caffe = import_caffe()
     out = Path(out_dir).resolve()
     claim_run_folder(out, resume=s.resume, overwrite=s.overwrite)
@@ -169,7 +175,7 @@ def train(solver: PathLike | Any, out_dir: PathLike, **settings: Any) -> TrainRe
 
 def _run_info(solver: Any, source: str, s: TrainSettings, distill: bool) -> dict[str, Any]:
     """What metrics.json says about the run."""
-    given = isinstance(solver, caffe_pb2().SolverParameter)
+    given = isinstance(solver, caffe_proto().SolverParameter)
     return {
         "solver": "<param>" if given else str(solver),
         "net": source,
@@ -207,7 +213,7 @@ def _build_solver(caffe: Any, param: Any, s: TrainSettings, path: Path, prefix: 
     param.snapshot_prefix = str(prefix)
     param.snapshot = 0
     param.snapshot_after_train = False
-    param.snapshot_format = caffe_pb2().SolverParameter.BINARYPROTO
+    param.snapshot_format = caffe_proto().SolverParameter.BINARYPROTO
     param.random_seed = s.seed
     param.max_iter = s.max_iter
     param.test_interval = _NEVER
@@ -311,7 +317,7 @@ def _read(read: Callable[[Path], Any], path: Path) -> Any:
 
 def load_solver_param(solver: PathLike | Any) -> tuple[Any, Path | None]:
     """Return a copy of the SolverParameter and the directory of its file (if any)."""
-    if isinstance(solver, caffe_pb2().SolverParameter):
+    if isinstance(solver, caffe_proto().SolverParameter):
         param = type(solver)()
         param.CopyFrom(solver)
         return param, None
@@ -341,7 +347,7 @@ def prepare_solver_param(
     """
     param, base = load_solver_param(solver)
     if net is not None:
-        if isinstance(net, caffe_pb2().NetParameter):
+        if isinstance(net, caffe_proto().NetParameter):
             if out_dir is None:
                 raise ValueError("a NetParameter net needs an out_dir to be written to")
             net_path = out_dir / "net.prototxt"

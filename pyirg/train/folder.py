@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyirg.caffeio import PathLike, caffe_pb2, to_text
+from pyirg.caffeio import PathLike, caffe_proto, to_text
 from pyirg.data.fsutil import atomic_output, atomic_write_text, fsync_file, regular_file
 from pyirg.train import Snapshot, TeacherWeightsError, TrainError
 
@@ -177,7 +177,7 @@ def snapshot_problem(snap: Snapshot, shapes: dict[str, list[tuple[int, ...]]]) -
     except TeacherWeightsError as e:
         return str(e)
     try:
-        state = caffe_pb2().SolverState.FromString(snap.solverstate.read_bytes())
+        state = caffe_proto().SolverState.FromString(snap.solverstate.read_bytes())
     except Exception as e:  # protobuf's DecodeError differs between implementations
         return f"{snap.solverstate}: unreadable ({e})"
     if state.iter != snap.iteration or not state.HasField("current_step"):
@@ -211,7 +211,7 @@ def save_snapshot(solver: Any, tmp: Path, out: Path, name: str) -> Snapshot:
     if not (tmp_model.is_file() and tmp_state.is_file()):
         raise TrainError(f"Caffe wrote no snapshot {tmp_model} / {tmp_state}")
     model, state_path = out / f"{base}.caffemodel", out / f"{base}.solverstate"
-    state = caffe_pb2().SolverState.FromString(tmp_state.read_bytes())
+    state = caffe_proto().SolverState.FromString(tmp_state.read_bytes())
     state.learned_net = str(model)
     tmp_state.write_bytes(state.SerializeToString())
     fsync_file(tmp_model)
@@ -223,7 +223,7 @@ def save_snapshot(solver: Any, tmp: Path, out: Path, name: str) -> Snapshot:
 
 def restore_snapshot(solver: Any, snap: Snapshot, tmp: Path) -> None:
     """Restore ``solver`` from ``snap``, wherever OUT has been moved since it was written."""
-    state = caffe_pb2().SolverState.FromString(snap.solverstate.read_bytes())
+    state = caffe_proto().SolverState.FromString(snap.solverstate.read_bytes())
     state.learned_net = str(snap.caffemodel)  # OUT may have moved since it was written
     fixed = tmp / "resume.solverstate"
     fixed.write_bytes(state.SerializeToString())

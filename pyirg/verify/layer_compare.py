@@ -49,7 +49,7 @@ import torch
 from caffe.proto import caffe_pb2
 
 from pyirg.caffeio import caffe_net
-from pyirg.distill import IRG_TYPES
+from pyirg.distill import BACKWARD, IRG_TYPES, NORMALIZE
 from pyirg.torch import layers as ref
 from pyirg.verify.report import (
     CAFFE_ROW,
@@ -64,8 +64,6 @@ from pyirg.verify.report import (
     make_row,
 )
 
-NORMALIZE = tuple(caffe_pb2.IRGParameter.Normalize.keys())  # MAX, MEAN, NONE
-BACKWARD = tuple(caffe_pb2.IRGParameter.Backward.keys())  # EXACT, RELEASED
 SQUARED = (True, False)
 LAYERS = IRG_TYPES
 MAP = LAYERS[0]
