@@ -51,6 +51,10 @@ class DemoConfig:
     stage1_iter: int = option(150, "REFILLED stage-1 iterations")
     max_iter: int = option(300, "baseline, IRG and REFILLED stage-2 iterations")
     mode: str = option("TRIPLET", "REFILLED stage-1 relation", choices=("TRIPLET", "TUPLE"))
+    teaching_weight: float = option(
+        10.0, "REFILLED stage-2 weight of the KD term (the authors' 100 diverges here at lr 0.1)"
+    )
+    tau2: float = option(2.0, "REFILLED stage-2 temperature")
     batch: int = option(64, "batch size")
     jobs: int = option(0, "trainings in parallel, one BLAS thread each (0: one per core)")
     progress: bool = option(True, "a line per finished training")
@@ -173,7 +177,10 @@ def train_student(
         if method == "REFILLED":
             from pyirg.refilled import RefilledConfig
 
-            pair = RefilledConfig(teacher_spec, student, data, mode=cfg.mode)
+            pair = RefilledConfig(
+                teacher_spec, student, data, mode=cfg.mode,
+                teaching_weight=cfg.teaching_weight, tau2=cfg.tau2,
+            )  # fmt: skip
             s = TwoStageSettings(
                 teacher_weights=teacher, batch=cfg.batch, stage1_iter=cfg.stage1_iter,
                 stage2_iter=cfg.max_iter, seed=seed, progress=False, mode=cfg.mode,
