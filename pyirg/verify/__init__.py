@@ -1,6 +1,8 @@
-"""Check the Caffe IRG and REFILLED layers and the generated distillation nets against the PyTorch reference.
+"""Check the Caffe IRG and REFILLED layers and the generated distillation nets against the
+PyTorch reference.
 
-``python tools/verify.py [--full] [--json OUT] [--no-nets] [--no-refilled] [--seed S]`` (``pyirg verify``).
+``python tools/verify.py [--full] [--json OUT] [--no-nets] [--no-refilled] [--seed S]``
+(``pyirg verify``).
 
 - :mod:`~pyirg.verify.layer_compare`: each layer in Caffe, PyTorch and NumPy, on ordinary
   and hard inputs, in every ``irg_param`` setting (with the NumPy reference).
