@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run, run_pyirg
 
-from pyirg.bench import layers, report, timing, training
+from pyirg.bench import layers, refilled, report, timing, training
 
 
 def _positive(x: object) -> bool:
@@ -128,7 +128,26 @@ def test_quick_run_writes_well_formed_results(tmp_path: Path) -> None:
 
     targets = result["targets"]
     assert targets and all(isinstance(t["met"], bool) for t in targets)
-    assert {t["layer"] for t in targets} == {"map", "vector", "training"}
+    assert {t["layer"] for t in targets} == {"map", "vector", "training", "refilled"}
+
+    # The REFILLED layers: every mode of both at the quick N, against the reference.
+    relation = result["refilled"]
+    assert {(r["layer"], r["mode"], r["n"]) for r in relation} == {
+        (layer, mode, n) for layer, mode in refilled.VARIANTS for n in timing.QUICK.refilled_ns
+    }
+    for r in relation:
+        assert set(r["timings"]) == {"caffe", "torch", "layer_fwd", "layer_bwd"}
+        assert _positive(r["vs_torch"]) and math.isfinite(r["loss"]) and r["loss"] >= 0
+        assert all(len(t["samples_ms"]) == reps for t in r["timings"].values())
+    stages = result["refilled_stages"]
+    assert [(st["stage"], st["layer"]) for st in stages] == [
+        (1, refilled.TRIPLET),
+        (2, refilled.CENTER),
+    ]
+    for st in stages:
+        assert st["batch"] == timing.QUICK.stage_batch and _positive(st["step"]["median_ms"])
+        assert _positive(st["layer_ms"]) and 0 < st["layer_share_pct"] < 100
+    assert "**REFILLED layers**" in proc.stdout and "**REFILLED stage iterations**" in proc.stdout
 
     memory = result["memory"]
     assert len(memory) == 2 * len(timing.QUICK.ns)
@@ -149,7 +168,32 @@ def test_bench_refuses_contradicting_options() -> None:
         ["--skip-train", "--train-only"],
         ["--blas-only", "--train-only"],
         ["--blas-only", "--transform-pool", "Reduction"],
+        ["--refilled-only", "--train-only"],
+        ["--refilled-only", "--skip-refilled"],
+        ["--refilled-only", "--transform-pool", "Reduction"],
     ):
         proc = run_pyirg("bench", "--quick", *argv)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, argv
         assert "exclude each other" in proc.stderr or "applies to the training" in proc.stderr
+
+
+def test_refilled_only_and_skip_refilled_select_their_parts() -> None:
+    from pyirg.bench import cli
+
+    only = cli.settings(cli.parse(["--quick", "--refilled-only"]))
+    assert only.refilled_ns == timing.QUICK.refilled_ns and only.stages == (1, 2)
+    assert only.ns == only.cs == () and only.train_methods == ()
+    skip = cli.settings(cli.parse(["--quick", "--skip-refilled"]))
+    assert skip.refilled_ns == () and skip.stages == () and skip.ns == timing.QUICK.ns
+    no_train = cli.settings(cli.parse(["--skip-train"]))
+    assert no_train.stages == () and no_train.refilled_ns == (64, 128, 256, 512)
+
+
+def test_stage_targets_judge_the_share() -> None:
+    stages = [
+        {"stage": 1, "layer": refilled.TRIPLET, "batch": 64, "layer_share_pct": 0.4},
+        {"stage": 2, "layer": refilled.CENTER, "batch": 64, "layer_share_pct": 1.5},
+    ]
+    judged = refilled.stage_targets(stages)
+    assert [t["met"] for t in judged] == [True, False]
+    assert all(t["limit"] == refilled.STAGE_TARGET_PCT == 1.0 for t in judged)

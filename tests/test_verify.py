@@ -13,15 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("caffe")
 from conftest import REPO, run, run_pyirg
 
 import pyirg.torch.layers as torch_layers
 import pyirg.torch.losses as torch_losses
+import pyirg.torch.refilled as torch_refilled
 from pyirg.verify import cli, report
 from pyirg.verify import layer_compare as lc
 from pyirg.verify import net_compare as nc
+from pyirg.verify import refilled_compare as rc
 
 
 def _report(tmp_path, *argv: str) -> tuple[int, list[dict]]:
@@ -40,6 +43,9 @@ def test_quick_mode_passes_and_covers_layers_modes_and_nets(tmp_path, capsys) ->
         assert modes == {m.label for m in lc.ALL_MODES}
         cases = {r["case"] for r in rows if r["layer"] == layer}
         assert {"near_tie", "exact_tie", "identical", "offset", "n2", "4d"} <= cases
+    for layer, modes in rc.LAYER_MODES.items():
+        cells = {(r["mode"], r["case"]) for r in rows if r["layer"] == layer}
+        assert cells == {(m, c) for m in modes for c in rc.CASE_NAMES[layer]}
     assert {r["dtype"] for r in rows} == {report.CAFFE_ROW, report.NUMPY_ROW}
     nets = {r["layer"].split()[1] for r in rows if r["layer"].startswith("net ")}
     assert nets == {"IRG", "IRG-t", "MTK"}
@@ -200,3 +206,161 @@ def test_verify_checks_its_json_path_first(tmp_path: Path) -> None:
 def test_verify_refuses_a_negative_seed_in_one_line() -> None:
     proc = run_pyirg("verify", "--no-nets", "--seed", "-1")
     assert proc.returncode == 2 and "--seed" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ REFILLED layers
+
+
+def _refilled_rows() -> list[report.Row]:
+    return rc.compare_refilled(False, 0)
+
+
+def _has_loss(layer: str, case: str) -> bool:
+    """Whether a case has something to distill (nonzero loss and gradient)."""
+    cases = rc.triplet_cases if layer == rc.TRIPLET_LAYER else rc.center_cases
+    return not {c.name: c for c in cases(np.random.default_rng(0))}[case].nothing
+
+
+def test_refilled_rows_pass_in_every_mode_with_exact_zeros_where_nothing_is_mined() -> None:
+    rows = _refilled_rows()
+    assert all(r.passed for r in rows), report.format_table([r for r in rows if not r.passed])
+    assert {(r.layer, r.mode) for r in rows} == {
+        (layer, mode) for layer, modes in rc.LAYER_MODES.items() for mode in modes
+    }
+    assert {"TRIPLET", "TUPLE"} == set(rc.LAYER_MODES[rc.TRIPLET_LAYER])
+    assert {"GLOBAL", "LOCAL"} == set(rc.LAYER_MODES[rc.CENTER_LAYER])
+    zeros = [r for r in rows if "nothing to distill" in r.note]
+    assert {(r.layer, r.case) for r in zeros} == {
+        (rc.TRIPLET_LAYER, c) for c in ("one_class", "one_per_class", "margin0", "only_ties")
+    } | {(rc.CENTER_LAYER, "one_class")}
+    assert all("exact zeros" in r.note and r.fwd_abs == r.bwd_abs == 0 for r in zeros)
+    # Everything else has something to compare: mined triplets, or several classes.
+    for r in rows:
+        if r not in zeros:
+            assert not r.note.startswith("0 triplets") and not r.note.startswith("1 of"), r
+
+
+def test_a_wrong_tuple_loss_is_caught_only_in_tuple_mode(monkeypatch) -> None:
+    original = torch_refilled.triplet_relation_loss
+
+    def wrong(student, teacher, labels, mode="TRIPLET", **kw):
+        out = original(student, teacher, labels, mode, **kw)
+        return out * 1.001 if mode == "TUPLE" else out
+
+    monkeypatch.setattr(torch_refilled, "triplet_relation_loss", wrong)
+    rows = _refilled_rows()
+    failed = {(r.layer, r.mode, r.case) for r in rows if not r.passed}
+    assert failed == {
+        (rc.TRIPLET_LAYER, "TUPLE", c)
+        for c in rc.CASE_NAMES[rc.TRIPLET_LAYER]
+        if _has_loss(rc.TRIPLET_LAYER, c)
+    }
+
+
+def test_a_wrong_center_gradient_with_the_right_loss_is_caught(monkeypatch) -> None:
+    original = torch_refilled.local_center_kd_loss
+
+    def wrong(student_logits, teacher_embedding, labels, centers=None, mode="GLOBAL", **kw):
+        out = original(student_logits, teacher_embedding, labels, centers, mode, **kw)
+        if mode != "LOCAL":
+            return out
+        return out + 1e-2 * (student_logits - student_logits.detach()).sum()  # adds 0
+
+    monkeypatch.setattr(torch_refilled, "local_center_kd_loss", wrong)
+    bad = [r for r in _refilled_rows() if not r.passed]
+    assert {(r.layer, r.mode) for r in bad} == {(rc.CENTER_LAYER, "LOCAL")}
+    assert {r.case for r in bad} == set(rc.CASE_NAMES[rc.CENTER_LAYER])
+    assert all(r.fwd_rel <= 1e-4 < r.bwd_rel for r in bad)
+
+
+def test_global_rows_depend_on_the_centers_written_into_the_caffe_blob(monkeypatch) -> None:
+    original = torch_refilled.local_center_kd_loss
+
+    def other_centers(student_logits, teacher_embedding, labels, centers=None, mode="GLOBAL", **kw):
+        if centers is not None:  # still nonzero where filled, zero where not
+            centers = centers + 0.05 * centers.flip(1)
+        return original(student_logits, teacher_embedding, labels, centers, mode, **kw)
+
+    monkeypatch.setattr(torch_refilled, "local_center_kd_loss", other_centers)
+    bad = [r for r in _refilled_rows() if not r.passed]
+    assert {(r.layer, r.mode) for r in bad} == {(rc.CENTER_LAYER, "GLOBAL")}
+    assert {r.case for r in bad} == set(rc.CASE_NAMES[rc.CENTER_LAYER]) - {"one_class"}
+
+
+def test_nothing_to_distill_is_judged_by_exact_zeros() -> None:
+    """A case claiming nothing to distill that has something fails, even if both agree."""
+    case = {c.name: c for c in rc.triplet_cases(np.random.default_rng(0))}["random"]
+    claimed = rc.RelationCase(case.name, case.student, case.teacher, case.labels, nothing=True)
+    good = rc.compare_case(rc.TRIPLET_LAYER, "TRIPLET", case, np.random.default_rng(1))
+    row = rc.compare_case(rc.TRIPLET_LAYER, "TRIPLET", claimed, np.random.default_rng(1))
+    assert good.passed and row.fwd_rel == good.fwd_rel and row.bwd_rel == good.bwd_rel
+    assert not row.passed and "NOT all zero" in row.note
+
+
+def test_the_hard_cases_are_what_they_claim() -> None:
+    rng = np.random.default_rng(0)
+    triplets = {c.name: c for c in rc.triplet_cases(rng)}
+    for name, c in triplets.items():
+        margin = c.params.get("margin", 0.2)
+        ties = name in ("ties", "only_ties", "duplicates")
+        assert rc.mining_clearance(c.student, c.labels, margin, ties) >= rc.MINING_SLACK, name
+        y = torch.tensor(c.labels.astype(np.int64))
+        found = torch_refilled.mine_triplets(
+            torch.tensor(c.student, dtype=torch.float64), y, margin
+        )
+        assert found.tolist() == rc.mined(c.student, c.labels, margin).tolist(), name
+        assert (len(found) == 0) == c.nothing, name
+    for name in ("ties", "only_ties", "duplicates"):  # exact ties among the valid triplets
+        c = triplets[name]
+        gap, valid = rc._gaps(c.student, c.labels)
+        assert np.any(gap[valid] == 0), name
+    dup = triplets["duplicates"].student.reshape(12, -1)
+    assert (dup[4] == dup[1]).all() and (dup[7] == dup[0]).all()
+    zero = triplets["zero_rows"]
+    assert not zero.student[[2, 5]].any() and not zero.teacher[[3, 5]].any()
+    assert triplets["4d"].student.ndim == 4 and triplets["wrn_size"].student.shape[:2] == (64, 128)
+
+    centers = {c.name: c for c in rc.center_cases(rng)}
+    absent = centers["absent"]
+    present = np.unique(absent.labels).astype(int)
+    assert len(present) == 3 and absent.student.shape[1] == 10
+    assert not np.delete(absent.centers, present, axis=0).any()  # unfilled, and allowed
+    assert len(np.unique(centers["one_class"].labels)) == 1 and centers["one_class"].nothing
+    assert len(np.unique(centers["wrn_size"].labels)) < 100 == centers["wrn_size"].student.shape[1]
+    assert sorted(centers["one_per_class"].labels) == list(range(8))
+
+
+def test_mining_clearance_and_the_kl_floor_by_hand() -> None:
+    # Unit directions at 0, 60 and 90 degrees: d(0, 1) = 1, d(0, 2) = sqrt 2, so the
+    # triplet (0, 1, 2) has gap sqrt 2 - 1 = 0.414; (1, 0, 2) has a negative gap.
+    s = np.array([[1.0, 0], [0.5, np.sqrt(0.75)], [0, 3.0]])
+    y = np.array([0, 0, 1])
+    assert rc.mining_clearance(s, y, 0.5) == pytest.approx(0.5 - (np.sqrt(2) - 1))
+    assert rc.mined(s, y, 0.5).tolist() == [[0, 1, 2]]
+    assert rc.mining_clearance(s, y, 0.4) == pytest.approx(np.sqrt(2) - 1 - 0.4)
+    # The floor bounds every loss from above: |KL| <= sum p_T (|log p_T| + |log p_S|).
+    rng = np.random.default_rng(3)
+    for layer, cases in ((rc.TRIPLET_LAYER, rc.triplet_cases), (rc.CENTER_LAYER, rc.center_cases)):
+        for c in cases(rng):
+            for mode in rc.LAYER_MODES[layer]:
+                loss, _ = rc.torch_loss(layer, mode, c, 1.0)
+                assert 0 <= loss <= rc.kl_term_size(layer, mode, c) + 1e-12, (c.name, mode)
+
+
+def test_a_caffe_build_without_the_refilled_layers_gives_fail_rows(monkeypatch) -> None:
+    monkeypatch.setattr(rc, "missing_layers", lambda: [rc.CENTER_LAYER])
+    rows = _refilled_rows()
+    center = [r for r in rows if r.layer == rc.CENTER_LAYER]
+    assert len(center) == 1 and not center[0].passed and "not in this Caffe" in center[0].note
+    assert all(r.passed for r in rows if r.layer == rc.TRIPLET_LAYER)
+
+
+def test_verify_help_loads_no_caffe() -> None:
+    proc = run(
+        [sys.executable, "-c", "import sys\nfrom pyirg.verify import cli\ntry:\n"
+         "    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+         "print('caffe' in sys.modules)"],
+        cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "--no-refilled" in proc.stdout
+    assert proc.stdout.splitlines()[-1] == "False"

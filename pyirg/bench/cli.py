@@ -21,6 +21,7 @@ import numpy as np
 
 from pyirg.bench.blas import Cblas, blas_choice, caffe_cblas
 from pyirg.bench.layers import bench_layer, evaluate_targets, memory_rows
+from pyirg.bench.refilled import VARIANTS, bench_relation, bench_stage, stage_targets
 from pyirg.bench.report import plot, render
 from pyirg.bench.timing import QUICK, Settings
 from pyirg.bench.training import bench_training
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="bench.py",
         description="Benchmark the IRG Caffe layers against PyTorch, the GEMM bound, and "
-        "their share of a distillation training iteration.",
+        "their share of a distillation training iteration; and the REFILLED loss layers "
+        "against their PyTorch reference and their share of a stage iteration.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="a few sizes, seconds (for tests)")
@@ -63,6 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
         "kernel this CPU runs, and MKL where `pip install mkl` put it",
     )
     p.add_argument(
+        "--skip-refilled",
+        action="store_true",
+        help="leave out the REFILLED layers (TripletRelationLoss, LocalCenterKDLoss) and "
+        "their stage iterations",
+    )
+    p.add_argument(
+        "--refilled-only",
+        action="store_true",
+        help="only the REFILLED layers: every mode at N = 64..512 (D = D' = 128, 100 "
+        "classes; --quick: N = 64) against pyirg.torch.refilled, and their share of a "
+        "stage-1 and stage-2 iteration (WRN-40-2 -> WRN-16-2, batch 64; --quick: "
+        "WRN-10-1 -> WRN-10-1, batch 8)",
+    )
+    p.add_argument(
         "--transform-pool",
         choices=("Pooling", "Reduction"),
         default="Pooling",
@@ -75,11 +91,15 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """The options, checked before Caffe and PyTorch load so a typo fails fast."""
     p = build_parser()
     args = p.parse_args(argv)
-    exclusive = [f for f in ("skip_train", "train_only", "blas_only") if getattr(args, f)]
+    modes = ("skip_train", "train_only", "blas_only", "refilled_only")
+    exclusive = [f for f in modes if getattr(args, f)]
     if len(exclusive) > 1:
         p.error(" and ".join("--" + f.replace("_", "-") for f in exclusive) + " exclude each other")
-    if args.blas_only and args.transform_pool != "Pooling":
-        p.error("--transform-pool applies to the training comparison, not --blas-only")
+    if (args.blas_only or args.refilled_only) and args.transform_pool != "Pooling":
+        p.error("--transform-pool applies to the training comparison of the IRG nets only")
+    for other in ("refilled_only", "blas_only"):
+        if args.skip_refilled and getattr(args, other):
+            p.error(f"--skip-refilled and --{other.replace('_', '-')} exclude each other")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be >= 1")
     if args.reps is not None and args.reps < 1:
@@ -96,10 +116,14 @@ def settings(args: argparse.Namespace) -> Settings:
     s = dataclasses.replace(QUICK if args.quick else Settings(), transform_pool=args.transform_pool)
     if args.reps:
         s.reps = args.reps
-    if args.skip_train or args.blas_only:
+    if args.skip_train or args.blas_only or args.refilled_only:
         s.train_methods = ()
-    if args.train_only or args.blas_only:
+    if args.train_only or args.blas_only or args.refilled_only:
         s.ns, s.cs = (), ()
+    if args.train_only or args.blas_only or args.skip_refilled:
+        s.refilled_ns = ()
+    if args.skip_train or args.blas_only or args.skip_refilled:
+        s.stages = ()
     return s
 
 
@@ -157,13 +181,34 @@ def measure_all(s: Settings, blas: Cblas) -> dict[str, Any]:
                     f"/bound {row['ratios']['vs_bound']:.2f}",
                     flush=True,
                 )
+    relation = []
+    for layer, mode in VARIANTS:
+        for n in s.refilled_ns:
+            row = bench_relation(layer, mode, n, s, seed=n * 7919 + len(relation))
+            relation.append(row)
+            print(
+                f"  {layer} {mode:>7} N={n:>4}: caffe "
+                f"{row['timings']['caffe']['median_ms']:.3f} ms, /torch {row['vs_torch']:.3f}",
+                flush=True,
+            )
     memory = memory_rows(s.ns)
     training = []
     for method in s.train_methods:
         print(f"  training: {method} ...", flush=True)
         training.append(bench_training(method, s))
-    targets = evaluate_targets(layers, training)
-    return {"layers": layers, "targets": targets, "memory": memory, "training": training}
+    stages = []
+    for stage in s.stages:
+        print(f"  REFILLED stage {stage} iteration ...", flush=True)
+        stages.append(bench_stage(stage, s))
+    targets = evaluate_targets(layers, training) + stage_targets(stages)
+    return {
+        "layers": layers,
+        "targets": targets,
+        "memory": memory,
+        "training": training,
+        "refilled": relation,
+        "refilled_stages": stages,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.time()
     parts = measure_all(s, blas)
     blas_rows = []
-    if not args.train_only:  # --train-only asks for the training comparison alone
+    if not (args.train_only or args.refilled_only):  # those ask for one part alone
         print("  BLAS for Caffe's convolutions ...", flush=True)
         blas_rows = blas_choice(blas, reps=3 if s.quick else 7)
     meta["loadavg_end"] = os.getloadavg()

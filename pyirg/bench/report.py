@@ -103,7 +103,42 @@ def _training(training: list[dict[str, Any]]) -> list[str]:
     return [title, "", *_table(head, "lrrrrrrr", rows), ""]
 
 
+def _refilled(rows: list[dict[str, Any]]) -> list[str]:
+    """The REFILLED layers against their PyTorch reference, one line per mode and N."""
+    if not rows:
+        return []
+    head = ["layer", "mode", "N", "D / K", "D'", "ours (Caffe)", "PyTorch reference"]
+    head += ["ours / PyTorch", "layer fwd", "layer bwd"]
+    cells = (
+        [r["layer"], r["mode"], r["n"], r["dims"]["student"], r["dims"]["teacher"]]
+        + [_cell(r["timings"]["caffe"]), _cell(r["timings"]["torch"]), f"{r['vs_torch']:.3f}"]
+        + [f"{r['timings'][k]['median_ms']:.3f}" for k in ("layer_fwd", "layer_bwd")]
+        for r in rows
+    )
+    title = (
+        "**REFILLED layers**: forward + backward, ms, median (IQR); labels uniform over "
+        f"{rows[0]['dims']['classes']} classes"
+    )
+    return [title, "", *_table(head, "llrrrrrrrr", cells), ""]
+
+
+def _stages(stages: list[dict[str, Any]]) -> list[str]:
+    if not stages:
+        return []
+    head = ["stage", "layer", "teacher -> student", "batch", "iteration (`solver.step(1)`)"]
+    head += ["layer's own fwd + bwd", "share"]
+    rows = [
+        [st["stage"], st["layer"], f"{st['pair']['teacher']} -> {st['pair']['student']}"]
+        + [st["batch"], _cell(st["step"]), f"{st['layer_ms']:.3f} ms"]
+        + [f"{st['layer_share_pct']:.3f}%"]
+        for st in stages
+    ]
+    return ["**REFILLED stage iterations** (ms)", "", *_table(head, "llllrrr", rows), ""]
+
+
 def _memory(memory: list[dict[str, Any]]) -> list[str]:
+    if not memory:
+        return []
     head = ["layer", "N", "from the code", "parts", "heap residual observed"]
     head += ["minus the vector net's"]
     rows = []
@@ -167,8 +202,10 @@ def _profile(result: dict[str, Any]) -> list[str]:
 def render(result: dict[str, Any], profile: bool = False) -> str:
     """bench.md from a bench.json dict; ``profile`` adds, for the console, where the time
     of each missed size goes (bench.md leaves that to bench.json's per-phase timings)."""
-    lines = [_machine(result), "", *_layers(result["layers"]), *_targets(result["targets"])]
-    lines += _training(result["training"]) + _memory(result["memory"])
+    lines = [_machine(result), "", *_layers(result["layers"])]
+    lines += _refilled(result.get("refilled", [])) + _targets(result["targets"])
+    lines += _training(result["training"]) + _stages(result.get("refilled_stages", []))
+    lines += _memory(result["memory"])
     lines += _blas(result.get("blas_choice", []))
     return "\n".join(lines + (_profile(result) if profile else [])) + "\n"
 

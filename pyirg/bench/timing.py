@@ -37,6 +37,15 @@ class Settings:
     settle: dict[str, float] = field(default_factory=lambda: dict(SETTLE_S))
     quick: bool = False
     transform_pool: str = "Pooling"
+    #: REFILLED layers: batch sizes, and (student D, teacher D', classes K): WRN-16-2 and
+    #: WRN-40-2 embeddings (128 both), CIFAR-100.
+    refilled_ns: tuple[int, ...] = (64, 128, 256, 512)
+    refilled_dims: tuple[int, int, int] = (128, 128, 100)
+    #: The stage nets: ((teacher depth, widen), (student depth, widen)), batch, repetitions.
+    stage_pair: tuple[tuple[int, int], tuple[int, int]] = ((40, 2), (16, 2))
+    stage_batch: int = 64
+    stage_reps: int = 5
+    stages: tuple[int, ...] = (1, 2)
 
 
 QUICK = Settings(
@@ -51,6 +60,10 @@ QUICK = Settings(
     train_reps=2,
     attribution_reps=1,
     quick=True,
+    refilled_ns=(64,),
+    stage_pair=((10, 1), (10, 1)),
+    stage_batch=8,
+    stage_reps=2,
 )
 
 

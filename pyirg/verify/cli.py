@@ -1,9 +1,10 @@
 """``python tools/verify.py`` / ``pyirg verify``: run the comparisons, print, exit status.
 
-Quick mode (default, a few seconds): all 12 settings of both layers on random inputs, the
-hard cases for three settings, and each method's net once with the default setting.
-``--full``: every setting x case, and every setting of every method's net plus 16x16
-images.
+Quick mode (default, a few seconds): all 12 settings of both IRG layers on random inputs,
+the hard cases for three settings, both REFILLED layers in every setting on every case,
+and each method's net once with the default setting. ``--full``: every setting x case,
+two more random draws of the REFILLED cases, and every setting of every method's net plus
+16x16 images.
 
 Exit status: 0 when every row passes, 1 otherwise.
 """
@@ -32,13 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
     """``verify``'s options."""
     p = ArgumentParser(
         prog="verify.py",
-        description="Compare the Caffe IRG layers and distillation nets with the PyTorch "
-        "reference (and a NumPy float64 implementation); exit 1 on any mismatch.",
+        description="Compare the Caffe IRG layers (with a NumPy float64 implementation too), "
+        "the REFILLED loss layers and the distillation nets with the PyTorch reference; "
+        "exit 1 on any mismatch.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--full", action="store_true", help="every mode x case (else a subset)")
     p.add_argument("--json", metavar="OUT", help="also write the rows as JSON to OUT")
     p.add_argument("--no-nets", action="store_true", help="skip the whole-net comparisons")
+    p.add_argument(
+        "--no-refilled",
+        action="store_true",
+        help="skip the REFILLED layers (TripletRelationLoss, LocalCenterKDLoss), e.g. on a "
+        "Caffe build without them (else each missing layer is a FAIL row)",
+    )
     p.add_argument("--seed", type=_seed, default=0, help="seed of the random inputs (>= 0)")
     return p
 
@@ -55,11 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # refused option do not need.
     from pyirg.verify.layer_compare import compare_layers
     from pyirg.verify.net_compare import compare_nets
+    from pyirg.verify.refilled_compare import compare_refilled
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: extra threads only contend (10x slower on 2 cores)
     try:
         rows = compare_layers(args.full, args.seed)
+        if not args.no_refilled:
+            rows.extend(compare_refilled(args.full, args.seed))
         if not args.no_nets:
             rows.extend(compare_nets(args.full, args.seed))
     finally:

@@ -64,9 +64,12 @@ def make_row(
     tol: float,
     note: str = "",
     bwd_ok: bool | None = None,
+    fwd_ok: bool | None = None,
 ) -> Row:
-    """A report row; ``bwd_ok`` overrides the relative-error test of the backward."""
-    fwd_ok = math.isnan(fwd[1]) or fwd[1] <= tol
+    """A report row; ``bwd_ok`` and ``fwd_ok`` override the relative-error tests (an
+    acceptance the row's note states), the errors shown stay the measured ones."""
+    if fwd_ok is None:
+        fwd_ok = math.isnan(fwd[1]) or fwd[1] <= tol
     if bwd_ok is None:
         bwd_ok = math.isnan(bwd[1]) or bwd[1] <= tol
     values = (float(fwd[0]), float(fwd[1]), float(bwd[0]), float(bwd[1]))
