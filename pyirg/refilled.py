@@ -130,6 +130,17 @@ class RefilledConfig:
                 )
 
 
+def plain_net(spec: Network, data: DataConfig, prefix: str = "") -> caffe_pb2.NetParameter:
+    """``spec`` alone with cross-entropy and TEST accuracy: a teacher or a baseline."""
+    ns = NetSpec()
+    images, labels = add_data(ns, data)
+    _, classifier = _network(ns, spec, images, prefix, frozen=False)
+    logits = classifier()
+    ns[prefix + "SoftmaxWithLoss1"] = L.SoftmaxWithLoss(logits, labels)
+    ns[prefix + "Accuracy1"] = L.Accuracy(logits, labels, include={"phase": TEST})
+    return to_net(ns, f"{label(spec)}_alone", data)
+
+
 def stage1_net(cfg: RefilledConfig) -> caffe_pb2.NetParameter:
     """Teacher (frozen) and student embeddings -> ``TripletRelationLoss``."""
     ns = NetSpec()

@@ -85,6 +85,11 @@ class TwoStageSettings:
     weight_decay: float = option(5e-4, "weight decay")
     seed: int = option(0, "seed of both stages (weights, batches)")
     progress: bool = option(True, "progress bars")
+    alone: bool = option(
+        False,
+        "train --student alone with cross-entropy (stage 2's schedule, no teacher): a "
+        "baseline, or a teacher for a later run",
+    )
 
 
 def _fed(s: TwoStageSettings) -> tuple[FedSplit, Dataset]:
@@ -141,7 +146,7 @@ def run_stages(
         teacher_centers,
         write_centers,
     )
-    from pyirg.solver import Schedule, cosine_schedule, make_solver
+    from pyirg.solver import cosine_schedule, make_solver
     from pyirg.train.driver import train
 
     prefix = cfg.student_prefix
@@ -162,11 +167,10 @@ def run_stages(
     k = cfg.data.dataset.num_classes
     centers = teacher_centers(cfg.teacher, s.teacher_weights, train_images, fed.train_labels, k)
     with_centers = write_centers(s.teacher_weights, centers, out / "teacher_centers.caffemodel")
-    n = s.stage2_iter
-    steps = tuple(sorted({max(1, round(n * f)) for f in (0.5, 0.7, 0.9)} - {n}))
-    schedule = Schedule(base_lr=s.lr2, gamma=0.2, stepvalues=steps, max_iter=n, **nesterov)
     test_iter = math.ceil(cfg.data.dataset.test_size / s.batch)
-    second = make_solver(stage2_net(cfg), schedule, "net", test_iter, test_interval=n)
+    second = make_solver(
+        stage2_net(cfg), stage2_schedule(s), "net", test_iter, test_interval=s.stage2_iter
+    )
     two = train(
         second, out / "stage2", teacher_weights=with_centers, init_weights=one.weights,
         seed=s.seed, batch_fn=train_fn, test_batch_fn=test_fn, progress=s.progress,
@@ -179,17 +183,53 @@ def run_stages(
     }
 
 
+def stage2_schedule(s: TwoStageSettings) -> Any:
+    """Multistep at 50, 70 and 90% with gamma 0.2 (the authors' 100/140/180 of 200 epochs)."""
+    from pyirg.solver import Schedule
+
+    n = s.stage2_iter
+    steps = tuple(sorted({max(1, round(n * f)) for f in (0.5, 0.7, 0.9)} - {n}))
+    nesterov = {"momentum": 0.9, "weight_decay": s.weight_decay, "type": "Nesterov"}
+    return Schedule(base_lr=s.lr2, gamma=0.2, stepvalues=steps, max_iter=n, **nesterov)
+
+
+def train_alone(cfg: Any, fed: FedSplit, s: TwoStageSettings, out: Path) -> dict[str, Any]:
+    """The student network alone (cross-entropy, stage 2's schedule) into ``out``."""
+    from pyirg.netspec import batchnorm_memory
+    from pyirg.refilled import label, plain_net
+    from pyirg.solver import make_solver
+    from pyirg.train.driver import train
+
+    net = batchnorm_memory(plain_net(cfg.student, cfg.data), cfg.bn_fraction)
+    test_iter = math.ceil(cfg.data.dataset.test_size / s.batch)
+    solver = make_solver(net, stage2_schedule(s), "net", test_iter, test_interval=s.stage2_iter)
+    train_fn, test_fn = fed.batch_fns(s.batch, s.seed)
+    result = train(
+        solver, out, seed=s.seed, batch_fn=train_fn, test_batch_fn=test_fn,
+        progress=s.progress,
+    )  # fmt: skip
+    return {
+        "network": label(cfg.student),
+        "accuracy": result.accuracy,
+        "weights": str(result.weights),
+    }
+
+
 def run(s: TwoStageSettings) -> dict[str, Any]:
     """Both stages on the prepared data of ``s``; the record in ``OUT/refilled.json``."""
     from pyirg.refilled import describe
 
     fed, dataset = _fed(s)
     cfg = refilled_config(s, dataset)
-    result = {
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()},
-        "pair": dict(describe(cfg)),
-        **run_stages(cfg, fed, s, s.out),
-    }
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()}
+    if s.alone:
+        result = {"settings": settings, **train_alone(cfg, fed, s, s.out)}
+    else:
+        result = {
+            "settings": settings,
+            "pair": dict(describe(cfg)),
+            **run_stages(cfg, fed, s, s.out),
+        }
     atomic_write_text(s.out / RESULTS, json.dumps(result, indent=2) + "\n")
     return result
 
@@ -216,9 +256,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"refilled: error: {e}", file=sys.stderr)
         return 2
+    where = Path(args.out) / RESULTS
+    if "stage1_ncm_accuracy" not in result:
+        print(f"{result['network']} alone: accuracy {result['accuracy']:.4f} ({where})")
+        return 0
     print(
         f"stage 1: nearest-class-mean accuracy {result['stage1_ncm_accuracy']:.4f}; "
-        f"stage 2: student accuracy {result['student_accuracy']:.4f} "
-        f"({Path(args.out) / RESULTS})"
+        f"stage 2: student accuracy {result['student_accuracy']:.4f} ({where})"
     )
     return 0
