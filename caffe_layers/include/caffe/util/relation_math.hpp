@@ -105,6 +105,27 @@ void read_labels(const std::string& layer, const LayerParameter& p,
   }
 }
 
+#ifdef __CUDACC__
+// norm[i] = |x_i| for the n rows of x (n x dim), one thread per row.
+template <typename Dtype>
+__global__ void RowNormKernel(const int n, const int dim, const Dtype* x,
+    Dtype* norm) {
+  CUDA_KERNEL_LOOP(i, n) {
+    norm[i] = row_norm(x + static_cast<int64_t>(i) * dim, dim);
+  }
+}
+
+// u = x with each row divided by its norm (0 for a zero row). In place
+// (u == x) is allowed.
+template <typename Dtype>
+__global__ void ScaleRowsKernel(const int n, const int dim, const Dtype* x,
+    const Dtype* norm, Dtype* u) {
+  RELATION_KERNEL_LOOP(index, static_cast<int64_t>(n) * dim) {
+    u[index] = x[index] * inverse_or_zero(norm[index / dim]);
+  }
+}
+#endif  // __CUDACC__
+
 }  // namespace relation
 }  // namespace caffe
 
