@@ -30,7 +30,8 @@ void LocalCenterKDLossLayer<Dtype>::LayerSetUp(
   if (!fixed) {
     std::ostringstream spec;
     if (p.param_size() == 0) {
-      spec << "has no param spec (the solver would use lr_mult 1, decay_mult 1)";
+      spec << "has no param spec (the solver would use lr_mult 1,"
+          << " decay_mult 1)";
     } else {
       spec << "gives lr_mult " << p.param(0).lr_mult() << " decay_mult "
           << p.param(0).decay_mult();

@@ -111,7 +111,8 @@ class LocalCenterKDLossLayerTest : public MultiDeviceTest<TypeParam> {
     for (int j = 0; j < m; ++j) {
       int count = 0;
       for (int i = 0; i < n; ++i) {
-        if (p.centers() == RelationParameter_Centers_LOCAL && y[i] == present[j]) {
+        if (p.centers() == RelationParameter_Centers_LOCAL
+            && y[i] == present[j]) {
           ++count;
           for (int d = 0; d < dim; ++d) {
             mu[j * dim + d] += teacher_->cpu_data()[i * dim + d];
