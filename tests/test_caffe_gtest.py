@@ -1,8 +1,9 @@
 """Caffe's gtest binary, built in the drop-in tree with our tests in it.
 
 Our layer tests must all pass and be the ones we expect (every normalize x
-squared gradient check, in float and double); Caffe's own CPU suite must still
-pass with our patch and layers in the tree, so the drop-in breaks nothing.
+squared gradient check of the IRG layers, every mode of the REFILLED layers, in
+float and double); Caffe's own CPU suite must still pass with our patch and
+layers in the tree, so the drop-in breaks nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,57 @@ import pytest
 from conftest import REPO, run
 
 MODES = ["MaxSquared", "MaxL2", "MeanSquared", "MeanL2", "NoneSquared", "NoneL2"]
+# The REFILLED layers' typed tests that must be there for every device and dtype.
+REFILLED_TESTS = {
+    "TripletRelationLossLayerTest": (
+        "TestGradientTriplet",
+        "TestGradientTuple",
+        "TestGradientTripletDefaults",
+        "TestGradientTuple4D",
+        "TestForwardHandComputed",
+        "TestForwardTripletMatchesLoops",
+        "TestForwardTupleMatchesLoops",
+        "TestNoTripletGivesZeros",
+        "TestOneClassGivesZeros",
+        "TestTiedDistances",
+        "TestGapAtMargin",
+        "TestZeroRows",
+        "TestLossWeight",
+    ),
+    "LocalCenterKDLossLayerTest": (
+        "TestGradientGlobal",
+        "TestGradientLocal",
+        "TestGradientLocalWithBlob",
+        "TestForwardBackwardHandComputed",
+        "TestForwardGlobalMatchesLoops",
+        "TestForwardLocalMatchesLoops",
+        "TestOneClassGivesZeros",
+        "TestExtremeInputsStayFinite",
+    ),
+}
+REFILLED_DEATH_TESTS = {
+    "TripletRelationLossLayerDeathTest": (
+        "TestInstanceMismatchDies",
+        "TestLabelCountDies",
+        "TestNonIntegerLabelDies",
+        "TestNegativeLabelDies",
+        "TestNegativeMarginDies",
+        "TestNonPositiveTau1Dies",
+        "TestTeacherGradientDies",
+        "TestLabelGradientDies",
+    ),
+    "LocalCenterKDLossLayerDeathTest": (
+        "TestUnfilledCentersDie",
+        "TestMissingParamSpecDies",
+        "TestTrainedCentersDie",
+        "TestWrongCenterShapeDies",
+        "TestLabelOutOfRangeDies",
+        "TestTeacherGradientDies",
+    ),
+}
+OUR_FILTER = "*BatchEuclidean*:*TripletRelation*:*LocalCenterKD*"
+# Tests in the CPU_ONLY binary: IRG 66, REFILLED 88 (52 typed, 36 death tests).
+IRG_CPU, REFILLED_CPU, REFILLED_GPU = 66, 88, 52
 
 
 def _testbin(caffe_root: Path) -> Path:
@@ -59,10 +111,30 @@ def test_irg_layer_tests_are_all_there(caffe_root: Path) -> None:
     assert "BatchEuclideanVectorLayerDeathTest" in listing
 
 
+def test_refilled_layer_tests_are_all_there(caffe_root: Path) -> None:
+    listing = run([str(_testbin(caffe_root)), "--gtest_list_tests"], cwd=caffe_root).stdout
+    for tests in (REFILLED_TESTS, REFILLED_DEATH_TESTS):
+        for layer, wanted in tests.items():
+            for instance, dtype in ((0, "float"), (1, "double")):
+                names = _instance_tests(listing, layer, instance)
+                assert names, f"{layer} <{dtype}> missing from the test binary"
+                for name in wanted:
+                    assert name in names, (layer, dtype, name)
+
+
 def test_irg_layer_gtests_pass(caffe_root: Path) -> None:
     proc = run([str(_testbin(caffe_root)), "--gtest_filter=*BatchEuclidean*"], cwd=caffe_root)
     assert proc.returncode == 0, "IRG layer gtests failed (output above)"
-    assert _passed(proc.stdout) >= 66
+    assert _passed(proc.stdout) >= IRG_CPU
+
+
+def test_refilled_layer_gtests_pass(caffe_root: Path) -> None:
+    proc = run(
+        [str(_testbin(caffe_root)), "--gtest_filter=*TripletRelation*:*LocalCenterKD*"],
+        cwd=caffe_root,
+    )
+    assert proc.returncode == 0, "REFILLED layer gtests failed (output above)"
+    assert _passed(proc.stdout) >= REFILLED_CPU
 
 
 @pytest.mark.slow
@@ -71,7 +143,7 @@ def test_caffe_cpu_suite_still_passes(caffe_root: Path) -> None:
     proc = run([str(_testbin(caffe_root)), "--gtest_filter=-*GPU*"], cwd=caffe_root)
     assert proc.returncode == 0, "Caffe's own test suite failed in the drop-in tree"
     # 1162 tests on the stock tree plus ours.
-    assert _passed(proc.stdout) >= 1162 + 66
+    assert _passed(proc.stdout) >= 1162 + IRG_CPU + REFILLED_CPU
 
 
 def _has_gpu() -> bool:
@@ -101,18 +173,27 @@ def test_cuda_build_has_the_gpu_gtests(cuda_tree: tuple[Path, dict[str, str]]) -
             assert names, f"{layer}/{instance} (GPU) missing from the CUDA test binary"
             for mode in MODES:
                 assert f"TestGradient{mode}" in names, (layer, instance, mode)
+        for layer, wanted in REFILLED_TESTS.items():
+            names = _instance_tests(listing, layer, instance)
+            assert names, f"{layer}/{instance} (GPU) missing from the CUDA test binary"
+            for name in wanted:
+                assert name in names, (layer, instance, name)
 
 
 def test_cuda_build_cpu_cases_pass(cuda_tree: tuple[Path, dict[str, str]]) -> None:
     """The CUDA build's CPU path (CPU_ONLY off, no GPU needed) passes our tests too."""
     binary, env = cuda_tree
     proc = run(
-        [str(binary), "--gtest_filter=*BatchEuclidean*/0.*:*BatchEuclidean*/1.*"],
+        [
+            str(binary),
+            "--gtest_filter="
+            + ":".join(f"{pattern}/{i}.*" for pattern in OUR_FILTER.split(":") for i in (0, 1)),
+        ],
         cwd=binary.parents[2],
         env=env,
     )
     assert proc.returncode == 0
-    assert _passed(proc.stdout) >= 56
+    assert _passed(proc.stdout) >= 56 + REFILLED_CPU
 
 
 @pytest.mark.skipif(
@@ -121,6 +202,6 @@ def test_cuda_build_cpu_cases_pass(cuda_tree: tuple[Path, dict[str, str]]) -> No
 )
 def test_gpu_gtests(cuda_tree: tuple[Path, dict[str, str]]) -> None:
     binary, env = cuda_tree
-    proc = run([str(binary), "--gtest_filter=*BatchEuclidean*"], cwd=binary.parents[2], env=env)
+    proc = run([str(binary), f"--gtest_filter={OUR_FILTER}"], cwd=binary.parents[2], env=env)
     assert proc.returncode == 0
-    assert _passed(proc.stdout) >= 66 + 56
+    assert _passed(proc.stdout) >= 66 + 56 + REFILLED_CPU + REFILLED_GPU

@@ -53,7 +53,40 @@ def test_install_is_idempotent(tmp_path: Path, pristine_proto: str) -> None:
     proto = (root / install_layers.PROTO_PATH).read_text()
     assert proto.count("optional IRGParameter irg_param = 149;") == 1
     assert proto.count("message IRGParameter {") == 1
-    assert "next available layer-specific ID: 150 (last added: irg_param)" in proto
+    assert proto.count("optional RelationParameter relation_param = 150;") == 1
+    assert proto.count("message RelationParameter {") == 1
+    assert "next available layer-specific ID: 151 (last added: relation_param)" in proto
+    assert "relation_param = 150" in first.stdout
+
+
+def test_field_150_taken_is_refused(tmp_path: Path, pristine_proto: str) -> None:
+    taken = pristine_proto.replace(
+        "  optional ClipParameter clip_param = 148;",
+        "  optional ClipParameter clip_param = 148;\n  optional BarParameter bar_param = 150;",
+    )
+    assert taken != pristine_proto
+    root = _tree(tmp_path, taken)
+    proc = run([sys.executable, str(REPO / "tools" / "install_layers.py"), str(root)])
+    assert proc.returncode == 2
+    assert "field 150 is already 'BarParameter bar_param'" in proc.stderr
+    assert "'RelationParameter relation_param'" in proc.stderr
+    # Nothing is half-applied: irg_param (free) was not added either.
+    assert (root / install_layers.PROTO_PATH).read_text() == taken
+    assert not (root / "src" / "caffe" / "layers").exists()
+
+
+def test_tree_with_only_irg_param_gets_relation_param(tmp_path: Path, pristine_proto: str) -> None:
+    """A tree patched before relation_param existed is upgraded, not refused."""
+    irg_only = install_layers._add_field(pristine_proto, install_layers.FIELDS[0])
+    assert "relation_param" not in irg_only
+    root = _tree(tmp_path, irg_only)
+    script = str(REPO / "tools" / "install_layers.py")
+    proc = run([sys.executable, script, "--proto-only", str(root)])
+    assert proc.returncode == 0
+    assert "(relation_param = 150)" in proc.stdout
+    assert (root / install_layers.PROTO_PATH).read_text() == install_layers.patch_proto_text(
+        pristine_proto
+    )
 
 
 def test_field_149_taken_is_refused(tmp_path: Path, pristine_proto: str) -> None:

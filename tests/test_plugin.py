@@ -2,11 +2,13 @@
 
 CMakeLists.txt builds libirg_caffe_layers.so and the gtest binary against the
 base tree (stock Caffe + the caffe.proto patch only). Loading the library with
-RTLD_GLOBAL before a net is built is what registers the two layer types.
+RTLD_GLOBAL before a net is built is what registers the layer types (IRG and
+REFILLED).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -34,6 +36,37 @@ net.blobs["y"].data[:, 0] = [1, 1, 1]
 out = net.forward()
 print("A", " ".join("%g" % v for v in out["a"].ravel()))
 print("T", " ".join("%g" % v for v in out["t"].ravel()))
+"""
+
+
+REFILLED_SCRIPT = """
+import ctypes, sys, tempfile
+ctypes.CDLL(sys.argv[1], ctypes.RTLD_GLOBAL)
+import caffe
+from caffe import layers as L
+from caffe.proto import caffe_pb2
+R = caffe_pb2.RelationParameter
+n = caffe.NetSpec()
+n.s = L.Input(shape=dict(dim=[4, 2]))
+n.t = L.Input(shape=dict(dim=[4, 2]))
+n.y = L.Input(shape=dict(dim=[4]))
+n.z = L.Input(shape=dict(dim=[4, 3]))
+n.rel = L.TripletRelationLoss(n.s, n.t, n.y,
+    relation_param=dict(mode=R.TUPLE, margin=0.6, tau1=1, scale=10))
+n.kd = L.LocalCenterKDLoss(n.z, n.t, n.y, param=[dict(lr_mult=0, decay_mult=0)],
+    relation_param=dict(centers=R.LOCAL))
+f = tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False)
+f.write(str(n.to_proto()))
+f.close()
+net = caffe.Net(f.name, caffe.TRAIN)
+net.blobs["s"].data[...] = [[3, 0], [2.4, 1.8], [0.6, 0.8], [1.2, -1.6]]
+net.blobs["t"].data[...] = [[2, 0], [0, 0.5], [-1, 0], [0, -7]]
+net.blobs["y"].data[...] = [0, 0, 1, 1]
+net.blobs["z"].data[...] = [[1, 0, 2], [0, 1, 0], [2, 2, 2], [-1, 0, 1]]
+out = net.forward()
+print("REL %r" % float(out["rel"]))
+print("KD %r" % float(out["kd"]))
+print("CENTERS", net.params["kd"][0].data.shape)
 """
 
 
@@ -88,3 +121,18 @@ def test_base_tree_alone_does_not_know_the_layers(caffe_base: Path) -> None:
     proc = _pycaffe(caffe_base, "")
     assert proc.returncode != 0
     assert "Unknown layer type: BatchEuclideanMap" in proc.stderr
+
+
+def test_plugin_runs_refilled_layers_in_pycaffe(caffe_base: Path, plugin: Path) -> None:
+    proc = run([sys.executable, "-c", REFILLED_SCRIPT, str(plugin)], env=_base_env(caffe_base))
+    assert proc.returncode == 0
+    # The gtest's hand-computed tuple: anchor 0, positive 1, negatives 2 and 3.
+    lt = [-math.sqrt(2), -2, -math.sqrt(2)]
+    ls = [-math.sqrt(0.4), -math.sqrt(0.8), -math.sqrt(0.8)]
+    zt, zs = sum(map(math.exp, lt)), sum(map(math.exp, ls))
+    kl = sum(math.exp(a) / zt * (a - math.log(zt) - (b - math.log(zs))) for a, b in zip(lt, ls))
+    got = float(proc.stdout.split("REL ")[1].split()[0])
+    assert got == pytest.approx(10 * kl, rel=1e-5)
+    kd = float(proc.stdout.split("KD ")[1].split()[0])
+    assert math.isfinite(kd) and kd >= 0
+    assert "CENTERS (3, 2)" in proc.stdout

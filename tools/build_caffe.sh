@@ -226,7 +226,7 @@ fi
 BASE_KEY=$( {
   echo "recipe $RECIPE source $CAFFE_SRC_VERSION numpy $NP_VERSION py 3.$PY_MINOR"
   makefile_config
-  cat "$REPO/caffe_layers/proto/irg_param.proto"
+  cat "$REPO/caffe_layers/proto/irg_param.proto" "$REPO/caffe_layers/proto/relation_param.proto"
   sha256sum < "$REPO/tools/install_layers.py"
 } | sha256sum | cut -c1-16)
 BUILD=$CACHE/build-$BASE_KEY
