@@ -11,7 +11,8 @@
    authors' 100/140/180 of 200 epochs).
 
 Both stages are ordinary :func:`pyirg.train.driver.train` runs (``OUT/stage1``,
-``OUT/stage2``): progress, atomic snapshots, resume and metrics as for IRG. The data is a
+``OUT/stage2``): progress, atomic snapshots and metrics as for IRG; the same command run
+again resumes each stage from its last complete snapshot (a finished stage is kept). The data is a
 prepared folder with .npy arrays (``pyirg prepare-data digits DIR``, or ``cifar10 ...
 --npy``), fed from Python through Input layers; ``--classes`` keeps some classes only,
 relabelled 0..k-1, for a cross-task run whose teacher learned other classes.
@@ -148,6 +149,7 @@ def run_stages(
     )
     from pyirg.solver import cosine_schedule, make_solver
     from pyirg.train.driver import train
+    from pyirg.train.folder import is_run_folder
 
     prefix = cfg.student_prefix
     train_fn, test_fn = fed.batch_fns(s.batch, s.seed)
@@ -159,6 +161,7 @@ def run_stages(
     one = train(
         first, out / "stage1", teacher_weights=s.teacher_weights, init_weights=init_weights,
         seed=s.seed, batch_fn=train_fn, test_interval=0, progress=s.progress,
+        resume=is_run_folder(out / "stage1"),
     )  # fmt: skip
     train_images = fed.as_fed(fed.train_images)
     student_train = embeddings(cfg.student, one.weights, train_images, prefix)
@@ -174,6 +177,7 @@ def run_stages(
     two = train(
         second, out / "stage2", teacher_weights=with_centers, init_weights=one.weights,
         seed=s.seed, batch_fn=train_fn, test_batch_fn=test_fn, progress=s.progress,
+        resume=is_run_folder(out / "stage2"),
     )  # fmt: skip
     return {
         "stage1_ncm_accuracy": ncm,
@@ -199,6 +203,7 @@ def train_alone(cfg: Any, fed: FedSplit, s: TwoStageSettings, out: Path) -> dict
     from pyirg.refilled import label, plain_net
     from pyirg.solver import make_solver
     from pyirg.train.driver import train
+    from pyirg.train.folder import is_run_folder
 
     net = batchnorm_memory(plain_net(cfg.student, cfg.data), cfg.bn_fraction)
     test_iter = math.ceil(cfg.data.dataset.test_size / s.batch)
@@ -206,7 +211,7 @@ def train_alone(cfg: Any, fed: FedSplit, s: TwoStageSettings, out: Path) -> dict
     train_fn, test_fn = fed.batch_fns(s.batch, s.seed)
     result = train(
         solver, out, seed=s.seed, batch_fn=train_fn, test_batch_fn=test_fn,
-        progress=s.progress,
+        progress=s.progress, resume=is_run_folder(out),
     )  # fmt: skip
     return {
         "network": label(cfg.student),

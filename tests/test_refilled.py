@@ -157,6 +157,12 @@ def test_pyirg_refilled_runs_both_stages_cross_task(tmp_path: Path, capsys) -> N
     given = read_binary(tmp_path / "run" / "teacher_centers.caffemodel")
     assert centers == next(la for la in given.layer if la.name == CENTER_KD).blobs[0]
     assert "stage 1: nearest-class-mean accuracy" in capsys.readouterr().out
+    # The same command again resumes both (finished) stages: the same result.
+    assert two_stage.main(argv) == 0, capsys.readouterr().err
+    again = json.loads((tmp_path / "run" / "refilled.json").read_text())
+    assert again["student_accuracy"] == result["student_accuracy"]
+    assert again["stage1_ncm_accuracy"] == result["stage1_ncm_accuracy"]
+    capsys.readouterr()
     # One-line errors: a teacher file that is missing.
     argv[argv.index(str(teacher))] = str(tmp_path / "missing.caffemodel")
     argv[argv.index(str(tmp_path / "run"))] = str(tmp_path / "run2")
