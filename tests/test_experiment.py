@@ -105,6 +105,7 @@ def test_pyirg_command_lists_subcommands() -> None:
         "export_onnx.py",
         "run_main.py",
         "refilled.py",
+        "refilled_demo.py",
     ],
 )
 def test_tools_are_thin_wrappers_with_help(script: str) -> None:

@@ -168,3 +168,31 @@ def test_pyirg_refilled_runs_both_stages_cross_task(tmp_path: Path, capsys) -> N
     argv[argv.index(str(tmp_path / "run"))] = str(tmp_path / "run2")
     assert two_stage.main(argv) == 2
     assert "missing.caffemodel" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_demo_pairs_its_runs_and_reports_them(tmp_path: Path) -> None:
+    """A reduced refilled-demo: every (method, seed) run, the paired statistics, the table."""
+    from pyirg import refilled_demo
+
+    argv = [
+        "--out", str(tmp_path / "demo"), "--seeds", "0", "1", "--settings", "cross-task",
+        "--teacher-iter", "16", "--stage1-iter", "8", "--max-iter", "12", "--jobs", "2",
+        "--no-progress",
+    ]  # fmt: skip
+    assert refilled_demo.main(argv) == 0
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    runs = {(r["method"], r["seed"]) for r in results["runs"]}
+    assert runs == {(m, s) for m in ("baseline", "REFILLED") for s in (0, 1)}
+    refilled = results["summary"]["cross-task"]["REFILLED"]
+    accs = {r["method"]: [] for r in results["runs"]}
+    for r in sorted(results["runs"], key=lambda r: r["seed"]):
+        accs[r["method"]].append(r["accuracy"])
+    diff = np.mean(np.subtract(accs["REFILLED"], accs["baseline"]))
+    assert refilled["paired"]["mean_diff"] == pytest.approx(diff)
+    assert 0 <= refilled["ncm_mean"] <= 1
+    table = (tmp_path / "demo" / "results.md").read_text()
+    assert "| REFILLED |" in table and "Machine:" in table
+    # Both students of a seed started from the same weights (the paired design).
+    init = tmp_path / "demo" / "cross-task" / "init" / "student_seed0.caffemodel"
+    assert init.is_file()
