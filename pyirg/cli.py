@@ -15,7 +15,7 @@ from pathlib import Path
 COMMANDS: dict[str, tuple[str, str]] = {
     "gen": ("pyirg.gen", "generate teacher, student and distillation prototxts"),
     "check": ("pyirg.check", "check a net prototxt before Caffe aborts on it"),
-    "prepare-data": ("pyirg.prepare", "convert CIFAR-10/100 or digits to LMDB + mean files"),
+    "prepare-data": ("pyirg.prepare", "convert CIFAR-10/100, CUB-200, digits to LMDB + mean files"),
     "train": ("pyirg.train.cli", "train a plain or a distillation net through pycaffe"),
     "main": ("pyirg.experiment", "the main job: distillation on the embedded digits data"),
     "refilled": ("pyirg.two_stage", "REFILLED distillation: both stages through pycaffe"),

@@ -144,6 +144,8 @@ def _pair(text: str) -> tuple[str, str]:
 
 
 NETWORKS, TERMS, DATA = "networks", "IRG terms", "data"
+#: The data sets whose padded training LMDB prepare-data writes (cub200's pad is 0).
+GEN_DATASETS = tuple(name for name, d in DATASETS.items() if d.pad > 0)
 WEIGHTS = "loss weights (else the method's: pyirg.distill.METHOD_WEIGHTS)"
 SOLVER = "solver (else He et al. 2016 for CIFAR, scaled for digits)"
 
@@ -211,7 +213,7 @@ class NetRequest:
         "Pooling", "spatial averaging for IRG-t: the authors' Pooling, or the faster Reduction",
         TERMS, choices=TRANSFORM_POOLS,
     )  # fmt: skip
-    dataset: str = option("cifar10", "data set", DATA, choices=tuple(DATASETS))
+    dataset: str = option("cifar10", "data set", DATA, choices=GEN_DATASETS)
     data: str = option("lmdb", "data layer kind", DATA, choices=DATA_KINDS)
     train_batch: int | None = option(None, "train batch (else 64 distillation, 128 baseline)", DATA)
     test_batch: int = option(100, "test batch", DATA)

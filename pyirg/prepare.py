@@ -1,14 +1,18 @@
-"""``prepare-data``: convert CIFAR-10/100 archives or the bundled digits to Caffe LMDBs.
+"""``prepare-data``: convert CIFAR-10/100 or CUB-200-2011 archives, or the bundled digits,
+to Caffe LMDBs.
 
 Examples::
 
     python tools/prepare_data.py cifar10 ~/cifar-10-python.tar.gz data/cifar10
     python tools/prepare_data.py cifar100 ~/cifar-100-python.tar.gz data/c100 --labels coarse
+    python tools/prepare_data.py cub200 ~/CUB_200_2011.tgz data/cub200
     python tools/prepare_data.py digits data/digits --seed 0
 
-Nothing is downloaded: the CIFAR archive (or its extracted directory) must be
-given.  See :mod:`pyirg.data.writer` for the output layout; the padded train LMDB
-and ``mean_pad.binaryproto`` serve the authors' random-crop training setup.
+Nothing is downloaded: the CIFAR or CUB archive (or its extracted directory) must
+be given.  CUB-200 and digits always write the ``.npy`` arrays too (the Input-fed nets
+of ``pyirg refilled`` read them).  See :mod:`pyirg.data.writer` for the output layout;
+the padded train LMDB and ``mean_pad.binaryproto`` serve the authors' random-crop
+training setup.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from pyirg.cli import debugging
 from pyirg.data.cifar import CIFAR_VARIANTS, load_cifar
 from pyirg.data.core import DATASETS, DataError, DataSplit
+from pyirg.data.cub import CUB_SIZE, load_cub200
 from pyirg.data.digits import DIGITS_TEST_FRACTION, load_digits_split
 from pyirg.data.writer import write_dataset
 from pyirg.options import ArgumentParser, HelpFormatter
@@ -56,6 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
             )
         p.add_argument("--npy", action="store_true", help="also write the arrays as .npy")
     p = sub.add_parser(
+        "cub200",
+        help="CUB-200-2011 from the official archive (224x224 centre crops, .npy included)",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("archive", type=Path, help="CUB_200_2011.tgz or its extracted folder")
+    common(p, "cub200")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=CUB_SIZE,
+        help="side of the square images: shorter side resized to it, centre crop "
+        "(pyirg refilled --dataset cub200 expects 224)",
+    )
+    p = sub.add_parser(
         "digits",
         help="scikit-learn's bundled 8x8 digits (no download)",
         formatter_class=HelpFormatter,
@@ -74,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 def load_split(args: argparse.Namespace) -> DataSplit:
     if args.dataset == "digits":
         return load_digits_split(args.test_fraction, seed=args.seed)
+    if args.dataset == "cub200":
+        return load_cub200(args.archive, size=args.size, progress=not args.quiet)
     return load_cifar(args.archive, args.dataset, labels=getattr(args, "labels", "fine"))
 
 
@@ -85,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             split,
             args.out_dir,
             pad=args.pad,
-            write_npy=args.dataset == "digits" or args.npy,
+            write_npy=args.dataset in ("digits", "cub200") or args.npy,
             overwrite=args.overwrite,
             progress=not args.quiet,
         )

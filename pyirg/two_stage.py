@@ -86,6 +86,7 @@ class TwoStageSettings:
     weight_decay: float = option(5e-4, "weight decay")
     seed: int = option(0, "seed of both stages (weights, batches)")
     progress: bool = option(True, "progress bars")
+    gpu: int | None = option(None, "GPU id for both stages (default: CPU)")
     alone: bool = option(
         False,
         "train --student alone with cross-entropy (stage 2's schedule, no teacher): a "
@@ -161,7 +162,7 @@ def run_stages(
     one = train(
         first, out / "stage1", teacher_weights=s.teacher_weights, init_weights=init_weights,
         seed=s.seed, batch_fn=train_fn, test_interval=0, progress=s.progress,
-        resume=is_run_folder(out / "stage1"),
+        resume=is_run_folder(out / "stage1"), gpu=s.gpu,
     )  # fmt: skip
     train_images = fed.as_fed(fed.train_images)
     student_train = embeddings(cfg.student, one.weights, train_images, prefix)
@@ -177,7 +178,7 @@ def run_stages(
     two = train(
         second, out / "stage2", teacher_weights=with_centers, init_weights=one.weights,
         seed=s.seed, batch_fn=train_fn, test_batch_fn=test_fn, progress=s.progress,
-        resume=is_run_folder(out / "stage2"),
+        resume=is_run_folder(out / "stage2"), gpu=s.gpu,
     )  # fmt: skip
     return {
         "stage1_ncm_accuracy": ncm,
@@ -211,7 +212,7 @@ def train_alone(cfg: Any, fed: FedSplit, s: TwoStageSettings, out: Path) -> dict
     train_fn, test_fn = fed.batch_fns(s.batch, s.seed)
     result = train(
         solver, out, seed=s.seed, batch_fn=train_fn, test_batch_fn=test_fn,
-        progress=s.progress, resume=is_run_folder(out),
+        progress=s.progress, resume=is_run_folder(out), gpu=s.gpu,
     )  # fmt: skip
     return {
         "network": label(cfg.student),

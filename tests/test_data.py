@@ -1,4 +1,5 @@
-"""Data conversion: CIFAR archives (synthetic, Python-2 style) and the bundled digits."""
+"""Data conversion: CIFAR archives (synthetic, Python-2 style), CUB-200-2011 archives
+(synthetic, a few small images) and the bundled digits."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from caffe.proto import caffe_pb2  # noqa: E402
 from pyirg import prepare  # noqa: E402
 from pyirg.data.cifar import UnsafePickleError, load_cifar, safe_unpickle  # noqa: E402
 from pyirg.data.core import DataError  # noqa: E402
+from pyirg.data.cub import fit_image, load_cub200  # noqa: E402
 from pyirg.data.digits import load_digits_split  # noqa: E402
 from pyirg.data.feed import array_batch_fn, pixel_mean  # noqa: E402
 from pyirg.data.writer import read_datum_lmdb, read_npy_split  # noqa: E402
@@ -475,3 +477,315 @@ def test_fifo_is_refused_with_a_message(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(DataError, match="is a FIFO"):
         load_cifar(fifo, "cifar10")
+
+
+# --------------------------------------------------------------------------- CUB-200-2011
+
+# (width, height, PIL mode, format, class 1..3, train?) of the synthetic images, by id:
+# non-square both ways, a square one, grey-level and palette images, JPEG and PNG.
+CUB_IMAGES = {
+    1: (40, 24, "RGB", "JPEG", 1, True),
+    2: (24, 40, "RGB", "PNG", 1, False),
+    3: (30, 30, "L", "JPEG", 2, True),
+    4: (36, 20, "P", "PNG", 2, True),
+    5: (20, 28, "RGB", "JPEG", 3, False),
+    6: (28, 44, "RGBA", "PNG", 3, True),
+}
+CUB_NAMES = ("001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross")
+NPY_NAMES = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+def cub_image_bytes(width: int, height: int, mode: str, fmt: str, seed: int) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1, "P": 1}[mode]
+    pixels = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
+    if mode in ("L", "P"):
+        image = Image.fromarray(pixels[:, :, 0], mode="L")
+        if mode == "P":
+            image = image.convert("P")
+    else:
+        image = Image.fromarray(pixels, mode=mode)
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def make_cub_files(seed: int = 0) -> dict[str, bytes]:
+    """Path under CUB_200_2011/ -> bytes of a tiny CUB-format data set (3 classes)."""
+    files: dict[str, bytes] = {}
+    images, labels, split = [], [], []
+    for i, (w, h, mode, fmt, c, train) in CUB_IMAGES.items():
+        ext = "jpg" if fmt == "JPEG" else "png"
+        rel = f"{CUB_NAMES[c - 1]}/{CUB_NAMES[c - 1].split('.')[1]}_{i:04d}.{ext}"
+        files[f"images/{rel}"] = cub_image_bytes(w, h, mode, fmt, seed + i)
+        images.append(f"{i} {rel}\n")
+        labels.append(f"{i} {c}\n")
+        split.append(f"{i} {int(train)}\n")
+    files["images.txt"] = "".join(images).encode()
+    files["image_class_labels.txt"] = "".join(reversed(labels)).encode()  # order is by id
+    files["train_test_split.txt"] = "".join(split).encode()
+    files["classes.txt"] = "".join(f"{c} {n}\n" for c, n in enumerate(CUB_NAMES, 1)).encode()
+    files["README"] = b"not read"
+    files["images/Thumbs.db"] = b"\x00 junk that no listed path names"
+    return files
+
+
+def write_cub_tgz(
+    path: Path, files: dict[str, bytes], extra: list[tarfile.TarInfo] | None = None
+) -> Path:
+    """A .tgz laid out as the official one: images first, the text files after them;
+    ``extra`` members (links, directories) are added as they are."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name in ("CUB_200_2011", "CUB_200_2011/images"):
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        for name in sorted(files, key=lambda n: not n.startswith("images/")):
+            info = tarfile.TarInfo(f"CUB_200_2011/{name}")
+            info.size = len(files[name])
+            tar.addfile(info, io.BytesIO(files[name]))
+        for info in extra or []:
+            tar.addfile(info)
+        info = tarfile.TarInfo("attributes.txt")
+        tar.addfile(info, io.BytesIO(b""))
+    return path
+
+
+def write_cub_folder(parent: Path, files: dict[str, bytes]) -> Path:
+    root = parent / "CUB_200_2011"
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def expected_crop(data: bytes, size: int) -> np.ndarray:
+    """Shorter side to ``size`` (bilinear), centre crop: computed here, apart from pyirg."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = image.size
+    if w <= h:
+        new = (size, int(round(h * size / w)))
+    else:
+        new = (int(round(w * size / h)), size)
+    pixels = np.asarray(image.resize(new, Image.BILINEAR))
+    top, left = (new[1] - size) // 2, (new[0] - size) // 2
+    return pixels[top : top + size, left : left + size].transpose(2, 0, 1)
+
+
+def expected_cub(files: dict[str, bytes], size: int) -> dict[str, np.ndarray]:
+    lines = files["images.txt"].decode().split("\n")
+    paths = {int(line.split()[0]): line.split()[1] for line in lines if line}
+    out: dict[str, list[np.ndarray]] = {k: [] for k in NPY_NAMES}
+    for i, (_, _, _, _, c, train) in sorted(CUB_IMAGES.items()):
+        part = "train" if train else "test"
+        out[f"{part}_images"].append(expected_crop(files[f"images/{paths[i]}"], size))
+        out[f"{part}_labels"].append(np.int64(c - 1))
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("form", ["tgz", "folder", "parent-folder"])
+def test_cub200_archive_to_npy_and_lmdb(tmp_path: Path, form: str) -> None:
+    files = make_cub_files(seed=1)
+    if form == "tgz":
+        archive, size, argv = write_cub_tgz(tmp_path / "CUB_200_2011.tgz", files), 224, []
+    else:
+        root = write_cub_folder(tmp_path / "src", files)
+        archive, size = (root if form == "folder" else root.parent), 16
+        argv = ["--size", "16"]
+    out = tmp_path / "cub200"
+    assert prepare.main(["cub200", str(archive), str(out), "--quiet", *argv]) == 0
+
+    expected = expected_cub(files, size)
+    split = read_npy_split(out)
+    for name in NPY_NAMES:
+        np.testing.assert_array_equal(getattr(split, name), expected[name], err_msg=name)
+    assert split.train_images.shape == (4, 3, size, size)
+    assert split.train_images.dtype == np.uint8 and split.train_labels.tolist() == [0, 1, 1, 2]
+    assert split.test_labels.tolist() == [0, 2]
+    assert (out / "labels.txt").read_text().splitlines() == list(CUB_NAMES)
+    images, labels = read_datum_lmdb(out / "train_lmdb")
+    np.testing.assert_array_equal(images, expected["train_images"])
+    np.testing.assert_array_equal(labels, expected["train_labels"])
+    assert not (out / "train_pad_lmdb").exists()  # pad 0: training mirrors, no shifts
+    info = json.loads((out / "info.json").read_text())
+    assert info["image_shape"] == [3, size, size] and info["pad"] == 0
+    assert (info["train_count"], info["test_count"], info["num_classes"]) == (4, 2, 3)
+    assert info["name"] == ("cub200" if size == 224 else "cub200-16")
+    assert leftovers(tmp_path) == []
+
+
+def test_cub200_crop_keeps_the_centre() -> None:
+    """A 42x24 image with a white band in its middle: the 16x16 crop (of 28x16) is centred."""
+    from PIL import Image
+
+    pixels = np.zeros((24, 42, 3), np.uint8)
+    pixels[:, 15:27] = 255
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    crop = fit_image(buf.getvalue(), 16, "x.png")
+    assert crop.shape == (3, 16, 16)
+    column = crop[0, 8]
+    assert column[8] == 255 and column[0] == 0 and column[-1] == 0
+    np.testing.assert_array_equal(column, column[::-1])  # symmetric: centred
+
+
+def _cub_bad(tmp_path: Path, case: str) -> tuple[Path, str, str]:
+    """A broken CUB input; return it, the file the message must name and a fragment."""
+    files = make_cub_files(seed=2)
+    first = files["images.txt"].decode().split("\n")[0].split()[1]
+    extra: list[tarfile.TarInfo] = []
+    named, fragment = "images.txt", ""
+    if case == "missing_metadata":
+        del files["train_test_split.txt"]
+        named, fragment = "", "missing member(s) train_test_split.txt"
+    elif case == "ids_disagree":
+        files["image_class_labels.txt"] += b"7 1\n"
+        named, fragment = "image_class_labels.txt", "id 7 is not in images.txt"
+    elif case == "id_missing":
+        files["train_test_split.txt"] = b"2 0\n3 1\n4 1\n5 0\n6 1\n"
+        named, fragment = "train_test_split.txt", "no entry for id 1"
+    elif case == "class_range":
+        files["image_class_labels.txt"] = files["image_class_labels.txt"].replace(b"5 3", b"5 201")
+        named, fragment = "image_class_labels.txt", "class 201 outside 1..200"
+    elif case == "class_zero":
+        files["image_class_labels.txt"] = files["image_class_labels.txt"].replace(b"5 3", b"5 0")
+        named, fragment = "image_class_labels.txt", "class 0 outside 1..200"
+    elif case == "class_unnamed":
+        files["classes.txt"] = b"1 a\n2 b\n"
+        named, fragment = "image_class_labels.txt", "class 3 is not in classes.txt"
+    elif case in ("absolute_path", "dotdot_path"):
+        bad = "/etc/passwd" if case == "absolute_path" else "../../CUB_200_2011/README"
+        files["images.txt"] = files["images.txt"].replace(first.encode(), bad.encode())
+        fragment = "leads outside images/"
+    elif case == "corrupt_image":
+        data = files[f"images/{first}"]
+        files[f"images/{first}"] = data[: len(data) // 2]  # a truncated JPEG
+        named, fragment = first, "corrupt image"
+    elif case == "not_an_image":
+        files[f"images/{first}"] = b"GIF? no"
+        named, fragment = first, "not an image file"
+    elif case == "absent_image":
+        del files[f"images/{first}"]
+        fragment = f"images/{first}"
+    elif case == "symlink_member":
+        del files[f"images/{first}"]
+        info = tarfile.TarInfo(f"CUB_200_2011/images/{first}")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        extra.append(info)
+        named, fragment = first, "is a symbolic link, not a regular file"
+    elif case == "directory_metadata":
+        del files["classes.txt"]
+        info = tarfile.TarInfo("CUB_200_2011/classes.txt")
+        info.type = tarfile.DIRTYPE
+        extra.append(info)
+        named, fragment = "classes.txt", "is a directory, not a regular file"
+    elif case == "duplicate_id":
+        files["images.txt"] += b"3 somewhere/else.jpg\n"
+        fragment = "id 3 occurs twice"
+    elif case == "member_escapes":
+        info = tarfile.TarInfo("CUB_200_2011/../evil.txt")
+        extra.append(info)
+        named, fragment = "../evil.txt", "leads outside the archive"
+    path = write_cub_tgz(tmp_path / "CUB_200_2011.tgz", files, extra)
+    return path, named, fragment
+
+
+CUB_BAD_CASES = [
+    "missing_metadata",
+    "ids_disagree",
+    "id_missing",
+    "class_range",
+    "class_zero",
+    "class_unnamed",
+    "absolute_path",
+    "dotdot_path",
+    "corrupt_image",
+    "not_an_image",
+    "absent_image",
+    "symlink_member",
+    "directory_metadata",
+    "duplicate_id",
+    "member_escapes",
+]
+
+
+@pytest.mark.parametrize("case", CUB_BAD_CASES)
+def test_bad_cub_input_is_refused_in_one_line(
+    tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive, named, fragment = _cub_bad(tmp_path, case)
+    out = tmp_path / "out"
+    assert prepare.main(["cub200", str(archive), str(out), "--quiet", "--size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert fragment in err and str(archive) in err and named in err, err
+    with pytest.raises(DataError, match="CUB_200_2011.tgz"):
+        load_cub200(archive, size=8)
+    assert not out.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_bad_cub_folder_names_the_file(tmp_path: Path) -> None:
+    files = make_cub_files(seed=3)
+    root = write_cub_folder(tmp_path, files)
+    first = files["images.txt"].decode().split()[1]
+    (root / "images" / first).unlink()
+    os.mkfifo(root / "images" / first)  # would block a reader forever
+    with pytest.raises(DataError, match=r"CUB-200 image .*_0001\.jpg: is not a regular file"):
+        load_cub200(tmp_path, size=8)
+    (root / "images" / first).unlink()
+    (root / "images" / first).symlink_to(tmp_path / "outside.jpg")
+    (tmp_path / "outside.jpg").write_bytes(files[f"images/{first}"])
+    with pytest.raises(DataError, match="leads outside"):
+        load_cub200(root, size=8)
+    (root / "images" / first).unlink()
+    (root / "classes.txt").unlink()
+    with pytest.raises(DataError, match=r"CUB_200_2011: missing classes\.txt"):
+        load_cub200(root, size=8)
+    os.mkfifo(root / "classes.txt")
+    with pytest.raises(DataError, match=r"classes\.txt: is not a regular file"):
+        load_cub200(root, size=8)
+
+
+def test_cub_archive_fifo_and_crc(tmp_path: Path) -> None:
+    fifo = tmp_path / "CUB_200_2011.tgz"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="CUB_200_2011.tgz: is not a regular file"):
+        load_cub200(fifo)
+    path = write_cub_tgz(tmp_path / "c.tgz", make_cub_files(seed=4))
+    data = bytearray(path.read_bytes())
+    data[-6] ^= 0x01  # the gzip trailer's CRC-32: noticed only by reading to the end
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="CRC"):
+        load_cub200(path, size=8)
+
+
+def test_prepare_data_cub200_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from pyirg.cli import main as pyirg_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        pyirg_main(["prepare-data", "cub200", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "CUB_200_2011.tgz" in text and "--size" in text and "--overwrite" in text
+    assert "224" in text
+
+
+def test_lmdb_size_estimate_fits_224_images(tmp_path: Path) -> None:
+    """At 3x224x224 (150 KB, overflow pages) a record must fit the per-record estimate."""
+    from pyirg.data.writer import _map_size, write_datum_lmdb
+
+    n, shape = 12, (3, 224, 224)
+    images = np.random.default_rng(0).integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    write_datum_lmdb(tmp_path / "db", images, np.arange(n))
+    env = lmdb.open(str(tmp_path / "db"), readonly=True, lock=False)
+    used = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    env.close()
+    per_record = (_map_size(2 * n, images[0].size) - _map_size(n, images[0].size)) / n
+    assert used / n <= per_record / 2  # the estimate doubles what a record really takes
+    # the real training split: 5994 records stay far below what a 64-bit map can address
+    assert _map_size(5994, images[0].size) < 4 << 30

@@ -22,14 +22,10 @@ accepted too; FIFOs, devices and sockets are refused.
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import io
-import lzma
 import pickle
 import stat
 import tarfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -37,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from pyirg.data.archive import ARCHIVE_ERRORS, open_decompressed, read_to_end
 from pyirg.data.core import DATASETS, DataError, DataSplit
 
 
@@ -131,20 +128,6 @@ def safe_unpickle(data: bytes, source: str) -> dict[str, Any]:
     return {(k.decode("latin-1") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
 
 
-def _open_decompressed(path: Path) -> io.BufferedIOBase:
-    """The archive's bytes, decompressed by the module that verifies the format's checksum
-    when the stream ends (tarfile's own stream mode never checks gzip's CRC)."""
-    with open(path, "rb") as f:
-        magic = f.read(6)
-    if magic[:2] == b"\x1f\x8b":
-        return gzip.open(path, "rb")
-    if magic[:3] == b"BZh":
-        return bz2.open(path, "rb")
-    if magic == b"\xfd7zXZ\x00":
-        return lzma.open(path, "rb")
-    return open(path, "rb")
-
-
 def _read_members(path: Path, variant: CifarVariant) -> dict[str, bytes]:
     """Return the raw bytes of every member ``variant`` needs, from a tar or a directory."""
     wanted = (*variant.train_members, variant.test_member, variant.meta_member)
@@ -169,7 +152,7 @@ def _read_members(path: Path, variant: CifarVariant) -> dict[str, bytes]:
         raise DataError(f"{path}: is {kind}; give the archive file or its extracted folder")
     elif path.is_file():
         try:
-            with _open_decompressed(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            with open_decompressed(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
                 for member in tar:
                     parts = PurePosixPath(member.name).parts
                     parts = tuple(p for p in parts if p != ".")
@@ -183,11 +166,10 @@ def _read_members(path: Path, variant: CifarVariant) -> dict[str, bytes]:
                     reader = tar.extractfile(member)
                     assert reader is not None  # isfile() members always have data
                     found[name] = reader.read()
-                while stream.read(1 << 20):  # to the end: the compressor checks its CRC
-                    pass
+                read_to_end(stream)  # the compressor checks its CRC at the end
         except DataError:
             raise
-        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+        except ARCHIVE_ERRORS as e:
             raise DataError(f"{path}: not a readable (complete) tar archive: {e}") from e
     else:
         raise DataError(f"{path}: no such file or directory")

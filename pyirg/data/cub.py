@@ -1,0 +1,359 @@
+"""CUB-200-2011 from the official ``CUB_200_2011.tgz`` (or its extracted folder), read
+without trusting it.
+
+The files used, under ``CUB_200_2011/``::
+
+    images.txt              <id> <path under images/>
+    image_class_labels.txt  <id> <class, 1..200>
+    train_test_split.txt    <id> <1 = train, 0 = test>
+    classes.txt             <class> <name>
+    images/<class dir>/<file>.jpg
+
+Why a fixed-size centre crop: a prepared folder holds one uint8 array per split (N x 3 x
+size x size, for Input-fed nets), so every image must come out at one size.  Each is
+converted to RGB (a few CUB images are grey-level), its shorter side resized to ``size``
+(Pillow's bilinear resize, which antialiases when it shrinks) and its centre ``size`` x
+``size`` square kept.  The authors' random-resized crops of the whole image at training
+time are therefore not reproduced: training sees this one crop, randomly mirrored.  EXIF
+orientation is not applied (torchvision's image loader ignores it too).
+
+Nothing in the input is trusted: the four text files must agree on the image ids, classes
+lie in 1..200 and are named in ``classes.txt``, image paths stay inside ``images/`` (no
+absolute paths, no ``..``), every listed image is a regular file that Pillow decodes
+completely.  Each refusal is a one-line :class:`DataError` naming the file.  The archive
+is read as one stream (never extracted, so no member can be written anywhere) and to its
+end, so that gzip's CRC is checked (:mod:`pyirg.data.archive`); its images are decoded
+as they stream by, so memory holds the fixed-size crops (about 1.8 GB at 224), never the
+whole archive.  In an extracted folder FIFOs and devices are refused, and so is a
+symbolic link that leads out of ``images/``.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from tqdm import tqdm
+
+from pyirg.data.archive import ARCHIVE_ERRORS, open_decompressed, read_to_end
+from pyirg.data.core import DATASETS, DataError, DataSplit
+from pyirg.data.fsutil import regular_file
+
+CUB_DIRECTORY = "CUB_200_2011"
+IMAGES_FILE = "images.txt"
+LABELS_FILE = "image_class_labels.txt"
+SPLIT_FILE = "train_test_split.txt"
+CLASSES_FILE = "classes.txt"
+METADATA_FILES = (IMAGES_FILE, LABELS_FILE, SPLIT_FILE, CLASSES_FILE)
+CUB_NUM_CLASSES = DATASETS["cub200"].num_classes
+CUB_SIZE = DATASETS["cub200"].size
+
+_NUMBER = re.compile(r"[0-9]+")  # int() would also take "+1", "1_0" and non-ASCII digits
+
+
+@dataclass(frozen=True)
+class CubMetadata:
+    """The four text files, checked against each other; images in id order."""
+
+    paths: tuple[str, ...]  # relative to images/
+    labels: np.ndarray  # int64, 0-based
+    is_train: np.ndarray  # bool
+    label_names: tuple[str, ...]
+
+
+def _table(data: bytes, source: str, value: str) -> dict[int, tuple[int, str]]:
+    """``<number> <value>`` lines -> {number: (line number, value)}."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{source}: not UTF-8 text (byte {e.start})") from e
+    table: dict[int, tuple[int, str]] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split(maxsplit=1)
+        if len(fields) != 2 or not _NUMBER.fullmatch(fields[0]):
+            raise DataError(f"{source}:{n}: expected '<id> <{value}>', got {line.strip()[:80]!r}")
+        key = int(fields[0])
+        if key in table:
+            raise DataError(f"{source}:{n}: id {key} occurs twice (first on line {table[key][0]})")
+        table[key] = (n, fields[1].strip())
+    if not table:
+        raise DataError(f"{source}: no entries")
+    return table
+
+
+def _same_ids(
+    table: dict[int, tuple[int, str]], ids: dict[int, tuple[int, str]], source: str
+) -> None:
+    extra = sorted(set(table) - set(ids))
+    if extra:
+        raise DataError(f"{source}:{table[extra[0]][0]}: id {extra[0]} is not in {IMAGES_FILE}")
+    missing = sorted(set(ids) - set(table))
+    if missing:
+        raise DataError(f"{source}: no entry for id {missing[0]} of {IMAGES_FILE}")
+
+
+def _image_path(path: str, where: str) -> str:
+    """``path`` if it stays inside images/; the escape is refused, not normalised away."""
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in path or not pure.parts:
+        raise DataError(f"{where}: image path {path!r} leads outside images/")
+    return "/".join(p for p in pure.parts if p != ".")
+
+
+def parse_metadata(raw: dict[str, bytes], source: Callable[[str], str]) -> CubMetadata:
+    """Check the four files (``raw``: name -> bytes) against each other.
+
+    ``source(name)`` is how a file is named in messages (the archive member or the path).
+    """
+    images = _table(raw[IMAGES_FILE], source(IMAGES_FILE), "relative path")
+    labels = _table(raw[LABELS_FILE], source(LABELS_FILE), "class")
+    split = _table(raw[SPLIT_FILE], source(SPLIT_FILE), "1 train | 0 test")
+    classes = _table(raw[CLASSES_FILE], source(CLASSES_FILE), "name")
+    for table, name in ((labels, LABELS_FILE), (split, SPLIT_FILE)):
+        _same_ids(table, images, source(name))
+
+    out_of_range = [c for c in sorted(classes) if not 1 <= c <= CUB_NUM_CLASSES]
+    if out_of_range:
+        c = out_of_range[0]
+        raise DataError(
+            f"{source(CLASSES_FILE)}:{classes[c][0]}: class {c} outside 1..{CUB_NUM_CLASSES}"
+        )
+    gaps = sorted(set(range(1, max(classes) + 1)) - set(classes))
+    if gaps:
+        raise DataError(f"{source(CLASSES_FILE)}: classes must be 1..K, class {gaps[0]} is missing")
+
+    ids = sorted(images)
+    paths: list[str] = []
+    first: dict[str, int] = {}
+    label_list: list[int] = []
+    train_list: list[bool] = []
+    for i in ids:
+        line, path = images[i]
+        where = f"{source(IMAGES_FILE)}:{line}"
+        rel = _image_path(path, where)
+        if rel in first:
+            raise DataError(f"{where}: image {rel!r} is listed twice (also id {first[rel]})")
+        first[rel] = i
+        paths.append(rel)
+
+        line, value = labels[i]
+        where = f"{source(LABELS_FILE)}:{line}"
+        if not _NUMBER.fullmatch(value):
+            raise DataError(f"{where}: class {value!r} is not a number")
+        c = int(value)
+        if not 1 <= c <= CUB_NUM_CLASSES:
+            raise DataError(f"{where}: class {c} outside 1..{CUB_NUM_CLASSES}")
+        if c not in classes:
+            raise DataError(f"{where}: class {c} is not in {CLASSES_FILE}")
+        label_list.append(c - 1)
+
+        line, value = split[i]
+        if value not in ("0", "1"):
+            raise DataError(
+                f"{source(SPLIT_FILE)}:{line}: expected 1 (train) or 0 (test), got {value!r}"
+            )
+        train_list.append(value == "1")
+    is_train = np.asarray(train_list, dtype=bool)
+    for part, count in (("training", is_train.sum()), ("test", (~is_train).sum())):
+        if count == 0:
+            raise DataError(f"{source(SPLIT_FILE)}: no {part} images")
+    return CubMetadata(
+        paths=tuple(paths),
+        labels=np.asarray(label_list, dtype=np.int64),
+        is_train=is_train,
+        label_names=tuple(classes[c][1] for c in range(1, len(classes) + 1)),
+    )
+
+
+def fit_image(data: bytes, size: int, source: str) -> np.ndarray:
+    """Decode an image, make it RGB, resize its shorter side to ``size`` and keep the
+    centre ``size`` x ``size`` square: uint8 (3, size, size)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            rgb = image.convert("RGB")  # decodes all of it: a truncated file fails here
+    except UnidentifiedImageError as e:
+        raise DataError(f"{source}: not an image file Pillow can read") from e
+    except Exception as e:  # a corrupt image can raise almost any exception type
+        reason = " ".join(str(e).split())
+        raise DataError(f"{source}: corrupt image ({type(e).__name__}: {reason})") from e
+    w, h = rgb.size
+    shorter = min(w, h)
+    # Integer arithmetic: the shorter side becomes exactly ``size``, the other at least that.
+    new_w = max(size, (w * size + shorter // 2) // shorter)
+    new_h = max(size, (h * size + shorter // 2) // shorter)
+    rgb = rgb.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    rgb = rgb.crop((left, top, left + size, top + size))
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _member_kind(member: tarfile.TarInfo) -> str:
+    if member.isdir():
+        return "a directory"
+    if member.issym():
+        return "a symbolic link"
+    if member.islnk():
+        return "a hard link"
+    if member.isfifo():
+        return "a FIFO"
+    if member.ischr() or member.isblk():
+        return "a device"
+    return "not a regular file"
+
+
+@dataclass
+class _ArchiveContents:
+    metadata: dict[str, bytes]
+    #: image path under images/ -> the decoded image, or the error to raise if it is listed
+    images: dict[str, np.ndarray | DataError]
+    #: why a metadata member cannot be used (not a regular file), by name
+    irregular: dict[str, DataError]
+
+
+def _read_archive(path: Path, size: int, progress: bool) -> _ArchiveContents:
+    """One pass over the tar: the metadata bytes, every image under images/ decoded."""
+    contents = _ArchiveContents({}, {}, {})
+    seen: set[tuple[bool, str]] = set()
+    try:
+        with (
+            open_decompressed(path) as stream,
+            tarfile.open(fileobj=stream, mode="r|") as tar,
+            tqdm(desc="cub200 images", unit="img", disable=not progress, leave=False) as bar,
+        ):
+            for member in tar:
+                pure = PurePosixPath(member.name)
+                if pure.is_absolute() or ".." in pure.parts:
+                    raise DataError(f"{path}: member {member.name!r} leads outside the archive")
+                parts = tuple(p for p in pure.parts if p != ".")
+                if parts[:1] == (CUB_DIRECTORY,):
+                    parts = parts[1:]
+                if len(parts) == 1 and parts[0] in METADATA_FILES:
+                    key, is_image = parts[0], False
+                elif len(parts) >= 2 and parts[0] == "images":
+                    key, is_image = "/".join(parts[1:]), True
+                else:
+                    continue
+                source = f"{path}:{member.name}"
+                if not member.isfile():  # an error only if the member is needed
+                    error = DataError(f"{source}: is {_member_kind(member)}, not a regular file")
+                    (contents.images if is_image else contents.irregular)[key] = error
+                    continue
+                if (is_image, key) in seen:
+                    raise DataError(f"{path}: member {member.name!r} occurs twice")
+                seen.add((is_image, key))
+                reader = tar.extractfile(member)
+                assert reader is not None  # isfile() members always have data
+                data = reader.read()
+                if not is_image:
+                    contents.metadata[key] = data
+                    contents.irregular.pop(key, None)
+                    continue
+                try:
+                    contents.images[key] = fit_image(data, size, source)
+                except DataError as e:  # an error only if images.txt lists it
+                    contents.images[key] = e
+                bar.update()
+            read_to_end(stream)  # the compressor checks its CRC at the end
+    except DataError:
+        raise
+    except ARCHIVE_ERRORS as e:
+        raise DataError(f"{path}: not a readable (complete) tar archive: {e}") from e
+    return contents
+
+
+def _folder_root(path: Path) -> Path:
+    """The folder holding the text files: ``path`` itself or its ``CUB_200_2011/``."""
+    nested = path / CUB_DIRECTORY
+    if not any((path / m).exists() for m in METADATA_FILES) and nested.is_dir():
+        return nested
+    return path
+
+
+def _regular(path: Path, what: str) -> Path:
+    try:
+        return regular_file(path, what)
+    except ValueError as e:
+        raise DataError(str(e)) from e
+
+
+class _SplitArrays:
+    """The train and test arrays, filled in id order; allocated once, at their final size
+    (a boolean index of one big array would briefly need twice the memory)."""
+
+    def __init__(self, meta: CubMetadata, size: int) -> None:
+        self.meta = meta
+        n_train = int(meta.is_train.sum())
+        shape = (3, size, size)
+        self.train = np.empty((n_train, *shape), dtype=np.uint8)
+        self.test = np.empty((len(meta.is_train) - n_train, *shape), dtype=np.uint8)
+        self.slot = np.where(
+            meta.is_train, np.cumsum(meta.is_train) - 1, np.cumsum(~meta.is_train) - 1
+        )
+
+    def put(self, k: int, image: np.ndarray) -> None:
+        target = self.train if self.meta.is_train[k] else self.test
+        target[self.slot[k]] = image
+
+    def split(self, name: str) -> DataSplit:
+        meta = self.meta
+        return DataSplit(
+            name=name,
+            train_images=self.train,
+            train_labels=meta.labels[meta.is_train],
+            test_images=self.test,
+            test_labels=meta.labels[~meta.is_train],
+            label_names=meta.label_names,
+        )
+
+
+def load_cub200(path: str | Path, *, size: int = CUB_SIZE, progress: bool = False) -> DataSplit:
+    """Read ``CUB_200_2011.tgz`` (any tar, gzip/bz2/xz or plain) or its extracted folder
+    into uint8 (N, 3, size, size) centre crops, labels 0..199 and the class names."""
+    if size < 1:
+        raise ValueError(f"--size must be >= 1, got {size}")
+    path = Path(path)
+    name = "cub200" if size == CUB_SIZE else f"cub200-{size}"
+    if path.is_dir():
+        root = _folder_root(path)
+        missing = [m for m in METADATA_FILES if not (root / m).exists()]
+        if missing:
+            raise DataError(f"{root}: missing {', '.join(missing)} (the {CUB_DIRECTORY} folder)")
+        raw = {m: _regular(root / m, "CUB-200 metadata").read_bytes() for m in METADATA_FILES}
+        meta = parse_metadata(raw, lambda m: str(root / m))
+        arrays = _SplitArrays(meta, size)
+        image_dir = (root / "images").resolve()
+        bar = tqdm(meta.paths, desc="cub200 images", unit="img", disable=not progress, leave=False)
+        for k, rel in enumerate(bar):
+            file = root / "images" / rel
+            if file.exists() and not file.resolve().is_relative_to(image_dir):
+                raise DataError(f"{file}: a link that leads outside {root / 'images'}")
+            data = _regular(file, "CUB-200 image").read_bytes()
+            arrays.put(k, fit_image(data, size, str(file)))
+        return arrays.split(name)
+
+    _regular(path, "CUB-200 archive")  # not a FIFO, a device or a missing file
+    contents = _read_archive(path, size, progress)
+    if contents.irregular:  # a metadata file that is a link, a directory, ...
+        raise next(iter(contents.irregular.values()))
+    missing = [m for m in METADATA_FILES if m not in contents.metadata]
+    if missing:
+        raise DataError(f"{path}: missing member(s) {', '.join(missing)} (under {CUB_DIRECTORY}/)")
+    meta = parse_metadata(contents.metadata, lambda m: f"{path}:{m}")
+    arrays = _SplitArrays(meta, size)
+    for k, rel in enumerate(meta.paths):
+        image = contents.images.pop(rel, None)
+        if image is None:
+            raise DataError(f"{path}: no member images/{rel} (listed in {IMAGES_FILE})")
+        if isinstance(image, DataError):
+            raise image
+        arrays.put(k, image)
+    return arrays.split(name)
