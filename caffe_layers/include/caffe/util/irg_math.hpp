@@ -28,7 +28,7 @@ namespace irg {
 enum NormSlot {
   kNormalizer = 0,   // m: the divisor applied in Forward (1 for NONE)
   kDLossDNorm = 1,   // dL/dm, computed at the start of Backward
-  kNormWeight = 2,   // dm/dd for an entry that takes part in m (1/#ties, 1/#entries)
+  kNormWeight = 2,   // dm/dd for an entry in m (1/#ties, 1/#entries)
   kNumNormSlots = 3
 };
 
@@ -42,7 +42,8 @@ IRG_HOST_DEVICE inline Dtype normalizer_share(const Dtype* norm,
 }
 
 // Host-side helpers for the layers' error messages: "Type layer 'name'" and
-// "bottom[i] 'blob' (shape)", so a failed CHECK says which net element is wrong.
+// "bottom[i] 'blob' (shape)", so a failed CHECK says which net element is
+// wrong.
 inline std::string describe_layer(const char* type, const LayerParameter& p) {
   return std::string(type) + " layer '" + p.name() + "'";
 }
@@ -235,7 +236,8 @@ __global__ void NormalizerGradKernel(const int n, const Dtype* g,
   if (threadIdx.x == 0) {
     const Dtype m = norm[kNormalizer];
     norm[kDLossDNorm] = m > 0 ? -ga[0] / m : Dtype(0);
-    const Dtype count = mode == IRGParameter_Normalize_MAX ? ties[0] : mean_count;
+    const Dtype count =
+        mode == IRGParameter_Normalize_MAX ? ties[0] : mean_count;
     norm[kNormWeight] = count > 0 ? Dtype(1) / count : Dtype(0);
   }
 }

@@ -88,7 +88,8 @@ void BatchEuclideanMapLayer<Dtype>::Forward_cpu(
 //   dL/dm terms (EXACT, MAX/MEAN only), then per pair the coefficient
 //   H_ij = dL/dq_ij (q the squared distance), S = H + H^T (EXACT) or S = H
 //   (RELEASED, the authors' one-sided sum);
-//   dX = 2 (diag(S 1) - S) X, i.e. r = S 1 (GEMV), S_ii -= r_i, dX = -2 S X (GEMM).
+//   dX = 2 (diag(S 1) - S) X, i.e. r = S 1 (GEMV), S_ii -= r_i,
+//   dX = -2 S X (GEMM).
 template <typename Dtype>
 void BatchEuclideanMapLayer<Dtype>::Backward_cpu(
     const vector<Blob<Dtype>*>& top, const vector<bool>& propagate_down,
@@ -111,10 +112,14 @@ void BatchEuclideanMapLayer<Dtype>::Backward_cpu(
       for (int i = ib; i < std::min(ib + kTile, n); ++i) {
         for (int j = std::max(jb, i + 1); j < std::min(jb + kTile, n); ++j) {
           const int ij = i * n + j, ji = j * n + i;
-          const Dtype h_ij = irg::distance_grad(g[ij], a[ij], m,
-              irg::in_normalizer(mode, a[ij], false) ? share : Dtype(0), squared);
-          const Dtype h_ji = irg::distance_grad(g[ji], a[ji], m,
-              irg::in_normalizer(mode, a[ji], false) ? share : Dtype(0), squared);
+          const Dtype in_ij =
+              irg::in_normalizer(mode, a[ij], false) ? share : Dtype(0);
+          const Dtype in_ji =
+              irg::in_normalizer(mode, a[ji], false) ? share : Dtype(0);
+          const Dtype h_ij =
+              irg::distance_grad(g[ij], a[ij], m, in_ij, squared);
+          const Dtype h_ji =
+              irg::distance_grad(g[ji], a[ji], m, in_ji, squared);
           s[ij] = exact ? h_ij + h_ji : h_ij;
           s[ji] = exact ? h_ij + h_ji : h_ji;
         }

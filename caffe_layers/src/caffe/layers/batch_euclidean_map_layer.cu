@@ -66,8 +66,8 @@ void BatchEuclideanMapLayer<Dtype>::Forward_gpu(
   caffe_gpu_gemm<Dtype>(CblasNoTrans, CblasTrans, n, n, dim, Dtype(1), x, x,
       Dtype(0), gram);
   // NOLINT_NEXT_LINE(whitespace/operators)
-  PairDistanceKernel<Dtype><<<CAFFE_GET_BLOCKS(n * n), CAFFE_CUDA_NUM_THREADS>>>(
-      n, dim, gram, x, irg_param_.squared(), a);
+  PairDistanceKernel<Dtype><<<CAFFE_GET_BLOCKS(n * n),
+      CAFFE_CUDA_NUM_THREADS>>>(n, dim, gram, x, irg_param_.squared(), a);
   if (mode != IRGParameter_Normalize_NONE) {
     Dtype* norm = norm_.mutable_gpu_data();
     // NOLINT_NEXT_LINE(whitespace/operators)
@@ -103,8 +103,8 @@ void BatchEuclideanMapLayer<Dtype>::Backward_gpu(
   caffe_gpu_gemv<Dtype>(CblasNoTrans, n, n, Dtype(1), s, ones_.gpu_data(),
       Dtype(0), row_sum);
   // NOLINT_NEXT_LINE(whitespace/operators)
-  SubtractDiagonalKernel<Dtype><<<CAFFE_GET_BLOCKS(n), CAFFE_CUDA_NUM_THREADS>>>(
-      n, row_sum, s);
+  SubtractDiagonalKernel<Dtype><<<CAFFE_GET_BLOCKS(n),
+      CAFFE_CUDA_NUM_THREADS>>>(n, row_sum, s);
   caffe_gpu_gemm<Dtype>(CblasNoTrans, CblasNoTrans, n, dim_, n, Dtype(-2), s,
       bottom[0]->gpu_data(), Dtype(0), bottom[0]->mutable_gpu_diff());
   CUDA_POST_KERNEL_CHECK;

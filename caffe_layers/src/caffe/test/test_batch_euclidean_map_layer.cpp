@@ -195,9 +195,11 @@ TYPED_TEST(BatchEuclideanMapLayerTest, TestReleasedBackwardFormula) {
       for (int k = 0; k < dim; ++k) {
         q01 += (x[k] - x[dim + k]) * (x[k] - x[dim + k]);
       }
-      const Dtype m = (squared ? q01 : std::sqrt(q01)) / this->blob_top_->cpu_data()[1];
+      const Dtype m =
+          (squared ? q01 : std::sqrt(q01)) / this->blob_top_->cpu_data()[1];
       vector<bool> propagate_down(1, true);
-      layer.Backward(this->blob_top_vec_, propagate_down, this->blob_bottom_vec_);
+      layer.Backward(this->blob_top_vec_, propagate_down,
+          this->blob_bottom_vec_);
       const Dtype* g = this->blob_top_->cpu_diff();
       const Dtype* dx = this->blob_bottom_->cpu_diff();
       for (int i = 0; i < n; ++i) {
@@ -207,13 +209,15 @@ TYPED_TEST(BatchEuclideanMapLayerTest, TestReleasedBackwardFormula) {
             if (i == j) continue;
             Dtype q = 0;
             for (int c = 0; c < dim; ++c) {
-              q += (x[i * dim + c] - x[j * dim + c]) * (x[i * dim + c] - x[j * dim + c]);
+              const Dtype e = x[i * dim + c] - x[j * dim + c];
+              q += e * e;
             }
             const Dtype diff = x[i * dim + k] - x[j * dim + k];
             const Dtype dd_dx = squared ? 2 * diff : diff / std::sqrt(q);
             expected += g[i * n + j] * dd_dx / m;
           }
-          EXPECT_NEAR(expected, dx[i * dim + k], 1e-4 * (1 + std::fabs(expected)))
+          EXPECT_NEAR(expected, dx[i * dim + k],
+              1e-4 * (1 + std::fabs(expected)))
               << "squared " << squared << " mode " << mode << " i " << i;
         }
       }
@@ -232,7 +236,8 @@ TYPED_TEST(BatchEuclideanMapLayerTest, TestZeroNormalizerGivesZeros) {
       BatchEuclideanMapLayer<Dtype> layer(this->Param(modes[mode], squared));
       layer.SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
       layer.Forward(this->blob_bottom_vec_, this->blob_top_vec_);
-      this->ExpectAllZero(this->blob_top_->cpu_data(), this->blob_top_->count());
+      this->ExpectAllZero(this->blob_top_->cpu_data(),
+          this->blob_top_->count());
       caffe_set(this->blob_top_->count(), Dtype(1),
           this->blob_top_->mutable_cpu_diff());
       layer.Backward(this->blob_top_vec_, vector<bool>(1, true),
@@ -269,16 +274,21 @@ TYPED_TEST(BatchEuclideanMapLayerTest, TestSingleInstance) {
 TYPED_TEST(BatchEuclideanMapLayerTest, TestDuplicatedInstances) {
   typedef typename TypeParam::Dtype Dtype;
   Dtype* x = this->blob_bottom_->mutable_cpu_data();
-  const int n = this->blob_bottom_->shape(0), dim = this->blob_bottom_->count(1);
-  for (int k = 0; k < dim; ++k) x[2 * dim + k] = x[dim + k] = Dtype(0.1) * k + 7;
+  const int n = this->blob_bottom_->shape(0);
+  const int dim = this->blob_bottom_->count(1);
+  for (int k = 0; k < dim; ++k) {
+    x[2 * dim + k] = x[dim + k] = Dtype(0.1) * k + 7;
+  }
   BatchEuclideanMapLayer<Dtype> layer(
       this->Param(IRGParameter_Normalize_MAX, false));
   layer.SetUp(this->blob_bottom_vec_, this->blob_top_vec_);
   layer.Forward(this->blob_bottom_vec_, this->blob_top_vec_);
   EXPECT_EQ(Dtype(0), this->blob_top_->cpu_data()[1 * n + 2]);
   EXPECT_EQ(Dtype(0), this->blob_top_->cpu_data()[2 * n + 1]);
-  caffe_set(this->blob_top_->count(), Dtype(1), this->blob_top_->mutable_cpu_diff());
-  layer.Backward(this->blob_top_vec_, vector<bool>(1, true), this->blob_bottom_vec_);
+  caffe_set(this->blob_top_->count(), Dtype(1),
+      this->blob_top_->mutable_cpu_diff());
+  layer.Backward(this->blob_top_vec_, vector<bool>(1, true),
+      this->blob_bottom_vec_);
   const Dtype* dx = this->blob_bottom_->cpu_diff();
   for (int k = 0; k < this->blob_bottom_->count(); ++k) {
     EXPECT_TRUE(std::isfinite(dx[k])) << "at " << k;
@@ -290,7 +300,8 @@ TYPED_TEST(BatchEuclideanMapLayerTest, TestDuplicatedInstances) {
 TYPED_TEST(BatchEuclideanMapLayerTest, TestLargeOffsetAccuracy) {
   typedef typename TypeParam::Dtype Dtype;
   Dtype* x = this->blob_bottom_->mutable_cpu_data();
-  const int n = this->blob_bottom_->shape(0), dim = this->blob_bottom_->count(1);
+  const int n = this->blob_bottom_->shape(0);
+  const int dim = this->blob_bottom_->count(1);
   for (int k = 0; k < this->blob_bottom_->count(); ++k) x[k] += 1000;
   BatchEuclideanMapLayer<Dtype> layer(
       this->Param(IRGParameter_Normalize_NONE, true));
@@ -301,7 +312,8 @@ TYPED_TEST(BatchEuclideanMapLayerTest, TestLargeOffsetAccuracy) {
     for (int j = 0; j < n; ++j) {
       double q = 0;
       for (int k = 0; k < dim; ++k) {
-        const double diff = static_cast<double>(x[i * dim + k]) - x[j * dim + k];
+        const double diff =
+            static_cast<double>(x[i * dim + k]) - x[j * dim + k];
         q += diff * diff;
       }
       EXPECT_NEAR(q, a[i * n + j], 1e-3 * (1 + q)) << i << "," << j;
@@ -317,8 +329,10 @@ TYPED_TEST(BatchEuclideanMapLayerTest, TestPropagateDownFalse) {
   layer.Forward(this->blob_bottom_vec_, this->blob_top_vec_);
   caffe_set(this->blob_bottom_->count(), Dtype(42),
       this->blob_bottom_->mutable_cpu_diff());
-  caffe_set(this->blob_top_->count(), Dtype(1), this->blob_top_->mutable_cpu_diff());
-  layer.Backward(this->blob_top_vec_, vector<bool>(1, false), this->blob_bottom_vec_);
+  caffe_set(this->blob_top_->count(), Dtype(1),
+      this->blob_top_->mutable_cpu_diff());
+  layer.Backward(this->blob_top_vec_, vector<bool>(1, false),
+      this->blob_bottom_vec_);
   for (int k = 0; k < this->blob_bottom_->count(); ++k) {
     EXPECT_EQ(Dtype(42), this->blob_bottom_->cpu_diff()[k]);
   }

@@ -147,11 +147,12 @@ TYPED_TEST(BatchEuclideanVectorLayerTest, TestReleasedBackwardFormula) {
       layer.Forward(this->blob_bottom_vec_, this->blob_top_vec_);
       const Dtype* x = this->blob_x_->cpu_data();
       const Dtype* y = this->blob_y_->cpu_data();
-      Dtype d[n];
+      vector<Dtype> d(n);
       for (int i = 0; i < n; ++i) {
         Dtype q = 0;
         for (int k = 0; k < dim; ++k) {
-          q += (x[i * dim + k] - y[i * dim + k]) * (x[i * dim + k] - y[i * dim + k]);
+          const Dtype e = x[i * dim + k] - y[i * dim + k];
+          q += e * e;
         }
         d[i] = squared ? q : std::sqrt(q);
       }
