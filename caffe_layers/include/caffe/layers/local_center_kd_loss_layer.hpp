@@ -78,8 +78,6 @@ class LocalCenterKDLossLayer : public LossLayer<Dtype> {
 
   /// "LocalCenterKDLoss layer 'name'", for error messages.
   std::string Describe() const;
-  void CheckPropagateDown(const vector<bool>& propagate_down,
-      const vector<Blob<Dtype>*>& bottom) const;
   /// Reads and checks the labels (into `labels`); fills present_ (C_b,
   /// ascending) and num_present_. Host side, O(N + K).
   void FindPresentClasses(const vector<Blob<Dtype>*>& bottom,

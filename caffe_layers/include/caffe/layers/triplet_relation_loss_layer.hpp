@@ -76,9 +76,6 @@ class TripletRelationLossLayer : public LossLayer<Dtype> {
 
   /// "TripletRelationLoss layer 'name'", for error messages.
   std::string Describe() const;
-  /// CHECKs propagate_down: only bottom[0] may ask for a gradient.
-  void CheckPropagateDown(const vector<bool>& propagate_down,
-      const vector<Blob<Dtype>*>& bottom) const;
   /// The host part of Forward (CPU and GPU): mines the triplets on the
   /// student distances, returns the loss, and fills coef_'s data with
   /// dL/dd_S(i, j) for a unit top gradient (0 where no triplet uses the pair).

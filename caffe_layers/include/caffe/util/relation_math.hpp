@@ -105,6 +105,46 @@ void read_labels(const std::string& layer, const LayerParameter& p,
   }
 }
 
+// CHECKs the bottoms both REFILLED layers take: bottom[0] (student) and
+// bottom[1] (teacher) with the same number N > 0 of instances on their first
+// axis, and bottom[2] with N labels; returns N. Messages name the layer, the
+// blobs and their shapes.
+template <typename Dtype>
+int check_instances(const std::string& layer, const LayerParameter& p,
+    const vector<Blob<Dtype>*>& bottom) {
+  for (int i = 0; i < 2; ++i) {
+    CHECK_GE(bottom[i]->num_axes(), 1) << layer << ": "
+        << irg::describe_bottom(p, i, bottom)
+        << " needs a first axis of instances (N x ...)";
+  }
+  const int num = bottom[0]->shape(0);
+  CHECK_GT(num, 0) << layer << ": "
+      << irg::describe_bottom(p, 0, bottom) << " holds no instance";
+  CHECK_EQ(bottom[1]->shape(0), num) << layer << ": "
+      << irg::describe_bottom(p, 0, bottom) << " and "
+      << irg::describe_bottom(p, 1, bottom)
+      << " must hold the same number of instances N (first axis)";
+  CHECK_EQ(bottom[2]->count(), num) << layer << ": "
+      << irg::describe_bottom(p, 2, bottom) << " must hold N = " << num
+      << " labels, one per instance of "
+      << irg::describe_bottom(p, 0, bottom);
+  return num;
+}
+
+// CHECKs propagate_down: only bottom[0] (the student) may ask for a gradient;
+// the teacher embedding is fixed and the labels have none.
+template <typename Dtype>
+void check_student_only(const std::string& layer, const LayerParameter& p,
+    const vector<bool>& propagate_down, const vector<Blob<Dtype>*>& bottom) {
+  CHECK(!propagate_down[1]) << layer << " cannot backpropagate to "
+      << irg::describe_bottom(p, 1, bottom)
+      << ", the teacher embedding: the teacher is fixed. Give the layer"
+      << " propagate_down: true propagate_down: false propagate_down: false"
+      << " (or freeze the teacher with lr_mult: 0)";
+  CHECK(!propagate_down[2]) << layer << " cannot backpropagate to "
+      << irg::describe_bottom(p, 2, bottom) << ", the labels";
+}
+
 #ifdef __CUDACC__
 // norm[i] = |x_i| for the n rows of x (n x dim), one thread per row.
 template <typename Dtype>

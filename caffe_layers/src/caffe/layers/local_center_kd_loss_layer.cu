@@ -113,7 +113,8 @@ template <typename Dtype>
 void LocalCenterKDLossLayer<Dtype>::Backward_gpu(
     const vector<Blob<Dtype>*>& top, const vector<bool>& propagate_down,
     const vector<Blob<Dtype>*>& bottom) {
-  CheckPropagateDown(propagate_down, bottom);
+  relation::check_student_only(
+      Describe(), this->layer_param_, propagate_down, bottom);
   if (!propagate_down[0]) return;
   const int n = num_, k = classes_, m = num_present_;
   const Dtype coeff = top[0]->cpu_diff()[0] * relation_param_.teaching_weight()

@@ -31,22 +31,7 @@ template <typename Dtype>
 void TripletRelationLossLayer<Dtype>::Reshape(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
   const LayerParameter& p = this->layer_param_;
-  for (int i = 0; i < 2; ++i) {
-    CHECK_GE(bottom[i]->num_axes(), 1) << Describe() << ": "
-        << irg::describe_bottom(p, i, bottom)
-        << " needs a first axis of instances (N x ...)";
-  }
-  num_ = bottom[0]->shape(0);
-  CHECK_GT(num_, 0) << Describe() << ": "
-      << irg::describe_bottom(p, 0, bottom) << " holds no instance";
-  CHECK_EQ(bottom[1]->shape(0), num_) << Describe() << ": "
-      << irg::describe_bottom(p, 0, bottom) << " and "
-      << irg::describe_bottom(p, 1, bottom)
-      << " must hold the same number of instances N (first axis)";
-  CHECK_EQ(bottom[2]->count(), num_) << Describe() << ": "
-      << irg::describe_bottom(p, 2, bottom) << " must hold N = " << num_
-      << " labels, one per instance of "
-      << irg::describe_bottom(p, 0, bottom);
+  num_ = relation::check_instances(Describe(), p, bottom);
   dim_s_ = bottom[0]->count(1);
   dim_t_ = bottom[1]->count(1);
   top[0]->Reshape(vector<int>());  // a scalar, as LossLayer's
@@ -63,20 +48,6 @@ void TripletRelationLossLayer<Dtype>::Reshape(
     ones_.Reshape(vector<int>(1, num_));
     caffe_set(num_, Dtype(1), ones_.mutable_cpu_data());
   }
-}
-
-template <typename Dtype>
-void TripletRelationLossLayer<Dtype>::CheckPropagateDown(
-    const vector<bool>& propagate_down,
-    const vector<Blob<Dtype>*>& bottom) const {
-  CHECK(!propagate_down[1]) << Describe() << " cannot backpropagate to "
-      << irg::describe_bottom(this->layer_param_, 1, bottom)
-      << ", the teacher embedding: the teacher is fixed. Give the layer"
-      << " propagate_down: true propagate_down: false propagate_down: false"
-      << " (or freeze the teacher with lr_mult: 0)";
-  CHECK(!propagate_down[2]) << Describe() << " cannot backpropagate to "
-      << irg::describe_bottom(this->layer_param_, 2, bottom)
-      << ", the labels";
 }
 
 namespace {
@@ -209,7 +180,8 @@ template <typename Dtype>
 void TripletRelationLossLayer<Dtype>::Backward_cpu(
     const vector<Blob<Dtype>*>& top, const vector<bool>& propagate_down,
     const vector<Blob<Dtype>*>& bottom) {
-  CheckPropagateDown(propagate_down, bottom);
+  relation::check_student_only(
+      Describe(), this->layer_param_, propagate_down, bottom);
   if (!propagate_down[0]) return;
   const int n = num_, dim = dim_s_;
   const Dtype w = top[0]->cpu_diff()[0];

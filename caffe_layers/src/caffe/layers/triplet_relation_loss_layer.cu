@@ -117,7 +117,8 @@ template <typename Dtype>
 void TripletRelationLossLayer<Dtype>::Backward_gpu(
     const vector<Blob<Dtype>*>& top, const vector<bool>& propagate_down,
     const vector<Blob<Dtype>*>& bottom) {
-  CheckPropagateDown(propagate_down, bottom);
+  relation::check_student_only(
+      Describe(), this->layer_param_, propagate_down, bottom);
   if (!propagate_down[0]) return;
   const int n = num_, dim = dim_s_;
   const Dtype w = top[0]->cpu_diff()[0];
