@@ -181,6 +181,20 @@ def blob_proto(array: np.ndarray, *, legacy: bool = False) -> Any:
 # ----------------------------------------------------------------------------- nets
 
 
+def filler_weights(net_param: Any, seed: int, path: PathLike) -> Path:
+    """The weights ``net_param``'s fillers draw under Caffe seed ``seed``, saved once to
+    ``path`` (kept if it exists; written atomically, so a kill never leaves a truncated
+    file that a later run would start from)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    import_caffe().set_random_seed(seed)
+    net = caffe_net(net_param, "TRAIN")
+    with atomic_output(path) as tmp:
+        net.save(str(tmp))
+    return path
+
+
 def caffe_net(net_param: Any, phase: str = "TEST", weights: PathLike | None = None) -> Any:
     """A pycaffe Net built from a NetParameter (pycaffe only reads files), with weights."""
     caffe = import_caffe()

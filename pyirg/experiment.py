@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from pyirg.arch import ResNetSpec, cifar_resnet
-from pyirg.caffeio import caffe_net, write_text
+from pyirg.caffeio import caffe_net, filler_weights, write_text
 from pyirg.cli import debugging
 from pyirg.data.core import DATASETS
 from pyirg.data.digits import load_digits_split
@@ -248,18 +248,8 @@ def write_init_weights(cfg: ExperimentConfig, seed: int) -> Path:
     inside a distillation net (teacher layers first) would start elsewhere; loading
     these weights by name gives every method's student the same start.
     """
-    import caffe
-
-    path = init_weights_path(cfg, seed)
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    caffe.set_random_seed(seed)
-    net = caffe_net(student_net(cfg, "baseline", *_specs(cfg)), "TRAIN")
-    tmp = path.with_suffix(".tmp")
-    net.save(str(tmp))
-    os.replace(tmp, path)
-    return path
+    student = student_net(cfg, "baseline", *_specs(cfg))
+    return filler_weights(student, seed, init_weights_path(cfg, seed))
 
 
 def evaluate(spec: ResNetSpec, weights: Path, prefix: str, data: FedSplit) -> float:

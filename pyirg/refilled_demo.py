@@ -137,19 +137,14 @@ def train_teacher(setting: Setting, cfg: DemoConfig) -> Path:
 
 def init_weights(setting: Setting, cfg: DemoConfig, seed: int) -> Path:
     """The student's initial weights for ``seed``: its baseline net's fillers, drawn once."""
-    import caffe
-
-    from pyirg.caffeio import caffe_net
+    from pyirg.caffeio import filler_weights
     from pyirg.distill import STUDENT_PREFIX
 
-    path = cfg.out / setting.name / "init" / f"student_seed{seed}.caffemodel"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        caffe.set_random_seed(seed)
-        _, student = _specs(setting)
-        net = caffe_net(_plain_net(student, setting.student_set, cfg, STUDENT_PREFIX), "TRAIN")
-        net.save(str(path))
-    return path
+    _, student = _specs(setting)
+    net = _plain_net(student, setting.student_set, cfg, STUDENT_PREFIX)
+    return filler_weights(
+        net, seed, cfg.out / setting.name / "init" / f"student_seed{seed}.caffemodel"
+    )
 
 
 def train_student(
@@ -211,23 +206,18 @@ def train_student(
 
 
 def summary(rows: list[dict[str, Any]], setting: str) -> dict[str, dict[str, Any]]:
-    """Per method of ``setting``: mean/std accuracy (and NCM), the paired test vs baseline."""
+    """Per method of ``setting``: the main job's summary (mean, std, the paired test vs
+    the baseline) and, for REFILLED, the mean stage-1 NCM accuracy."""
     import statistics
 
-    from pyirg.experiment import paired
+    from pyirg.experiment import summarize
 
-    out: dict[str, dict[str, Any]] = {}
-    by = {m: sorted((r for r in rows if r["setting"] == setting and r["method"] == m),
-                    key=lambda r: r["seed"]) for m in METHODS[setting]}  # fmt: skip
-    for method, runs in by.items():
-        accs = [r["accuracy"] for r in runs]
-        entry: dict[str, Any] = {"mean": statistics.fmean(accs), "n": len(accs)}
-        entry["std"] = statistics.stdev(accs) if len(accs) > 1 else float("nan")
-        if runs and "ncm_accuracy" in runs[0]:
-            entry["ncm_mean"] = statistics.fmean(r["ncm_accuracy"] for r in runs)
-        if method != "baseline":
-            entry["paired"] = paired([r["accuracy"] for r in by["baseline"]], accs)
-        out[method] = entry
+    runs = [r for r in rows if r["setting"] == setting]
+    out: dict[str, dict[str, Any]] = summarize(runs, METHODS[setting])
+    for method, entry in out.items():
+        ncm = [r["ncm_accuracy"] for r in runs if r["method"] == method and "ncm_accuracy" in r]
+        if ncm:
+            entry["ncm_mean"] = statistics.fmean(ncm)
     return out
 
 
@@ -243,7 +233,7 @@ def format_table(results: dict[str, Any]) -> str:
             "|---|---|---|---|---|",
         ]
         for method, e in methods.items():
-            p = e.get("paired")
+            p = e.get("vs_baseline")
             delta = (
                 f"{100 * p['mean_diff']:+.2f} [{100 * p['ci_low']:+.2f}, {100 * p['ci_high']:+.2f}]"
                 if p else "—"
