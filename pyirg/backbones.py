@@ -174,18 +174,33 @@ def _mobilenet(ns: NetSpec, spec: MobileNetSpec, x: Top, p: str, frozen: bool) -
     return x
 
 
-def add_backbone(
+def add_embedding(
     ns: NetSpec, spec: Backbone, bottom: Top, prefix: str = "", frozen: bool = False
-) -> dict[str, Top]:
-    """The network on ``bottom``: ``{"pool": embedding N x D x 1 x 1, "fc": logits}``."""
+) -> Top:
+    """The network on ``bottom`` up to its embedding ``pool`` (N x D x 1 x 1)."""
     body = _wide_resnet if isinstance(spec, WideResNetSpec) else _mobilenet
     x = body(ns, spec, bottom, prefix, frozen)
     ns[prefix + EMBEDDING] = pool = L.Pooling(x, pool=P.Pooling.AVE, global_pooling=True)
+    return pool
+
+
+def add_logits(
+    ns: NetSpec, spec: Backbone, pooled: Top, prefix: str = "", frozen: bool = False
+) -> Top:
+    """The classifier ``fc`` on the embedding."""
     ns[prefix + LOGITS] = logits = L.InnerProduct(
-        pool,
+        pooled,
         param=list(FROZEN_PAIR if frozen else FC_TRAINABLE),
         num_output=spec.num_classes,
         weight_filler=MSRA,
         bias_filler=ZERO,
     )
-    return {EMBEDDING: pool, LOGITS: logits}
+    return logits
+
+
+def add_backbone(
+    ns: NetSpec, spec: Backbone, bottom: Top, prefix: str = "", frozen: bool = False
+) -> dict[str, Top]:
+    """The network on ``bottom``: ``{"pool": embedding N x D x 1 x 1, "fc": logits}``."""
+    pool = add_embedding(ns, spec, bottom, prefix, frozen)
+    return {EMBEDDING: pool, LOGITS: add_logits(ns, spec, pool, prefix, frozen)}

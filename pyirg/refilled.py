@@ -33,7 +33,7 @@ from caffe.net_spec import NetSpec, Top
 from caffe.proto import caffe_pb2
 
 from pyirg.arch import ResNetSpec
-from pyirg.backbones import MobileNetSpec, WideResNetSpec, add_backbone
+from pyirg.backbones import MobileNetSpec, WideResNetSpec, add_embedding, add_logits
 from pyirg.caffeio import PathLike, all_layers, blob_proto, caffe_net, read_binary, write_binary
 from pyirg.distill import STUDENT_PREFIX
 from pyirg.netspec import (
@@ -73,13 +73,10 @@ def _network(
     if isinstance(spec, ResNetSpec):
         pooled = add_features(ns, spec, bottom, prefix, frozen)[spec.pool]
         return pooled, lambda: add_classifier(ns, spec, pooled, prefix, frozen)
-    tops: dict[str, Top] = {}
-
-    def classifier() -> Top:
-        return tops["fc"]
-
-    tops.update(add_backbone(ns, spec, bottom, prefix, frozen))
-    return tops["pool"], classifier
+    # Only where asked: a teacher of other classes (cross-task) has a classifier of
+    # another size, which the student's data could not load.
+    pooled = add_embedding(ns, spec, bottom, prefix, frozen)
+    return pooled, lambda: add_logits(ns, spec, pooled, prefix, frozen)
 
 
 @dataclass(frozen=True)

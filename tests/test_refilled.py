@@ -196,3 +196,21 @@ def test_the_demo_pairs_its_runs_and_reports_them(tmp_path: Path) -> None:
     # Both students of a seed started from the same weights (the paired design).
     init = tmp_path / "demo" / "cross-task" / "init" / "student_seed0.caffemodel"
     assert init.is_file()
+
+
+def test_a_teacher_of_other_classes_loads_into_the_stage_nets(tmp_path: Path) -> None:
+    """Cross-task: the teacher's classifier (other classes) is in no stage net, so its
+    weights load by name and every teacher layer of the net is in them."""
+    from pyirg.refilled import plain_net
+    from pyirg.train.weights import check_weights, net_param_shapes, teacher_layers
+
+    teacher = WideResNetSpec(10, 1, num_classes=5, in_channels=1)
+    weights = tmp_path / "teacher.caffemodel"
+    caffe_net(plain_net(teacher, DIGITS), "TRAIN").save(str(weights))
+    for build in (stage1_net, stage2_net):
+        proto = build(RefilledConfig(teacher, STUDENT, DIGITS))
+        names = {layer.name for layer in proto.layer}
+        assert "fc" not in names and "stu_fc" in names, build.__name__
+        shapes = net_param_shapes([caffe_net(proto, "TRAIN")])
+        required = [n for n in teacher_layers(shapes, "stu_") if n != CENTER_KD]
+        check_weights(shapes, weights, required=required)  # raises on a mismatch
