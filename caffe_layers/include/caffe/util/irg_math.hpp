@@ -1,7 +1,10 @@
 #ifndef CAFFE_UTIL_IRG_MATH_HPP_
 #define CAFFE_UTIL_IRG_MATH_HPP_
 
+#include <stdint.h>
+
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -10,11 +13,12 @@
 #include "caffe/blob.hpp"
 #include "caffe/proto/caffe.pb.h"
 #include "caffe/util/device_alternate.hpp"
+#include "caffe/util/math_functions.hpp"
 
 // Per-element math of the IRG layers (BatchEuclideanMap, BatchEuclideanVector).
 // Each function is used by the CPU loops and by the CUDA kernels alike, so the
-// CPU tests cover the arithmetic the GPU runs; the GPU files add only launch
-// code and reductions.
+// CPU tests cover the arithmetic the GPU runs; the kernels themselves, launch
+// code and reductions, are in irg_kernels.cuh and the layers' .cu files.
 #ifdef __CUDACC__
 #define IRG_HOST_DEVICE __host__ __device__
 #else
@@ -60,27 +64,50 @@ std::string describe_bottom(const LayerParameter& p, const int i,
   return out.str();
 }
 
-// " bottom[0] 'a' (shape) bottom[1] 'b' (shape)", or " none".
+// CHECKs that the N x N matrices of a batch of `num` instances (bottom[0])
+// fit a Caffe blob, whose count is an int: N <= 46340. Past it Caffe's own
+// Reshape would abort with a message that names no layer.
 template <typename Dtype>
-std::string describe_bottoms(const LayerParameter& p,
-    const vector<Blob<Dtype>*>& bottom) {
-  std::string out;
-  for (int i = 0; i < static_cast<int>(bottom.size()); ++i) {
-    out += " " + describe_bottom(p, i, bottom);
+void check_pair_count(const std::string& layer, const LayerParameter& p,
+    const vector<Blob<Dtype>*>& bottom, const int num) {
+  CHECK_LE(static_cast<int64_t>(num) * num, INT_MAX) << layer << ": "
+      << describe_bottom(p, 0, bottom) << " has N = " << num
+      << " instances; its N x N distance matrix would exceed the " << INT_MAX
+      << " entries a Caffe blob holds (N <= 46340)";
+}
+
+// Sets a state blob's data on the device that the current mode computes on,
+// so that a GPU pass finds it there instead of copying it from the host.
+template <typename Dtype>
+inline void fill_data(const Dtype value, Blob<Dtype>* blob) {
+#ifndef CPU_ONLY
+  if (Caffe::mode() == Caffe::GPU) {
+    caffe_gpu_set(blob->count(), value, blob->mutable_gpu_data());
+    return;
   }
-  return out.empty() ? " none" : out;
+#endif
+  caffe_set(blob->count(), value, blob->mutable_cpu_data());
 }
 
 // Below tolerance * (|x_i|^2 + |x_j|^2) a squared distance taken from the Gram
 // matrix is mostly rounding error (it cancels), so it is recomputed directly
-// from the two instances. 1024 machine epsilons: for float a distance whose
-// square is 1e-4 of the norms still gets about three correct digits from Gram.
-template <typename Dtype> IRG_HOST_DEVICE inline Dtype gram_tolerance();
-template <> IRG_HOST_DEVICE inline float gram_tolerance<float>() {
-  return 1024.f * 1.1920929e-07f;
+// from the two instances. The rounding error of K_ii + K_jj - 2 K_ij grows
+// like sqrt(D) machine epsilons of the norms (each Gram entry is a sum of D
+// rounded products), so the threshold grows with it: 128 sqrt(D) epsilons
+// (1024 at D <= 64) keeps the modelled error of a distance just above the
+// threshold near 1/128 of it at every D, instead of 0.07% at D = 64 but
+// 9-15% at D = 25,088 with a fixed threshold. Computed once per layer call.
+template <typename Dtype> IRG_HOST_DEVICE inline Dtype machine_epsilon();
+template <> IRG_HOST_DEVICE inline float machine_epsilon<float>() {
+  return 1.1920929e-07f;
 }
-template <> IRG_HOST_DEVICE inline double gram_tolerance<double>() {
-  return 1024. * 2.220446049250313e-16;
+template <> IRG_HOST_DEVICE inline double machine_epsilon<double>() {
+  return 2.220446049250313e-16;
+}
+template <typename Dtype>
+inline Dtype gram_tolerance(const int dim) {
+  return Dtype(128) * machine_epsilon<Dtype>()
+      * std::sqrt(static_cast<Dtype>(std::max(dim, 64)));
 }
 
 // Eight independent partial sums: a single accumulator is a dependency chain
@@ -105,27 +132,46 @@ IRG_HOST_DEVICE inline Dtype direct_squared_distance(const Dtype* a,
       + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
-// Distance of instances i != j from their Gram entries; the caller sets the
-// diagonal to exactly 0 itself.
+// Distance of instances i != j from their Gram entries (`tolerance` from
+// gram_tolerance(dim)); the caller sets the diagonal to exactly 0 itself.
 template <typename Dtype>
 IRG_HOST_DEVICE inline Dtype pair_distance(const Dtype gram_ii,
     const Dtype gram_jj, const Dtype gram_ij, const Dtype* x_i,
-    const Dtype* x_j, const int dim, const bool squared) {
+    const Dtype* x_j, const int dim, const Dtype tolerance,
+    const bool squared) {
   const Dtype norms = gram_ii + gram_jj;
   Dtype q = norms - 2 * gram_ij;
-  if (q <= gram_tolerance<Dtype>() * norms) {
+  if (q <= tolerance * norms) {
     q = direct_squared_distance(x_i, x_j, dim);
   }
   return squared ? q : sqrt(q);
 }
 
+// The largest value below 1: 1 - epsilon / 2.
 template <typename Dtype>
-IRG_HOST_DEVICE inline Dtype normalized(const Dtype d, const Dtype m) {
-  return m > 0 ? d / m : Dtype(0);
+IRG_HOST_DEVICE inline Dtype below_one() {
+  return Dtype(1) - machine_epsilon<Dtype>() / 2;
+}
+
+// a = d / m. For MAX the pairs that attain the maximum are decided on the
+// distances, before dividing (d >= m: m is one of the d), and get exactly 1;
+// every other entry stays below 1. So in_normalizer's a == 1 finds exactly the
+// maxima even where the division is approximate (--use_fast_math,
+// -ffast-math: d * (1 / m) need not give 1 for d == m, nor stay below 1 for
+// d < m). A zero normalizer gives 0.
+template <typename Dtype>
+IRG_HOST_DEVICE inline Dtype normalized(const Dtype d, const Dtype m,
+    const int mode) {
+  if (!(m > 0)) return Dtype(0);
+  if (mode != IRGParameter_Normalize_MAX) return d / m;
+  if (d >= m) return Dtype(1);
+  const Dtype a = d / m;
+  return a < below_one<Dtype>() ? a : below_one<Dtype>();
 }
 
 // Whether an entry of the normalized output took part in the normalizer: for
-// MAX the maxima (exactly 1 after division), for MEAN every off-diagonal entry.
+// MAX the maxima (exactly 1, see normalized), for MEAN every off-diagonal
+// entry.
 template <typename Dtype>
 IRG_HOST_DEVICE inline bool in_normalizer(const int mode, const Dtype a,
     const bool diagonal) {
@@ -177,71 +223,6 @@ inline void host_normalizer_grad(const int n, const Dtype* g, const Dtype* a,
   const Dtype count = mode == IRGParameter_Normalize_MAX ? ties : mean_count;
   norm[kNormWeight] = count > 0 ? Dtype(1) / count : Dtype(0);
 }
-
-#ifdef __CUDACC__
-// The same two reductions in one block each, so that the normalizer and its
-// gradient stay on the device: no copy to the host, no synchronization.
-// Launch with <<<1, CAFFE_CUDA_NUM_THREADS>>> (a power of two).
-template <typename Dtype>
-__global__ void NormalizerKernel(const int n, const Dtype* d, const int mode,
-    const Dtype mean_count, Dtype* norm) {
-  __shared__ Dtype buf[CAFFE_CUDA_NUM_THREADS];
-  const bool is_max = mode == IRGParameter_Normalize_MAX;
-  Dtype acc = 0;
-  for (int k = threadIdx.x; k < n; k += blockDim.x) {
-    acc = is_max ? max(acc, d[k]) : acc + d[k];
-  }
-  buf[threadIdx.x] = acc;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) {
-      buf[threadIdx.x] = is_max ? max(buf[threadIdx.x], buf[threadIdx.x + s])
-          : buf[threadIdx.x] + buf[threadIdx.x + s];
-    }
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    norm[kNormalizer] = is_max ? buf[0]
-        : (mean_count > 0 ? buf[0] / mean_count : Dtype(0));
-  }
-}
-
-template <typename Dtype>
-__global__ void NormalizeKernel(const int n, const Dtype* norm, Dtype* a) {
-  CUDA_KERNEL_LOOP(k, n) {
-    a[k] = normalized(a[k], norm[kNormalizer]);
-  }
-}
-
-template <typename Dtype>
-__global__ void NormalizerGradKernel(const int n, const Dtype* g,
-    const Dtype* a, const int mode, const Dtype mean_count, Dtype* norm) {
-  __shared__ Dtype ga[CAFFE_CUDA_NUM_THREADS];
-  __shared__ Dtype ties[CAFFE_CUDA_NUM_THREADS];
-  Dtype acc_ga = 0, acc_ties = 0;
-  for (int k = threadIdx.x; k < n; k += blockDim.x) {
-    acc_ga += g[k] * a[k];
-    acc_ties += a[k] == Dtype(1) ? Dtype(1) : Dtype(0);
-  }
-  ga[threadIdx.x] = acc_ga;
-  ties[threadIdx.x] = acc_ties;
-  __syncthreads();
-  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) {
-      ga[threadIdx.x] += ga[threadIdx.x + s];
-      ties[threadIdx.x] += ties[threadIdx.x + s];
-    }
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    const Dtype m = norm[kNormalizer];
-    norm[kDLossDNorm] = m > 0 ? -ga[0] / m : Dtype(0);
-    const Dtype count =
-        mode == IRGParameter_Normalize_MAX ? ties[0] : mean_count;
-    norm[kNormWeight] = count > 0 ? Dtype(1) / count : Dtype(0);
-  }
-}
-#endif  // __CUDACC__
 
 }  // namespace irg
 }  // namespace caffe

@@ -11,17 +11,8 @@
 
 // Per-row math of the REFILLED layers (TripletRelationLoss, LocalCenterKDLoss).
 // As in irg_math.hpp, each function is used by the CPU loops and by the CUDA
-// kernels alike, so the CPU tests cover the arithmetic the GPU runs.
-
-#ifdef __CUDACC__
-// CUDA_KERNEL_LOOP with a 64-bit index, for loops over N x N or N x D entries
-// whose stride arithmetic could pass INT_MAX.
-#define RELATION_KERNEL_LOOP(i, n) \
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) \
-           + threadIdx.x; \
-       i < static_cast<int64_t>(n); \
-       i += static_cast<int64_t>(blockDim.x) * gridDim.x)
-#endif
+// kernels alike, so the CPU tests cover the arithmetic the GPU runs; the
+// shared kernels are in relation_kernels.cuh.
 
 namespace caffe {
 namespace relation {
@@ -144,27 +135,6 @@ void check_student_only(const std::string& layer, const LayerParameter& p,
   CHECK(!propagate_down[2]) << layer << " cannot backpropagate to "
       << irg::describe_bottom(p, 2, bottom) << ", the labels";
 }
-
-#ifdef __CUDACC__
-// norm[i] = |x_i| for the n rows of x (n x dim), one thread per row.
-template <typename Dtype>
-__global__ void RowNormKernel(const int n, const int dim, const Dtype* x,
-    Dtype* norm) {
-  CUDA_KERNEL_LOOP(i, n) {
-    norm[i] = row_norm(x + static_cast<int64_t>(i) * dim, dim);
-  }
-}
-
-// u = x with each row divided by its norm (0 for a zero row). In place
-// (u == x) is allowed.
-template <typename Dtype>
-__global__ void ScaleRowsKernel(const int n, const int dim, const Dtype* x,
-    const Dtype* norm, Dtype* u) {
-  RELATION_KERNEL_LOOP(index, static_cast<int64_t>(n) * dim) {
-    u[index] = x[index] * inverse_or_zero(norm[index / dim]);
-  }
-}
-#endif  // __CUDACC__
 
 }  // namespace relation
 }  // namespace caffe

@@ -16,14 +16,9 @@ std::string BatchEuclideanMapLayer<Dtype>::Describe() const {
 template <typename Dtype>
 void BatchEuclideanMapLayer<Dtype>::LayerSetUp(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
-  CHECK_EQ(bottom.size(), 1) << Describe()
-      << " takes exactly one bottom (the features, N x ...); got"
-      << irg::describe_bottoms(this->layer_param_, bottom);
-  CHECK_EQ(top.size(), 1) << Describe()
-      << " produces exactly one top (N x N x 1 x 1); got " << top.size();
   irg_param_ = this->layer_param_.irg_param();
   norm_.Reshape(vector<int>(1, irg::kNumNormSlots));
-  caffe_set(norm_.count(), Dtype(1), norm_.mutable_cpu_data());
+  irg::fill_data(Dtype(1), &norm_);
 }
 
 template <typename Dtype>
@@ -35,13 +30,14 @@ void BatchEuclideanMapLayer<Dtype>::Reshape(
   CHECK_NE(top[0], bottom[0]) << Describe() << " cannot run in place";
   num_ = bottom[0]->shape(0);
   dim_ = bottom[0]->count(1);
+  irg::check_pair_count(Describe(), this->layer_param_, bottom, num_);
   vector<int> top_shape(4, 1);
   top_shape[0] = top_shape[1] = num_;
   top[0]->Reshape(top_shape);
   pairs_.Reshape(vector<int>(2, num_));
   if (ones_.count() != num_) {
     ones_.Reshape(vector<int>(1, num_));
-    caffe_set(num_, Dtype(1), ones_.mutable_cpu_data());
+    irg::fill_data(Dtype(1), &ones_);
   }
 }
 
@@ -61,13 +57,15 @@ void BatchEuclideanMapLayer<Dtype>::Forward_cpu(
   caffe_cpu_gemm<Dtype>(CblasNoTrans, CblasTrans, n, n, dim, Dtype(1), x, x,
       Dtype(0), gram);
   Dtype* sqnorm = ones_.mutable_cpu_diff();  // free until the backward
+  const Dtype tolerance = irg::gram_tolerance<Dtype>(dim);
   for (int i = 0; i < n; ++i) sqnorm[i] = gram[i * n + i];
   for (int ib = 0; ib < n; ib += kTile) {
     for (int jb = ib; jb < n; jb += kTile) {
       for (int i = ib; i < std::min(ib + kTile, n); ++i) {
         for (int j = std::max(jb, i + 1); j < std::min(jb + kTile, n); ++j) {
           const Dtype d = irg::pair_distance(sqnorm[i], sqnorm[j],
-              gram[i * n + j], x + i * dim, x + j * dim, dim, squared);
+              gram[i * n + j], x + i * dim, x + j * dim, dim, tolerance,
+              squared);
           a[i * n + j] = a[j * n + i] = d;
         }
       }
@@ -79,7 +77,7 @@ void BatchEuclideanMapLayer<Dtype>::Forward_cpu(
   norm[irg::kNormalizer] = irg::host_normalizer(n * n, a, mode, MeanCount());
   if (mode != IRGParameter_Normalize_NONE) {
     for (int k = 0; k < n * n; ++k) {
-      a[k] = irg::normalized(a[k], norm[irg::kNormalizer]);
+      a[k] = irg::normalized(a[k], norm[irg::kNormalizer], mode);
     }
   }
 }

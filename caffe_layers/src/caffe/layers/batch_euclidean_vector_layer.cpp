@@ -16,14 +16,9 @@ std::string BatchEuclideanVectorLayer<Dtype>::Describe() const {
 template <typename Dtype>
 void BatchEuclideanVectorLayer<Dtype>::LayerSetUp(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
-  CHECK_EQ(bottom.size(), 2) << Describe()
-      << " takes exactly two bottoms (x and y, both N x ...); got"
-      << irg::describe_bottoms(this->layer_param_, bottom);
-  CHECK_EQ(top.size(), 1) << Describe()
-      << " produces exactly one top (1 x 1 x 1 x N); got " << top.size();
   irg_param_ = this->layer_param_.irg_param();
   norm_.Reshape(vector<int>(1, irg::kNumNormSlots));
-  caffe_set(norm_.count(), Dtype(1), norm_.mutable_cpu_data());
+  irg::fill_data(Dtype(1), &norm_);
 }
 
 template <typename Dtype>
@@ -64,7 +59,7 @@ void BatchEuclideanVectorLayer<Dtype>::Forward_cpu(
   norm[irg::kNormalizer] = irg::host_normalizer(num_, t, mode, Dtype(num_));
   if (mode != IRGParameter_Normalize_NONE) {
     for (int i = 0; i < num_; ++i) {
-      t[i] = irg::normalized(t[i], norm[irg::kNormalizer]);
+      t[i] = irg::normalized(t[i], norm[irg::kNormalizer], mode);
     }
   }
 }

@@ -1,6 +1,9 @@
+#include <stdint.h>
+
 #include <vector>
 
 #include "caffe/layers/batch_euclidean_vector_layer.hpp"
+#include "caffe/util/irg_kernels.cuh"
 #include "caffe/util/irg_math.hpp"
 #include "caffe/util/math_functions.hpp"
 
@@ -36,12 +39,12 @@ __global__ void RowDistanceKernel(const int dim, const Dtype* x,
 }
 
 template <typename Dtype>
-__global__ void VectorGradKernel(const int count, const int dim,
+__global__ void VectorGradKernel(const int64_t count, const int dim,
     const Dtype* g, const Dtype* t, const Dtype* norm, const int mode,
     const bool exact, const bool squared, const Dtype* x, const Dtype* y,
     Dtype* dx, Dtype* dy) {
-  CUDA_KERNEL_LOOP(k, count) {
-    const int i = k / dim;
+  IRG_KERNEL_LOOP(k, count) {
+    const int64_t i = k / dim;
     const Dtype share = irg::normalizer_share(norm, mode, exact);
     const Dtype h = 2 * irg::distance_grad(g[i], t[i], norm[irg::kNormalizer],
         irg::in_normalizer(mode, t[i], false) ? share : Dtype(0), squared);
@@ -60,17 +63,19 @@ void BatchEuclideanVectorLayer<Dtype>::Forward_gpu(
     // NOLINT_NEXT_LINE(whitespace/operators)
     RowDistanceKernel<Dtype><<<num_, CAFFE_CUDA_NUM_THREADS>>>(dim_,
         bottom[0]->gpu_data(), bottom[1]->gpu_data(), irg_param_.squared(), t);
+    CUDA_POST_KERNEL_CHECK;
   }
   if (mode != IRGParameter_Normalize_NONE) {
     Dtype* norm = norm_.mutable_gpu_data();
     // NOLINT_NEXT_LINE(whitespace/operators)
     irg::NormalizerKernel<Dtype><<<1, CAFFE_CUDA_NUM_THREADS>>>(
         num_, t, mode, Dtype(num_), norm);
+    CUDA_POST_KERNEL_CHECK;
     // NOLINT_NEXT_LINE(whitespace/operators)
-    irg::NormalizeKernel<Dtype><<<CAFFE_GET_BLOCKS(num_),
-        CAFFE_CUDA_NUM_THREADS>>>(num_, norm, t);
+    irg::NormalizeKernel<Dtype><<<irg::grid_blocks(num_),
+        CAFFE_CUDA_NUM_THREADS>>>(num_, norm, mode, t);
+    CUDA_POST_KERNEL_CHECK;
   }
-  CUDA_POST_KERNEL_CHECK;
 }
 
 template <typename Dtype>
@@ -87,10 +92,11 @@ void BatchEuclideanVectorLayer<Dtype>::Backward_gpu(
     // NOLINT_NEXT_LINE(whitespace/operators)
     irg::NormalizerGradKernel<Dtype><<<1, CAFFE_CUDA_NUM_THREADS>>>(
         num_, g, t, mode, Dtype(num_), norm);
+    CUDA_POST_KERNEL_CHECK;
   }
-  const int count = bottom[0]->count();
+  const int64_t count = bottom[0]->count();
   // NOLINT_NEXT_LINE(whitespace/operators)
-  VectorGradKernel<Dtype><<<CAFFE_GET_BLOCKS(count), CAFFE_CUDA_NUM_THREADS>>>(
+  VectorGradKernel<Dtype><<<irg::grid_blocks(count), CAFFE_CUDA_NUM_THREADS>>>(
       count, dim_, g, t, norm, mode, exact, irg_param_.squared(),
       bottom[0]->gpu_data(), bottom[1]->gpu_data(),
       propagate_down[0] ? bottom[0]->mutable_gpu_diff() : NULL,

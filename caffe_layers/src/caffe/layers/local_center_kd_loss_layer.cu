@@ -2,6 +2,7 @@
 
 #include "caffe/layers/local_center_kd_loss_layer.hpp"
 #include "caffe/util/math_functions.hpp"
+#include "caffe/util/relation_kernels.cuh"
 #include "caffe/util/relation_math.hpp"
 
 // The same algorithm as the CPU path (see local_center_kd_loss_layer.cpp),
@@ -15,7 +16,7 @@ namespace caffe {
 template <typename Dtype>
 __global__ void LocalCenterKDGatherKernel(const int m, const int dim,
     const int* present, const Dtype* blob, Dtype* centers) {
-  RELATION_KERNEL_LOOP(index, static_cast<int64_t>(m) * dim) {
+  IRG_KERNEL_LOOP(index, static_cast<int64_t>(m) * dim) {
     const int j = index / dim, k = index % dim;
     centers[index] = blob[static_cast<int64_t>(present[j]) * dim + k];
   }
@@ -27,7 +28,7 @@ template <typename Dtype>
 __global__ void LocalCenterKDClassMeanKernel(const int n, const int m,
     const int dim, const int* present, const Dtype* label, const Dtype* f,
     Dtype* centers) {
-  RELATION_KERNEL_LOOP(index, static_cast<int64_t>(m) * dim) {
+  IRG_KERNEL_LOOP(index, static_cast<int64_t>(m) * dim) {
     const int j = index / dim, k = index % dim;
     const int c = present[j];
     Dtype sum = 0;
@@ -46,7 +47,7 @@ template <typename Dtype>
 __global__ void LocalCenterKDRowKLKernel(const int n, const int m,
     const int k, const Dtype* logits_t, const Dtype* logits_s,
     const int* present, const Dtype inv_tau, Dtype* grad, Dtype* kl) {
-  CUDA_KERNEL_LOOP(i, n) {
+  IRG_KERNEL_LOOP(i, n) {
     kl[i] = relation::softmax_kl(m, logits_t + static_cast<int64_t>(i) * m,
         logits_s + static_cast<int64_t>(i) * k, present, inv_tau,
         grad + static_cast<int64_t>(i) * m);
@@ -57,7 +58,7 @@ template <typename Dtype>
 __global__ void LocalCenterKDScatterKernel(const int n, const int m,
     const int k, const int* present, const Dtype coeff, const Dtype* grad,
     Dtype* dz) {
-  RELATION_KERNEL_LOOP(index, static_cast<int64_t>(n) * m) {
+  IRG_KERNEL_LOOP(index, static_cast<int64_t>(n) * m) {
     const int i = index / m, j = index % m;
     dz[static_cast<int64_t>(i) * k + present[j]] = coeff * grad[index];
   }
@@ -77,20 +78,23 @@ void LocalCenterKDLossLayer<Dtype>::Forward_gpu(
       relation_param_.centers() == RelationParameter_Centers_GLOBAL;
   if (global) {
     // NOLINT_NEXT_LINE(whitespace/operators)
-    LocalCenterKDGatherKernel<Dtype><<<CAFFE_GET_BLOCKS(m * dim),
+    LocalCenterKDGatherKernel<Dtype><<<irg::grid_blocks(m, dim),
         CAFFE_CUDA_NUM_THREADS>>>(m, dim, present,
         this->blobs_[0]->gpu_data(), centers);
+    CUDA_POST_KERNEL_CHECK;
   } else {
     // NOLINT_NEXT_LINE(whitespace/operators)
-    LocalCenterKDClassMeanKernel<Dtype><<<CAFFE_GET_BLOCKS(m * dim),
+    LocalCenterKDClassMeanKernel<Dtype><<<irg::grid_blocks(m, dim),
         CAFFE_CUDA_NUM_THREADS>>>(n, m, dim, present, bottom[2]->gpu_data(),
         f, centers);
+    CUDA_POST_KERNEL_CHECK;
   }
   // NOLINT_NEXT_LINE(whitespace/operators)
-  relation::RowNormKernel<Dtype><<<CAFFE_GET_BLOCKS(m),
+  relation::RowNormKernel<Dtype><<<irg::grid_blocks(m),
       CAFFE_CUDA_NUM_THREADS>>>(m, dim, centers, norm);
+  CUDA_POST_KERNEL_CHECK;
   // NOLINT_NEXT_LINE(whitespace/operators)
-  relation::ScaleRowsKernel<Dtype><<<CAFFE_GET_BLOCKS(m * dim),
+  relation::ScaleRowsKernel<Dtype><<<irg::grid_blocks(m, dim),
       CAFFE_CUDA_NUM_THREADS>>>(m, dim, centers, norm, centers);
   CUDA_POST_KERNEL_CHECK;
   if (global) CheckCentersFilled(center_norm_.cpu_data());  // M norms down
@@ -98,7 +102,7 @@ void LocalCenterKDLossLayer<Dtype>::Forward_gpu(
   caffe_gpu_gemm<Dtype>(CblasNoTrans, CblasTrans, n, m, dim, Dtype(1), f,
       centers_.gpu_data(), Dtype(0), logits_t);
   // NOLINT_NEXT_LINE(whitespace/operators)
-  LocalCenterKDRowKLKernel<Dtype><<<CAFFE_GET_BLOCKS(n),
+  LocalCenterKDRowKLKernel<Dtype><<<irg::grid_blocks(n),
       CAFFE_CUDA_NUM_THREADS>>>(n, m, k, logits_t, bottom[0]->gpu_data(),
       present, Dtype(1) / relation_param_.tau2(),
       logits_t_.mutable_gpu_diff(), kl_.mutable_gpu_data());
@@ -122,7 +126,7 @@ void LocalCenterKDLossLayer<Dtype>::Backward_gpu(
   Dtype* dz = bottom[0]->mutable_gpu_diff();
   caffe_gpu_set(bottom[0]->count(), Dtype(0), dz);
   // NOLINT_NEXT_LINE(whitespace/operators)
-  LocalCenterKDScatterKernel<Dtype><<<CAFFE_GET_BLOCKS(n * m),
+  LocalCenterKDScatterKernel<Dtype><<<irg::grid_blocks(n, m),
       CAFFE_CUDA_NUM_THREADS>>>(n, m, k, present_.gpu_data(), coeff,
       logits_t_.gpu_diff(), dz);
   CUDA_POST_KERNEL_CHECK;

@@ -32,6 +32,7 @@ void TripletRelationLossLayer<Dtype>::Reshape(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
   const LayerParameter& p = this->layer_param_;
   num_ = relation::check_instances(Describe(), p, bottom);
+  irg::check_pair_count(Describe(), p, bottom, num_);
   dim_s_ = bottom[0]->count(1);
   dim_t_ = bottom[1]->count(1);
   top[0]->Reshape(vector<int>());  // a scalar, as LossLayer's
@@ -46,7 +47,7 @@ void TripletRelationLossLayer<Dtype>::Reshape(
   coef_.Reshape(square);
   if (ones_.count() != num_) {
     ones_.Reshape(vector<int>(1, num_));
-    caffe_set(num_, Dtype(1), ones_.mutable_cpu_data());
+    irg::fill_data(Dtype(1), &ones_);
   }
 }
 
@@ -73,12 +74,13 @@ void distances_cpu(const int n, const int dim, const Dtype* u, Dtype* gram,
     Dtype* dist) {
   caffe_cpu_gemm<Dtype>(CblasNoTrans, CblasTrans, n, n, dim, Dtype(1), u, u,
       Dtype(0), gram);
+  const Dtype tolerance = irg::gram_tolerance<Dtype>(dim);
   for (int i = 0; i < n; ++i) {
     dist[i * n + i] = 0;
     for (int j = i + 1; j < n; ++j) {
       const Dtype d = irg::pair_distance(gram[i * n + i], gram[j * n + j],
           gram[i * n + j], u + static_cast<int64_t>(i) * dim,
-          u + static_cast<int64_t>(j) * dim, dim, false);
+          u + static_cast<int64_t>(j) * dim, dim, tolerance, false);
       dist[i * n + j] = dist[j * n + i] = d;
     }
   }

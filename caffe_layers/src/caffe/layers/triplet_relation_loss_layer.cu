@@ -1,8 +1,10 @@
 #include <vector>
 
 #include "caffe/layers/triplet_relation_loss_layer.hpp"
+#include "caffe/util/irg_kernels.cuh"
 #include "caffe/util/irg_math.hpp"
 #include "caffe/util/math_functions.hpp"
+#include "caffe/util/relation_kernels.cuh"
 #include "caffe/util/relation_math.hpp"
 
 // The same algorithm as the CPU path (see triplet_relation_loss_layer.cpp).
@@ -20,8 +22,8 @@ namespace caffe {
 
 template <typename Dtype>
 __global__ void TripletRelationDistanceKernel(const int n, const int dim,
-    const Dtype* gram, const Dtype* u, Dtype* dist) {
-  RELATION_KERNEL_LOOP(index, static_cast<int64_t>(n) * n) {
+    const Dtype* gram, const Dtype* u, const Dtype tolerance, Dtype* dist) {
+  IRG_KERNEL_LOOP(index, static_cast<int64_t>(n) * n) {
     const int i = index / n, j = index % n;
     if (i == j) {
       dist[index] = 0;
@@ -29,7 +31,7 @@ __global__ void TripletRelationDistanceKernel(const int n, const int dim,
       const Dtype d = irg::pair_distance(gram[static_cast<int64_t>(i) * n + i],
           gram[static_cast<int64_t>(j) * n + j], gram[index],
           u + static_cast<int64_t>(i) * dim, u + static_cast<int64_t>(j) * dim,
-          dim, false);
+          dim, tolerance, false);
       dist[index] = d;
       dist[static_cast<int64_t>(j) * n + i] = d;
     }
@@ -39,7 +41,7 @@ __global__ void TripletRelationDistanceKernel(const int n, const int dim,
 template <typename Dtype>
 __global__ void TripletRelationCoefKernel(const int n, const Dtype w,
     const Dtype* h, const Dtype* dist, Dtype* s) {
-  RELATION_KERNEL_LOOP(index, static_cast<int64_t>(n) * n) {
+  IRG_KERNEL_LOOP(index, static_cast<int64_t>(n) * n) {
     const int i = index / n, j = index % n;
     const Dtype d = dist[index];
     s[index] = i != j && d > 0
@@ -50,7 +52,7 @@ __global__ void TripletRelationCoefKernel(const int n, const Dtype w,
 template <typename Dtype>
 __global__ void TripletRelationDiagonalKernel(const int n,
     const Dtype* row_sum, Dtype* s) {
-  CUDA_KERNEL_LOOP(i, n) {
+  IRG_KERNEL_LOOP(i, n) {
     s[static_cast<int64_t>(i) * n + i] = -row_sum[i];
   }
 }
@@ -58,7 +60,7 @@ __global__ void TripletRelationDiagonalKernel(const int n,
 template <typename Dtype>
 __global__ void TripletRelationRowDotKernel(const int n, const int dim,
     const Dtype* u, const Dtype* du, Dtype* dot) {
-  CUDA_KERNEL_LOOP(i, n) {
+  IRG_KERNEL_LOOP(i, n) {
     const int64_t row = static_cast<int64_t>(i) * dim;
     Dtype acc = 0;
     for (int k = 0; k < dim; ++k) acc += u[row + k] * du[row + k];
@@ -70,7 +72,7 @@ template <typename Dtype>
 __global__ void TripletRelationProjectKernel(const int n, const int dim,
     const Dtype* u, const Dtype* du, const Dtype* dot, const Dtype* norm,
     Dtype* dx) {
-  RELATION_KERNEL_LOOP(index, static_cast<int64_t>(n) * dim) {
+  IRG_KERNEL_LOOP(index, static_cast<int64_t>(n) * dim) {
     const int i = index / dim;
     dx[index] = (du[index] - dot[i] * u[index])
         * relation::inverse_or_zero(norm[i]);
@@ -82,17 +84,19 @@ template <typename Dtype>
 static void normalize_and_distances_gpu(const int n, const int dim,
     const Dtype* x, Dtype* u, Dtype* norm, Dtype* gram, Dtype* dist) {
   // NOLINT_NEXT_LINE(whitespace/operators)
-  relation::RowNormKernel<Dtype><<<CAFFE_GET_BLOCKS(n),
+  relation::RowNormKernel<Dtype><<<irg::grid_blocks(n),
       CAFFE_CUDA_NUM_THREADS>>>(n, dim, x, norm);
+  CUDA_POST_KERNEL_CHECK;
   // NOLINT_NEXT_LINE(whitespace/operators)
-  relation::ScaleRowsKernel<Dtype><<<CAFFE_GET_BLOCKS(n * dim),
+  relation::ScaleRowsKernel<Dtype><<<irg::grid_blocks(n, dim),
       CAFFE_CUDA_NUM_THREADS>>>(n, dim, x, norm, u);
   CUDA_POST_KERNEL_CHECK;
   caffe_gpu_gemm<Dtype>(CblasNoTrans, CblasTrans, n, n, dim, Dtype(1), u, u,
       Dtype(0), gram);
   // NOLINT_NEXT_LINE(whitespace/operators)
-  TripletRelationDistanceKernel<Dtype><<<CAFFE_GET_BLOCKS(n * n),
-      CAFFE_CUDA_NUM_THREADS>>>(n, dim, gram, u, dist);
+  TripletRelationDistanceKernel<Dtype><<<irg::grid_blocks(n, n),
+      CAFFE_CUDA_NUM_THREADS>>>(n, dim, gram, u,
+      irg::gram_tolerance<Dtype>(dim), dist);
   CUDA_POST_KERNEL_CHECK;
 }
 
@@ -125,14 +129,14 @@ void TripletRelationLossLayer<Dtype>::Backward_gpu(
   Dtype* s = coef_.mutable_gpu_diff();
   // coef_.gpu_data(): the host's dL/dd, O(N^2) up.
   // NOLINT_NEXT_LINE(whitespace/operators)
-  TripletRelationCoefKernel<Dtype><<<CAFFE_GET_BLOCKS(n * n),
+  TripletRelationCoefKernel<Dtype><<<irg::grid_blocks(n, n),
       CAFFE_CUDA_NUM_THREADS>>>(n, w, coef_.gpu_data(), dist_s_.gpu_data(), s);
   CUDA_POST_KERNEL_CHECK;
   Dtype* row_sum = ones_.mutable_gpu_diff();
   caffe_gpu_gemv<Dtype>(CblasNoTrans, n, n, Dtype(1), s, ones_.gpu_data(),
       Dtype(0), row_sum);
   // NOLINT_NEXT_LINE(whitespace/operators)
-  TripletRelationDiagonalKernel<Dtype><<<CAFFE_GET_BLOCKS(n),
+  TripletRelationDiagonalKernel<Dtype><<<irg::grid_blocks(n),
       CAFFE_CUDA_NUM_THREADS>>>(n, row_sum, s);
   CUDA_POST_KERNEL_CHECK;
   const Dtype* u = unit_s_.gpu_data();
@@ -141,10 +145,11 @@ void TripletRelationLossLayer<Dtype>::Backward_gpu(
       u, Dtype(0), du);
   Dtype* dot = norm_s_.mutable_gpu_diff();
   // NOLINT_NEXT_LINE(whitespace/operators)
-  TripletRelationRowDotKernel<Dtype><<<CAFFE_GET_BLOCKS(n),
+  TripletRelationRowDotKernel<Dtype><<<irg::grid_blocks(n),
       CAFFE_CUDA_NUM_THREADS>>>(n, dim, u, du, dot);
+  CUDA_POST_KERNEL_CHECK;
   // NOLINT_NEXT_LINE(whitespace/operators)
-  TripletRelationProjectKernel<Dtype><<<CAFFE_GET_BLOCKS(n * dim),
+  TripletRelationProjectKernel<Dtype><<<irg::grid_blocks(n, dim),
       CAFFE_CUDA_NUM_THREADS>>>(n, dim, u, du, dot, norm_s_.gpu_data(),
       bottom[0]->mutable_gpu_diff());
   CUDA_POST_KERNEL_CHECK;

@@ -1,4 +1,7 @@
+#include <algorithm>
 #include <cmath>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -10,6 +13,7 @@
 
 #include "caffe/test/test_caffe_main.hpp"
 #include "caffe/test/test_gradient_check_util.hpp"
+#include "caffe/test/test_irg_device_util.hpp"
 
 namespace caffe {
 
@@ -249,7 +253,8 @@ TYPED_TEST(BatchEuclideanVectorLayerTest, TestPropagateDownPerBottom) {
   }
 }
 
-// Bad input dies with a message naming the layer, the blobs and the shapes.
+// Bad input dies with a message naming the layer, the blobs and the shapes
+// (the blob counts: Caffe's own message, naming the layer type).
 template <typename Dtype>
 class BatchEuclideanVectorLayerDeathTest : public CPUDeviceTest<Dtype> {
  protected:
@@ -293,9 +298,164 @@ TYPED_TEST(BatchEuclideanVectorLayerDeathTest, TestOneBottomDies) {
   param.set_name("bem13");
   param.add_bottom("pool_eltwise3");
   BatchEuclideanVectorLayer<TypeParam> layer(param);
+  // Caffe's own blob-count check (ExactNumBottomBlobs), naming the type.
   EXPECT_DEATH(layer.SetUp(bottom_vec, top_vec),
-      "BatchEuclideanVector layer 'bem13' takes exactly two bottoms.*"
-      "bottom\\[0\\] 'pool_eltwise3' \\(8 16 1 1 \\(128\\)\\)");
+      "BatchEuclideanVector Layer takes 2 bottom blob\\(s\\) as input");
 }
+
+#ifndef CPU_ONLY
+// The GPU path against the CPU path on the same inputs (see the map layer's
+// GPUvsCPU tests for the tolerance): N > 512 and D > 512, so the per-instance
+// reduction runs several rounds per block and the normalizer reductions and
+// the gradient loop span many blocks; every normalize x squared x backward,
+// float and double. Random inputs get one clearly largest distance.
+template <typename Dtype>
+class BatchEuclideanVectorLayerGPUvsCPUTest : public GPUDeviceTest<Dtype> {
+ protected:
+  static LayerParameter Param(int normalize, bool squared, int backward) {
+    LayerParameter param;
+    param.set_name("transform");
+    IRGParameter* p = param.mutable_irg_param();
+    p->set_normalize(static_cast<IRGParameter_Normalize>(normalize));
+    p->set_squared(squared);
+    p->set_backward(static_cast<IRGParameter_Backward>(backward));
+    return param;
+  }
+
+  void Compare(Blob<Dtype>* x, Blob<Dtype>* y, const std::string& what) {
+    const int n = x->shape(0), dim = x->count(1);
+    vector<Blob<Dtype>*> bottom;
+    bottom.push_back(x);
+    bottom.push_back(y);
+    Blob<Dtype> top;
+    vector<Dtype> g(n);
+    for (int i = 0; i < n; ++i) {
+      g[i] = Dtype(0.01) * static_cast<Dtype>((i * 7919) % 201) - Dtype(1);
+    }
+    for (int normalize = 0; normalize < 3; ++normalize) {
+      for (int sq = 0; sq < 2; ++sq) {
+        for (int backward = 0; backward < 2; ++backward) {
+          std::ostringstream label;
+          label << what << " N=" << n << " D=" << dim << " normalize="
+              << normalize << " squared=" << sq << " backward=" << backward;
+          const LayerParameter param = Param(normalize, sq == 1, backward);
+          BatchEuclideanVectorLayer<Dtype> cpu_layer(param), gpu_layer(param);
+          const irg_test::Pass<Dtype> cpu =
+              irg_test::RunOn(Caffe::CPU, &cpu_layer, bottom, &top, g);
+          const irg_test::Pass<Dtype> gpu =
+              irg_test::RunOn(Caffe::GPU, &gpu_layer, bottom, &top, g);
+          irg_test::ExpectNearRelative(cpu.top, gpu.top,
+              irg_test::DeviceTolerance<Dtype>(dim), label.str() + " top");
+          for (int b = 0; b < 2; ++b) {
+            irg_test::ExpectNearRelative(cpu.bottom_diff[b],
+                gpu.bottom_diff[b],
+                irg_test::DeviceTolerance<Dtype>(std::max(n, dim)),
+                label.str() + (b ? " y diff" : " x diff"));
+          }
+        }
+      }
+    }
+  }
+
+  void CompareRandom(const int n, const int dim) {
+    Blob<Dtype> x(n, dim, 1, 1), y(n, dim, 1, 1);
+    FillerParameter filler_param;
+    GaussianFiller<Dtype> filler(filler_param);
+    filler.Fill(&x);
+    filler.Fill(&y);
+    for (int k = 0; k < dim; ++k) x.mutable_cpu_data()[k] += 8;
+    Compare(&x, &y, "random");
+  }
+};
+
+TYPED_TEST_CASE(BatchEuclideanVectorLayerGPUvsCPUTest, TestDtypes);
+
+TYPED_TEST(BatchEuclideanVectorLayerGPUvsCPUTest, TestRandomSizes) {
+  this->CompareRandom(1, 3);
+  this->CompareRandom(2, 1);
+  this->CompareRandom(700, 600);
+  this->CompareRandom(1500, 4096);
+}
+
+// Every instance equal in x and y: all distances and the normalizer are 0.
+TYPED_TEST(BatchEuclideanVectorLayerGPUvsCPUTest, TestAllDistancesZero) {
+  Blob<TypeParam> x(700, 600, 1, 1), y(700, 600, 1, 1);
+  FillerParameter filler_param;
+  GaussianFiller<TypeParam> filler(filler_param);
+  filler.Fill(&x);
+  y.CopyFrom(x);
+  this->Compare(&x, &y, "all zero");
+}
+
+// Dead-ReLU-like features: most rows zero in both, a few live, and exact ties
+// for the maximum (the same live row difference repeated).
+TYPED_TEST(BatchEuclideanVectorLayerGPUvsCPUTest, TestDeadRowsAndTies) {
+  Blob<TypeParam> x(700, 600, 1, 1), y(700, 600, 1, 1);
+  caffe_set(x.count(), TypeParam(0), x.mutable_cpu_data());
+  caffe_set(y.count(), TypeParam(0), y.mutable_cpu_data());
+  TypeParam* xd = x.mutable_cpu_data();
+  for (int i = 0; i < 700; i += 70) {
+    for (int k = 0; k < 600; ++k) xd[i * 600 + k] = TypeParam(k % 5) / 4;
+  }
+  this->Compare(&x, &y, "dead rows");
+}
+
+// N changing between forwards of the same layer.
+TYPED_TEST(BatchEuclideanVectorLayerGPUvsCPUTest, TestChangingN) {
+  const LayerParameter param = this->Param(IRGParameter_Normalize_MAX, true,
+      IRGParameter_Backward_EXACT);
+  BatchEuclideanVectorLayer<TypeParam> gpu_layer(param);
+  const int ns[] = {600, 40, 900};
+  for (int a = 0; a < 3; ++a) {
+    Blob<TypeParam> x(ns[a], 520, 1, 1), y(ns[a], 520, 1, 1);
+    FillerParameter filler_param;
+    GaussianFiller<TypeParam> filler(filler_param);
+    filler.Fill(&x);
+    filler.Fill(&y);
+    for (int k = 0; k < 520; ++k) x.mutable_cpu_data()[k] += 8;
+    vector<Blob<TypeParam>*> bottom;
+    bottom.push_back(&x);
+    bottom.push_back(&y);
+    Blob<TypeParam> top;
+    vector<TypeParam> g(ns[a], TypeParam(0.5));
+    BatchEuclideanVectorLayer<TypeParam> cpu_layer(param);
+    const irg_test::Pass<TypeParam> cpu =
+        irg_test::RunOn(Caffe::CPU, &cpu_layer, bottom, &top, g);
+    const irg_test::Pass<TypeParam> gpu =
+        irg_test::RunOn(Caffe::GPU, &gpu_layer, bottom, &top, g);
+    irg_test::ExpectNearRelative(cpu.top, gpu.top,
+        irg_test::DeviceTolerance<TypeParam>(520), "top");
+    irg_test::ExpectNearRelative(cpu.bottom_diff[0], gpu.bottom_diff[0],
+        irg_test::DeviceTolerance<TypeParam>(ns[a]), "x diff");
+  }
+}
+
+// The GPU gradient against finite differences with N x D = 1,040 (three
+// blocks of the gradient kernel), on a few top entries.
+TYPED_TEST(BatchEuclideanVectorLayerGPUvsCPUTest, TestGradientSeveralBlocks) {
+  Blob<TypeParam> x(8, 130, 1, 1), y(8, 130, 1, 1);
+  FillerParameter filler_param;
+  GaussianFiller<TypeParam> filler(filler_param);
+  filler.Fill(&x);
+  filler.Fill(&y);
+  for (int k = 0; k < 130; ++k) x.mutable_cpu_data()[k] += 4;
+  vector<Blob<TypeParam>*> bottom;
+  bottom.push_back(&x);
+  bottom.push_back(&y);
+  Blob<TypeParam> top;
+  vector<Blob<TypeParam>*> top_vec(1, &top);
+  for (int normalize = 0; normalize < 3; ++normalize) {
+    for (int sq = 0; sq < 2; ++sq) {
+      BatchEuclideanVectorLayer<TypeParam> layer(
+          this->Param(normalize, sq == 1, IRGParameter_Backward_EXACT));
+      layer.SetUp(bottom, top_vec);
+      GradientChecker<TypeParam> checker(1e-2, 1e-3);
+      for (int e = 0; e < 8; e += 3) {
+        checker.CheckGradientSingle(&layer, bottom, top_vec, -1, 0, e);
+      }
+    }
+  }
+}
+#endif  // CPU_ONLY
 
 }  // namespace caffe
