@@ -1,5 +1,5 @@
 """The Python code stays ruff-clean (configuration in pyproject.toml); all our C++
-(caffe_layers/) passes Caffe's own cpp_lint.py."""
+(caffe_layers/, gpu_check/, tests/cpp/) passes Caffe's own cpp_lint.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from conftest import REPO, run
 # Every C++ file of ours, checked with Caffe's scripts/cpp_lint.py as Caffe's `make lint` does.
 CPP_LINTED = sorted(
     str(p.relative_to(REPO))
-    for p in (REPO / "caffe_layers").rglob("*")
+    for folder in ("caffe_layers", "gpu_check", "tests/cpp")
+    for p in (REPO / folder).rglob("*")
     if p.suffix in (".hpp", ".cpp", ".cu", ".cuh")
 )
 
@@ -22,7 +23,7 @@ def test_ruff_clean() -> None:
     ruff = shutil.which("ruff") or str(REPO / ".venv" / "bin" / "ruff")
     if not shutil.which(ruff):
         pytest.skip("ruff not installed")
-    proc = run([ruff, "check", "pyirg", "tools", "tests"], cwd=REPO)
+    proc = run([ruff, "check", "pyirg", "tools", "tests", "gpu_check"], cwd=REPO)
     sys.stdout.write(proc.stdout)
     assert proc.returncode == 0, "ruff found problems (above)"
 

@@ -1,7 +1,9 @@
-// Built with -O2 -ffast-math by tests/test_layers.py: the normalized MAX map
+// Built with -O2 -ffast-math by tests/test_layer_math.py: the normalized MAX map
 // must mark exactly the maxima with 1 when the division is approximate.
+#include <inttypes.h>
+#include <stdint.h>
+
 #include <cstdio>
-#include <cstdlib>
 #include <vector>
 
 #include "caffe/util/irg_math.hpp"
@@ -9,12 +11,13 @@
 int main() {
   using caffe::irg::normalized;
   const int mode = caffe::IRGParameter_Normalize_MAX;
-  long wrong = 0, plain_wrong = 0, cases = 0;
-  std::srand(1701);
+  int64_t wrong = 0, plain_wrong = 0, cases = 0;
+  uint32_t state = 1701;  // a fixed linear congruential sequence
   for (int trial = 0; trial < 20000; ++trial) {
     std::vector<float> d(64);
     for (size_t k = 0; k < d.size(); ++k) {
-      d[k] = static_cast<float>(std::rand()) / RAND_MAX * (1 + trial % 97);
+      state = state * 1664525u + 1013904223u;
+      d[k] = static_cast<float>(state >> 8) / 16777216.f * (1 + trial % 97);
     }
     d[trial % 64] = d[(trial * 7) % 64];  // sometimes a tie
     float m = 0;
@@ -27,7 +30,7 @@ int main() {
       ++cases;
     }
   }
-  std::printf("cases %ld wrong %ld plain_division_wrong %ld\n", cases, wrong,
-              plain_wrong);
+  std::printf("cases %" PRId64 " wrong %" PRId64 " plain_division_wrong %"
+              PRId64 "\n", cases, wrong, plain_wrong);
   return wrong == 0 ? 0 : 1;
 }
