@@ -66,9 +66,28 @@ REFILLED_DEATH_TESTS = {
         "TestTeacherGradientDies",
     ),
 }
+GPU_VS_CPU_TESTS = {
+    "BatchEuclideanMapLayerGPUvsCPUTest": (
+        "TestRandomSizes",
+        "TestAllInstancesEqual",
+        "TestDeadRowsAndTies",
+        "TestExactTies",
+        "TestChangingN",
+        "TestGradientSeveralBlocks",
+        "TestIndicesPast32Bits",
+    ),
+    "BatchEuclideanVectorLayerGPUvsCPUTest": (
+        "TestRandomSizes",
+        "TestAllDistancesZero",
+        "TestDeadRowsAndTies",
+        "TestChangingN",
+        "TestGradientSeveralBlocks",
+    ),
+}
 OUR_FILTER = "*BatchEuclidean*:*TripletRelation*:*LocalCenterKD*"
-# Tests in the CPU_ONLY binary: IRG 72, REFILLED 88 (52 typed, 36 death tests).
-IRG_CPU, REFILLED_CPU, REFILLED_GPU = 72, 88, 52
+# Tests in the CPU_ONLY binary: IRG 72 (60 typed, 12 death tests), REFILLED 88 (52
+# typed, 36 death tests); a CUDA build adds the typed tests' GPU instances.
+IRG_CPU, IRG_GPU, REFILLED_CPU, REFILLED_GPU = 72, 60, 88, 52
 
 
 def _testbin(caffe_root: Path) -> Path:
@@ -178,6 +197,13 @@ def test_cuda_build_has_the_gpu_gtests(cuda_tree: tuple[Path, dict[str, str]]) -
             assert names, f"{layer}/{instance} (GPU) missing from the CUDA test binary"
             for name in wanted:
                 assert name in names, (layer, instance, name)
+    # GPU against CPU (TestDtypes: instance 0 float, 1 double).
+    for layer, wanted in GPU_VS_CPU_TESTS.items():
+        for instance in (0, 1):
+            names = _instance_tests(listing, layer, instance)
+            assert names, f"{layer}/{instance} missing from the CUDA test binary"
+            for name in wanted:
+                assert name in names, (layer, instance, name)
 
 
 def test_cuda_build_cpu_cases_pass(cuda_tree: tuple[Path, dict[str, str]]) -> None:
@@ -187,13 +213,14 @@ def test_cuda_build_cpu_cases_pass(cuda_tree: tuple[Path, dict[str, str]]) -> No
         [
             str(binary),
             "--gtest_filter="
-            + ":".join(f"{pattern}/{i}.*" for pattern in OUR_FILTER.split(":") for i in (0, 1)),
+            + ":".join(f"{pattern}/{i}.*" for pattern in OUR_FILTER.split(":") for i in (0, 1))
+            + ":-*GPUvsCPU*",
         ],
         cwd=binary.parents[2],
         env=env,
     )
     assert proc.returncode == 0
-    assert _passed(proc.stdout) >= 56 + REFILLED_CPU
+    assert _passed(proc.stdout) >= IRG_CPU + REFILLED_CPU
 
 
 @pytest.mark.skipif(
@@ -204,4 +231,5 @@ def test_gpu_gtests(cuda_tree: tuple[Path, dict[str, str]]) -> None:
     binary, env = cuda_tree
     proc = run([str(binary), f"--gtest_filter={OUR_FILTER}"], cwd=binary.parents[2], env=env)
     assert proc.returncode == 0
-    assert _passed(proc.stdout) >= 66 + 56 + REFILLED_CPU + REFILLED_GPU
+    gpu_vs_cpu = 2 * sum(len(names) for names in GPU_VS_CPU_TESTS.values())
+    assert _passed(proc.stdout) >= IRG_CPU + IRG_GPU + gpu_vs_cpu + REFILLED_CPU + REFILLED_GPU

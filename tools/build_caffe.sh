@@ -10,7 +10,9 @@
 #   dropin/  base + our layers and tests, built with `make` exactly as the README's
 #            drop-in procedure says; this is the Caffe everything else uses.
 #   cuda/    (--cuda, needs nvcc) the drop-in tree built with CUDA instead of
-#            CPU_ONLY, with Caffe's test binary: the GPU gtests, run where a GPU is.
+#            CPU_ONLY, native code for sm_75..sm_90 plus compute_90 PTX, with a
+#            test binary of our gtests (GPU and CPU cases; run where a GPU is).
+#            tools/gpu_bundle.sh packages its objects into the portable check.
 # All are keyed by everything that goes into them, so a second run with nothing
 # changed only checks the stamps. With --caffe-root, the drop-in procedure runs on
 # the user's own tree, in place.
@@ -263,15 +265,23 @@ if [ "$WITH_CUDA" = 1 ]; then
   CUDA_DIR=$(cd "$("$NVCC" --dryrun -c -x cu /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p')" && pwd)
   DEPS=$(bash "$REPO/tools/cuda_deps.sh" --libs)
   CUDA_TREE=$BUILD/cuda
+  CUDA_ARCHS=""
+  for sm in 75 80 86 89 90; do
+    CUDA_ARCHS="$CUDA_ARCHS -gencode arch=compute_$sm,code=sm_$sm"
+  done
+  CUDA_ARCHS="${CUDA_ARCHS# } -gencode arch=compute_90,code=compute_90"
   cuda_config() {
     makefile_config | grep -v '^CPU_ONLY'
     echo "CUDA_DIR := $CUDA_DIR"
-    echo "# sm_75 code plus its PTX, which newer GPUs compile when they load it."
-    echo "CUDA_ARCH := -gencode arch=compute_75,code=sm_75 -gencode arch=compute_75,code=compute_75"
+    echo "# Native code for every current architecture (Turing to Hopper), plus"
+    echo "# compute_90 PTX that newer GPUs compile when they load it."
+    echo "CUDA_ARCH := $CUDA_ARCHS"
     echo "INCLUDE_DIRS += $DEPS/include"
     echo "LIBRARY_DIRS += $DEPS/lib"
   }
-  CUDA_KEY=$( { echo "$FULL_KEY"; "$NVCC" --version | tail -n 2; cuda_config; } |
+  # Bump when the CUDA tree's recipe changes (its key has no other view of it).
+  CUDA_RECIPE=2
+  CUDA_KEY=$( { echo "$FULL_KEY cuda-recipe $CUDA_RECIPE"; "$NVCC" --version | tail -n 2; cuda_config; } |
     sha256sum | cut -c1-16)
   step "CUDA tree: the drop-in build with CUDA, for the GPU gtests ($CUDA_TREE)"
   if [ "$(cat "$CUDA_TREE/.irg-stamp-cuda" 2>/dev/null)" = "$CUDA_KEY" ]; then
@@ -286,14 +296,18 @@ if [ "$WITH_CUDA" = 1 ]; then
       # and the platform test): drop those statements.
       perl -0pi -e 's/\n\s*(LOG\(INFO\) << |printf\()"(Clock rate|Concurrent copy and execution|Kernel execution timeout):[^;]*;//g' \
         "$CUDA_TREE/src/caffe/common.cpp" "$CUDA_TREE/src/caffe/test/test_platform.cpp"
-      # Caffe's test of its own im2col kernels calls kernel templates defined
-      # in libcaffe, which CUDA 13's linking no longer resolves; it tests nothing
-      # of ours, so the CUDA tree leaves it out.
-      rm -f "$CUDA_TREE/src/caffe/test/test_im2col_kernel.cu"
       cuda_config > "$CUDA_TREE/Makefile.config"
-      echo "building Caffe with CUDA from scratch: about 8 minutes on 2 cores"
+      echo "building Caffe with CUDA from scratch: about 15 minutes on 2 cores"
     fi
     python3 "$REPO/tools/install_layers.py" "$CUDA_TREE"
+    # The CUDA tree's test binary holds our tests only: Caffe's own suite runs
+    # in the drop-in tree, and compiling it again here would double the build.
+    for t in "$CUDA_TREE"/src/caffe/test/test_*.c*; do
+      case "$(basename "$t")" in
+        test_caffe_main.cpp) ;;
+        *) [ -f "$REPO/caffe_layers/src/caffe/test/$(basename "$t")" ] || rm -f "$t" ;;
+      esac
+    done
     run_make "$CUDA_TREE" all "$TEST_BIN"
     echo "$DEPS/lib" > "$CUDA_TREE/.irg-ld-library-path"
     echo "$CUDA_KEY" > "$CUDA_TREE/.irg-stamp-cuda"

@@ -1,5 +1,5 @@
-// Built with -O2 -ffast-math by tests/test_layer_math.py: the normalized MAX map
-// must mark exactly the maxima with 1 when the division is approximate.
+// Built with -O2 -ffast-math by tests/test_layer_math.py: the normalized MAX
+// map must mark exactly the maxima with 1 when the division is approximate.
 #include <inttypes.h>
 #include <stdint.h>
 
