@@ -36,6 +36,9 @@ in milliseconds, without data, and lists every problem with the layer and blob n
   (Caffe aborts: "produced by multiple sources");
 - ``irg-batch-1``: an IRG layer fed a batch of one instance: its map (or vector, after
   normalizing) is always 0, so the term trains nothing;
+- ``irg-batch-too-large``: a BatchEuclideanMap (or TripletRelationLoss) fed more than
+  46,340 instances: its N x N matrices would pass the 2^31 - 1 entries of a Caffe blob,
+  and the layer aborts;
 - ``vector-size``: the two bottoms of a BatchEuclideanVector with different
   per-instance sizes (followed from Input shapes, InnerProduct, global Pooling, Reduction,
   Concat/Slice along the channels and element-wise layers): Caffe aborts;
@@ -75,6 +78,9 @@ from pyirg.options import ArgumentParser, HelpFormatter
 ERROR, WARNING = "error", "warning"
 IRG_MAP, IRG_VECTOR = IRG_TYPES
 PHASES = {caffe_pb2.TRAIN: "TRAIN", caffe_pb2.TEST: "TEST"}
+#: Layers that hold N x N matrices of a batch, and the largest N whose N x N fits a blob.
+PAIR_MATRIX_TYPES = (IRG_MAP, "TripletRelationLoss")
+MAX_PAIR_N = 46340
 DATA_TYPES = ("Data", "ImageData", "HDF5Data", "Input", "DummyData", "MemoryData", "WindowData")
 TEACHER, STUDENT, DATA = "teacher", "student", "data"
 
@@ -552,6 +558,22 @@ def _check_irg_use(
             layer.name,
             f"{layer.type} gets a batch of N=1 (from {known[0].n_from}): a graph of one "
             "instance has no edges, its term is always 0 and trains nothing",
+            phase,
+        )
+    if (
+        layer.type in PAIR_MATRIX_TYPES
+        and known
+        and known[0] is not None
+        and known[0].n is not None
+        and known[0].n > MAX_PAIR_N
+    ):
+        out.add(
+            ERROR,
+            "irg-batch-too-large",
+            layer.name,
+            f"{layer.type} gets a batch of N={known[0].n} (from {known[0].n_from}): its "
+            f"N x N matrices would pass the {2**31 - 1} entries of a Caffe blob "
+            f"(N <= {MAX_PAIR_N}), and the layer aborts",
             phase,
         )
     sizes = [(b, k.size) for b, k in zip(layer.bottom, known) if k is not None and k.size]

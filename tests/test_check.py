@@ -278,6 +278,21 @@ def test_irg_layer_fed_one_instance() -> None:
     assert {p.layer for p in found} == {"bem", "stu_bem"}
 
 
+def test_irg_map_fed_more_than_a_blob_holds() -> None:
+    # 46,341 x 46,341 passes the 2^31 - 1 entries of a blob; 46,340 fits.
+    found = kinds(check_net(_irg_net(n=46341)))["irg-batch-too-large"]
+    assert {p.layer for p in found} == {"bem", "stu_bem"}
+    assert "N=46341" in found[0].message and "N <= 46340" in found[0].message
+    assert "irg-batch-too-large" not in kinds(check_net(_irg_net(n=46340)))
+    net = caffe_pb2.NetParameter()
+    layer(net, "x", "Input", n=50000)
+    layer(net, "t", "Input", n=50000)
+    layer(net, "y", "Input", n=50000)
+    layer(net, "triplet", "TripletRelationLoss", ["x", "t", "y"])
+    found = kinds(check_net(net))["irg-batch-too-large"]
+    assert [p.layer for p in found] == ["triplet"]
+
+
 def test_logits_of_different_class_counts() -> None:
     net = caffe_pb2.NetParameter()
     layer(net, "x", "Input", n=4)
