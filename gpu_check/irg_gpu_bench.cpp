@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -59,7 +60,8 @@ struct Cupti {
 };
 
 Cupti g_cupti = {NULL, NULL, NULL, NULL, NULL, ""};
-int64_t g_kernels = 0, g_d2h = 0, g_h2d = 0;
+// Written by CUPTI's buffer-completion callback, which may run on its thread.
+std::atomic<int64_t> g_kernels(0), g_d2h(0), g_h2d(0);
 
 void CUPTIAPI BufferRequested(uint8_t** buffer, size_t* size,
     size_t* max_records) {
@@ -79,8 +81,8 @@ void CUPTIAPI BufferCompleted(CUcontext, uint32_t, uint8_t* buffer,
       // copyKind directly follows kind in every version of the record.
       const uint8_t kind =
           reinterpret_cast<const CUpti_ActivityMemcpy6*>(record)->copyKind;
-      g_d2h += kind == CUPTI_ACTIVITY_MEMCPY_KIND_DTOH;
-      g_h2d += kind == CUPTI_ACTIVITY_MEMCPY_KIND_HTOD;
+      if (kind == CUPTI_ACTIVITY_MEMCPY_KIND_DTOH) ++g_d2h;
+      if (kind == CUPTI_ACTIVITY_MEMCPY_KIND_HTOD) ++g_h2d;
     }
   }
   free(buffer);
@@ -127,13 +129,21 @@ Counts Count(F pass) {
   CUDA_CHECK(cudaDeviceSynchronize());
   g_cupti.flush_all(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
   g_kernels = g_d2h = g_h2d = 0;
-  g_cupti.enable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
-  g_cupti.enable(CUPTI_ACTIVITY_KIND_MEMCPY);
+  if (g_cupti.enable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) != CUPTI_SUCCESS
+      || g_cupti.enable(CUPTI_ACTIVITY_KIND_MEMCPY) != CUPTI_SUCCESS) {
+    g_cupti.error = "cuptiActivityEnable refused (a profiler already on?)";
+    std::printf("launch and copy counts: not measured (CUPTI: %s)\n",
+        g_cupti.error.c_str());
+    return counts;
+  }
   pass();
   CUDA_CHECK(cudaDeviceSynchronize());
   g_cupti.disable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
   g_cupti.disable(CUPTI_ACTIVITY_KIND_MEMCPY);
-  g_cupti.flush_all(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+  if (g_cupti.flush_all(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED) != CUPTI_SUCCESS) {
+    g_cupti.error = "cuptiActivityFlushAll failed";
+    return counts;
+  }
   counts.kernels = g_kernels;
   counts.d2h = g_d2h;
   counts.h2d = g_h2d;
@@ -291,6 +301,11 @@ int main(int argc, char** argv) {
     std::printf("no GPU: %s\n", status != cudaSuccess
         ? cudaGetErrorString(status) : "the CUDA runtime sees no device");
     return 77;
+  }
+  if (device < 0 || device >= count) {
+    std::fprintf(stderr, "irg_gpu_bench: --device %d, but there are %d GPUs\n",
+        device, count);
+    return 2;
   }
   cudaDeviceProp prop;
   CUDA_CHECK(cudaGetDeviceProperties(&prop, device));

@@ -1,6 +1,8 @@
 #ifndef CAFFE_TRIPLET_RELATION_LOSS_LAYER_HPP_
 #define CAFFE_TRIPLET_RELATION_LOSS_LAYER_HPP_
 
+#include <stdint.h>
+
 #include <string>
 #include <vector>
 
@@ -61,8 +63,8 @@ class TripletRelationLossLayer : public LossLayer<Dtype> {
   }
 
   /// Triplets and tuples the last Forward mined (for tests and logging).
-  int num_triplets() const { return num_triplets_; }
-  int num_tuples() const { return num_tuples_; }
+  int64_t num_triplets() const { return num_triplets_; }
+  int64_t num_tuples() const { return num_tuples_; }
 
  protected:
   virtual void Forward_cpu(const vector<Blob<Dtype>*>& bottom,
@@ -86,8 +88,8 @@ class TripletRelationLossLayer : public LossLayer<Dtype> {
   int num_;    // N, instances
   int dim_s_;  // D, student features per instance
   int dim_t_;  // D', teacher features per instance
-  int num_triplets_;
-  int num_tuples_;
+  int64_t num_triplets_;
+  int64_t num_tuples_;
   /// N x D and N x D': the normalized embeddings (diff of unit_s_: dL/du).
   Blob<Dtype> unit_s_, unit_t_;
   /// N: the student rows' norms (data); scratch per row (diff).

@@ -42,16 +42,17 @@ inline int grid_blocks(const int64_t rows, const int64_t cols) {
 
 // The normalizer m of n distances (irg::host_normalizer) and its gradient
 // terms (irg::host_normalizer_grad), each reduced in one block, so that they
-// stay on the device: no copy to the host, no synchronization.
-// Launch with <<<1, CAFFE_CUDA_NUM_THREADS>>> (a power of two).
+// stay on the device: no copy to the host, no synchronization. Sums and tie
+// counts accumulate in double, as on the host. Launch with
+// <<<1, CAFFE_CUDA_NUM_THREADS>>> (a power of two).
 template <typename Dtype>
 __global__ void NormalizerKernel(const int64_t n, const Dtype* d,
     const int mode, const Dtype mean_count, Dtype* norm) {
-  __shared__ Dtype buf[CAFFE_CUDA_NUM_THREADS];
+  __shared__ double buf[CAFFE_CUDA_NUM_THREADS];
   const bool is_max = mode == IRGParameter_Normalize_MAX;
-  Dtype acc = 0;
+  double acc = 0;
   for (int64_t k = threadIdx.x; k < n; k += blockDim.x) {
-    acc = is_max ? max(acc, d[k]) : acc + d[k];
+    acc = is_max ? max(acc, static_cast<double>(d[k])) : acc + d[k];
   }
   buf[threadIdx.x] = acc;
   __syncthreads();
@@ -63,8 +64,9 @@ __global__ void NormalizerKernel(const int64_t n, const Dtype* d,
     __syncthreads();
   }
   if (threadIdx.x == 0) {
-    norm[kNormalizer] = is_max ? buf[0]
-        : (mean_count > 0 ? buf[0] / mean_count : Dtype(0));
+    // For MAX buf[0] is one of the d exactly (a double holds any Dtype).
+    norm[kNormalizer] = static_cast<Dtype>(is_max ? buf[0]
+        : (mean_count > 0 ? buf[0] / mean_count : 0.));
   }
 }
 
@@ -80,12 +82,12 @@ __global__ void NormalizeKernel(const int64_t n, const Dtype* norm,
 template <typename Dtype>
 __global__ void NormalizerGradKernel(const int64_t n, const Dtype* g,
     const Dtype* a, const int mode, const Dtype mean_count, Dtype* norm) {
-  __shared__ Dtype ga[CAFFE_CUDA_NUM_THREADS];
-  __shared__ Dtype ties[CAFFE_CUDA_NUM_THREADS];
-  Dtype acc_ga = 0, acc_ties = 0;
+  __shared__ double ga[CAFFE_CUDA_NUM_THREADS];
+  __shared__ double ties[CAFFE_CUDA_NUM_THREADS];
+  double acc_ga = 0, acc_ties = 0;
   for (int64_t k = threadIdx.x; k < n; k += blockDim.x) {
-    acc_ga += g[k] * a[k];
-    acc_ties += a[k] == Dtype(1) ? Dtype(1) : Dtype(0);
+    acc_ga += static_cast<double>(g[k]) * a[k];
+    acc_ties += a[k] == Dtype(1) ? 1. : 0.;
   }
   ga[threadIdx.x] = acc_ga;
   ties[threadIdx.x] = acc_ties;
@@ -98,11 +100,11 @@ __global__ void NormalizerGradKernel(const int64_t n, const Dtype* g,
     __syncthreads();
   }
   if (threadIdx.x == 0) {
-    const Dtype m = norm[kNormalizer];
-    norm[kDLossDNorm] = m > 0 ? -ga[0] / m : Dtype(0);
-    const Dtype count =
+    const double m = norm[kNormalizer];
+    norm[kDLossDNorm] = m > 0 ? static_cast<Dtype>(-ga[0] / m) : Dtype(0);
+    const double count =
         mode == IRGParameter_Normalize_MAX ? ties[0] : mean_count;
-    norm[kNormWeight] = count > 0 ? Dtype(1) / count : Dtype(0);
+    norm[kNormWeight] = count > 0 ? static_cast<Dtype>(1. / count) : Dtype(0);
   }
 }
 

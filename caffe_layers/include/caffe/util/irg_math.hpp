@@ -76,17 +76,21 @@ void check_pair_count(const std::string& layer, const LayerParameter& p,
       << " entries a Caffe blob holds (N <= 46340)";
 }
 
-// Sets a state blob's data on the device that the current mode computes on,
-// so that a GPU pass finds it there instead of copying it from the host.
+// Sets a state blob's data (or diff) on the device that the current mode
+// computes on, so that a GPU pass finds it there instead of copying it from
+// the host. Call it when the blob is (re)shaped, not in every pass.
 template <typename Dtype>
-inline void fill_data(const Dtype value, Blob<Dtype>* blob) {
+inline void fill_on_device(const Dtype value, Blob<Dtype>* blob,
+    const bool diff = false) {
 #ifndef CPU_ONLY
   if (Caffe::mode() == Caffe::GPU) {
-    caffe_gpu_set(blob->count(), value, blob->mutable_gpu_data());
+    caffe_gpu_set(blob->count(), value,
+        diff ? blob->mutable_gpu_diff() : blob->mutable_gpu_data());
     return;
   }
 #endif
-  caffe_set(blob->count(), value, blob->mutable_cpu_data());
+  caffe_set(blob->count(), value,
+      diff ? blob->mutable_cpu_diff() : blob->mutable_cpu_data());
 }
 
 // Below tolerance * (|x_i|^2 + |x_j|^2) a squared distance taken from the Gram
@@ -195,33 +199,37 @@ IRG_HOST_DEVICE inline Dtype distance_grad(const Dtype g, const Dtype a,
 }
 
 // Normalizer of n non-negative distances d (MEAN divides the sum by
-// mean_count, which excludes the map's diagonal); 1 for NONE.
+// mean_count, which excludes the map's diagonal); 1 for NONE. Sums run in
+// double: a float accumulator over N^2 terms drifts by about N^2 epsilons.
 template <typename Dtype>
 inline Dtype host_normalizer(const int n, const Dtype* d, const int mode,
     const Dtype mean_count) {
   if (mode == IRGParameter_Normalize_NONE) return Dtype(1);
-  Dtype acc = 0;
-  for (int k = 0; k < n; ++k) {
-    acc = mode == IRGParameter_Normalize_MAX ? std::max(acc, d[k]) : acc + d[k];
+  if (mode == IRGParameter_Normalize_MAX) {
+    Dtype m = 0;
+    for (int k = 0; k < n; ++k) m = std::max(m, d[k]);
+    return m;
   }
-  if (mode == IRGParameter_Normalize_MAX) return acc;
-  return mean_count > 0 ? acc / mean_count : Dtype(0);
+  double sum = 0;
+  for (int k = 0; k < n; ++k) sum += d[k];
+  return mean_count > 0 ? static_cast<Dtype>(sum / mean_count) : Dtype(0);
 }
 
 // Fills norm[kDLossDNorm] = dL/dm = -sum(g * a) / m and norm[kNormWeight] =
 // dm/dd for the entries in the normalizer (ties of the max share it equally).
+// The sum and the tie count run in double (exact counts past 2^24).
 template <typename Dtype>
 inline void host_normalizer_grad(const int n, const Dtype* g, const Dtype* a,
     const int mode, const Dtype mean_count, Dtype* norm) {
-  Dtype ga = 0, ties = 0;
+  double ga = 0, ties = 0;
   for (int k = 0; k < n; ++k) {
-    ga += g[k] * a[k];
-    ties += a[k] == Dtype(1) ? Dtype(1) : Dtype(0);
+    ga += static_cast<double>(g[k]) * a[k];
+    ties += a[k] == Dtype(1) ? 1. : 0.;
   }
-  const Dtype m = norm[kNormalizer];
-  norm[kDLossDNorm] = m > 0 ? -ga / m : Dtype(0);
-  const Dtype count = mode == IRGParameter_Normalize_MAX ? ties : mean_count;
-  norm[kNormWeight] = count > 0 ? Dtype(1) / count : Dtype(0);
+  const double m = norm[kNormalizer];
+  norm[kDLossDNorm] = m > 0 ? static_cast<Dtype>(-ga / m) : Dtype(0);
+  const double count = mode == IRGParameter_Normalize_MAX ? ties : mean_count;
+  norm[kNormWeight] = count > 0 ? static_cast<Dtype>(1. / count) : Dtype(0);
 }
 
 }  // namespace irg

@@ -18,7 +18,7 @@ void BatchEuclideanMapLayer<Dtype>::LayerSetUp(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
   irg_param_ = this->layer_param_.irg_param();
   norm_.Reshape(vector<int>(1, irg::kNumNormSlots));
-  irg::fill_data(Dtype(1), &norm_);
+  irg::fill_on_device(Dtype(1), &norm_);
 }
 
 template <typename Dtype>
@@ -37,7 +37,7 @@ void BatchEuclideanMapLayer<Dtype>::Reshape(
   pairs_.Reshape(vector<int>(2, num_));
   if (ones_.count() != num_) {
     ones_.Reshape(vector<int>(1, num_));
-    irg::fill_data(Dtype(1), &ones_);
+    irg::fill_on_device(Dtype(1), &ones_);
   }
 }
 

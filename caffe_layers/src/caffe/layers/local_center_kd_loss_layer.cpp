@@ -80,8 +80,10 @@ void LocalCenterKDLossLayer<Dtype>::Reshape(
   shape[0] = num_;
   shape[1] = classes_;
   logits_t_.Reshape(shape);
-  kl_.Reshape(vector<int>(1, num_));
-  caffe_set(num_, Dtype(1), kl_.mutable_cpu_diff());
+  if (kl_.count() != num_) {  // diff: N ones, for the dot that sums the KLs
+    kl_.Reshape(vector<int>(1, num_));
+    irg::fill_on_device(Dtype(1), &kl_, true);
+  }
 }
 
 template <typename Dtype>

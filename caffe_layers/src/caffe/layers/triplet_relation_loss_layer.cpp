@@ -47,7 +47,7 @@ void TripletRelationLossLayer<Dtype>::Reshape(
   coef_.Reshape(square);
   if (ones_.count() != num_) {
     ones_.Reshape(vector<int>(1, num_));
-    irg::fill_data(Dtype(1), &ones_);
+    irg::fill_on_device(Dtype(1), &ones_);
   }
 }
 
@@ -147,7 +147,7 @@ Dtype TripletRelationLossLayer<Dtype>::MineAndScore(const Dtype* ds,
       }
     }
   }
-  const int terms = tuple ? num_tuples_ : 2 * num_triplets_;
+  const int64_t terms = tuple ? num_tuples_ : 2 * num_triplets_;
   if (terms == 0) return Dtype(0);
   const Dtype factor = relation_param_.scale() / terms;
   caffe_scal(n * n, factor, h);

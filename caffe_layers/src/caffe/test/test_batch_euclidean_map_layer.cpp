@@ -510,18 +510,42 @@ class BatchEuclideanMapLayerGPUvsCPUTest : public GPUDeviceTest<Dtype> {
     return param;
   }
 
-  // Random N x D features with one clearly farthest pair.
+  // Random N x D features with one clearly farthest pair. Below D = 8,
+  // random points in a large batch come within 1e-6 of each other, where
+  // the Euclidean gradient's 1 / d makes the comparison ill-conditioned, so
+  // the instances also sit one apart along the first axis.
   static void FillSeparated(Blob<Dtype>* x) {
     FillerParameter filler_param;
     GaussianFiller<Dtype> filler(filler_param);
     filler.Fill(x);
-    if (x->shape(0) < 2) return;
+    const int n = x->shape(0), dim = x->count(1);
     Dtype* data = x->mutable_cpu_data();
-    const int dim = x->count(1);
+    if (dim < 8) {
+      for (int i = 0; i < n; ++i) {
+        data[i * dim] = Dtype(0.1) * data[i * dim] + i;
+      }
+    }
+    if (n < 2) return;
     for (int k = 0; k < dim; ++k) {
       data[k] += 8;
       data[dim + k] -= 8;
     }
+  }
+
+  // The distances of x (squared or not) from a CPU layer with normalize:
+  // NONE, for the comparison's floor (irg_test::TermScale).
+  static vector<double> RawDistances(Blob<Dtype>* x, const bool squared) {
+    BatchEuclideanMapLayer<Dtype> layer(Param(IRGParameter_Normalize_NONE,
+        squared, IRGParameter_Backward_EXACT));
+    vector<Blob<Dtype>*> bottom(1, x);
+    Blob<Dtype> top;
+    vector<Blob<Dtype>*> top_vec(1, &top);
+    const Caffe::Brew previous = Caffe::mode();
+    Caffe::set_mode(Caffe::CPU);
+    layer.SetUp(bottom, top_vec);
+    layer.Forward(bottom, top_vec);
+    Caffe::set_mode(previous);
+    return vector<double>(top.cpu_data(), top.cpu_data() + top.count());
   }
 
   // Runs one layer per device and parameter combination on `x` and
@@ -534,8 +558,13 @@ class BatchEuclideanMapLayerGPUvsCPUTest : public GPUDeviceTest<Dtype> {
     for (size_t k = 0; k < g.size(); ++k) {
       g[k] = Dtype(0.01) * static_cast<Dtype>((k * 7919) % 201) - Dtype(1);
     }
-    for (int normalize = 0; normalize < 3; ++normalize) {
-      for (int sq = 0; sq < 2; ++sq) {
+    const double max_x = irg_test::MaxAbs(x->cpu_data(), x->count());
+    const double max_g = irg_test::MaxAbs(&g[0], static_cast<int>(g.size()));
+    for (int sq = 0; sq < 2; ++sq) {
+      const vector<double> raw = RawDistances(x, sq == 1);
+      for (int normalize = 0; normalize < 3; ++normalize) {
+        const double floor =
+            irg_test::TermScale(raw, normalize, sq == 1, max_g, max_x, n);
         for (int backward = 0; backward < 2; ++backward) {
           std::ostringstream label;
           label << what << " N=" << n << " D=" << dim << " normalize="
@@ -550,7 +579,7 @@ class BatchEuclideanMapLayerGPUvsCPUTest : public GPUDeviceTest<Dtype> {
               irg_test::DeviceTolerance<Dtype>(dim), label.str() + " top");
           irg_test::ExpectNearRelative(cpu.bottom_diff[0], gpu.bottom_diff[0],
               irg_test::DeviceTolerance<Dtype>(std::max(n, dim)),
-              label.str() + " bottom diff");
+              label.str() + " bottom diff", floor);
         }
       }
     }
@@ -690,25 +719,31 @@ TYPED_TEST(BatchEuclideanMapLayerGPUvsCPUTest, TestIndicesPast32Bits) {
         << " MiB of GPU memory, " << (free_bytes >> 20) << " MiB free";
     return;
   }
+  // x_i in [0, 1), except the last two rows at 2 and -2: the one largest
+  // distance, (2 - -2)^2 = 16, sits at entries past 2^30 only, both ways.
   Blob<TypeParam> x(n, 1, 1, 1);
   TypeParam* data = x.mutable_cpu_data();
   for (int i = 0; i < n; ++i) data[i] = TypeParam(i % 1000) / 1000;
-  data[n - 1] = 2;  // the largest distances: (2 - 0)^2, to rows i % 1000 == 0
+  data[n - 1] = 2;
+  data[n - 2] = -2;
   vector<Blob<TypeParam>*> bottom(1, &x);
   Blob<TypeParam> top;
   vector<Blob<TypeParam>*> top_vec(1, &top);
   const int64_t last = static_cast<int64_t>(n) * n - 1;
+  const int64_t samples[] = {1, 12345, 1073741823, 1073741824, last - n,
+                             last - 1, last - n - 1};
   {  // MAX: the normalizer reductions and the normalize loop over N x N
     BatchEuclideanMapLayer<TypeParam> layer(this->Param(
         IRGParameter_Normalize_MAX, true, IRGParameter_Backward_EXACT));
     layer.SetUp(bottom, top_vec);
     layer.Forward(bottom, top_vec);
-    const int64_t samples[] = {1, 12345, 1073741823, 1073741824, last - n,
-                               last - 1};
-    for (int s = 0; s < 6; ++s) {
+    for (int s = 0; s < 7; ++s) {
+      // One entry down, not the whole 4 GB top.
       const int64_t k = samples[s];
+      TypeParam got = 0;
+      caffe_gpu_memcpy(sizeof(got), top.gpu_data() + k, &got);
       const double d = static_cast<double>(data[k / n]) - data[k % n];
-      EXPECT_NEAR(d * d / 4, top.cpu_data()[k], 1e-5) << "entry " << k;
+      EXPECT_NEAR(d * d / 16, got, 1e-5) << "entry " << k;
     }
   }
   // NONE, EXACT, with G = 1 on row n - 1 only: dx_i = 2 (x_i - x_{n-1})
@@ -720,7 +755,7 @@ TYPED_TEST(BatchEuclideanMapLayerGPUvsCPUTest, TestIndicesPast32Bits) {
   caffe_gpu_set(top.count(), TypeParam(0), top.mutable_gpu_diff());
   caffe_gpu_set(n, TypeParam(1), top.mutable_gpu_diff() + last - n + 1);
   layer.Backward(top_vec, vector<bool>(1, true), bottom);
-  const int rows[] = {0, 777, 32767, 32768, n - 2};
+  const int rows[] = {0, 777, 32767, 32768, n - 3};
   for (int r = 0; r < 5; ++r) {
     const int i = rows[r];
     const double want = 2. * (static_cast<double>(data[i]) - data[n - 1]);

@@ -322,6 +322,22 @@ class BatchEuclideanVectorLayerGPUvsCPUTest : public GPUDeviceTest<Dtype> {
     return param;
   }
 
+  // The distances of the rows of x and y (squared or not) from a CPU layer
+  // with normalize: NONE, for the comparison's floor (irg_test::TermScale).
+  static vector<double> RawDistances(const vector<Blob<Dtype>*>& bottom,
+      const bool squared) {
+    BatchEuclideanVectorLayer<Dtype> layer(Param(IRGParameter_Normalize_NONE,
+        squared, IRGParameter_Backward_EXACT));
+    Blob<Dtype> top;
+    vector<Blob<Dtype>*> top_vec(1, &top);
+    const Caffe::Brew previous = Caffe::mode();
+    Caffe::set_mode(Caffe::CPU);
+    layer.SetUp(bottom, top_vec);
+    layer.Forward(bottom, top_vec);
+    Caffe::set_mode(previous);
+    return vector<double>(top.cpu_data(), top.cpu_data() + top.count());
+  }
+
   void Compare(Blob<Dtype>* x, Blob<Dtype>* y, const std::string& what) {
     const int n = x->shape(0), dim = x->count(1);
     vector<Blob<Dtype>*> bottom;
@@ -332,8 +348,17 @@ class BatchEuclideanVectorLayerGPUvsCPUTest : public GPUDeviceTest<Dtype> {
     for (int i = 0; i < n; ++i) {
       g[i] = Dtype(0.01) * static_cast<Dtype>((i * 7919) % 201) - Dtype(1);
     }
-    for (int normalize = 0; normalize < 3; ++normalize) {
-      for (int sq = 0; sq < 2; ++sq) {
+    double max_diff = 0;  // max |x - y|: the factor of every gradient entry
+    for (int k = 0; k < x->count(); ++k) {
+      max_diff = std::max(max_diff, std::fabs(static_cast<double>(
+          x->cpu_data()[k]) - y->cpu_data()[k]));
+    }
+    const double max_g = irg_test::MaxAbs(&g[0], n);
+    for (int sq = 0; sq < 2; ++sq) {
+      const vector<double> raw = RawDistances(bottom, sq == 1);
+      for (int normalize = 0; normalize < 3; ++normalize) {
+        const double floor =
+            irg_test::TermScale(raw, normalize, sq == 1, max_g, max_diff, 1);
         for (int backward = 0; backward < 2; ++backward) {
           std::ostringstream label;
           label << what << " N=" << n << " D=" << dim << " normalize="
@@ -350,7 +375,7 @@ class BatchEuclideanVectorLayerGPUvsCPUTest : public GPUDeviceTest<Dtype> {
             irg_test::ExpectNearRelative(cpu.bottom_diff[b],
                 gpu.bottom_diff[b],
                 irg_test::DeviceTolerance<Dtype>(std::max(n, dim)),
-                label.str() + (b ? " y diff" : " x diff"));
+                label.str() + (b ? " y diff" : " x diff"), floor);
           }
         }
       }
