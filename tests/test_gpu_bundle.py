@@ -59,7 +59,7 @@ def test_bundle_is_small_and_complete(bundle: Path) -> None:
     assert size <= LIMIT, f"{size / 2**20:.1f} MiB"
     for name in ("run.sh", "report.py", "torch_bench.py", "BUILD_INFO.txt",
                  "bin/irg_gtests", "bin/irg_gpu_bench", "lib/libirgcheck.so",
-                 "python/irg_torch_layers.py", "python/blas.py"):  # fmt: skip
+                 "python/torch_forms.py", "python/blas.py"):  # fmt: skip
         assert (bundle / name).is_file(), name
     info = (bundle / "BUILD_INFO.txt").read_text()
     for sm in ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "compute_90"):
@@ -178,3 +178,19 @@ def test_torch_bench_without_cuda_says_so(tmp_path: Path) -> None:
     assert proc.returncode == 77
     assert "sees no CUDA device" in proc.stdout
     assert not (tmp_path / "t.tsv").exists()
+
+
+def test_torch_bench_times_every_size(tmp_path: Path) -> None:
+    """The timing loop itself, on the CPU (``--device cpu``) with the bundled torch forms."""
+    pytest.importorskip("torch")
+    copy = tmp_path / "bundle"
+    (copy / "python").mkdir(parents=True)
+    shutil.copy(REPO / "gpu_check" / "torch_bench.py", copy)
+    shutil.copy(REPO / "pyirg" / "bench" / "torch_forms.py", copy / "python")
+    out = tmp_path / "t.tsv"
+    args = ["--device", "cpu", "--ns", "4,16", "--cs", "3,8", "--out", str(out)]
+    proc = run([sys.executable, str(copy / "torch_bench.py"), *args])
+    assert proc.returncode == 0
+    rows = out.read_text().splitlines()
+    assert rows[0] == "layer\tn\tc\tms" and len(rows) == 1 + 2 * 4
+    assert all(float(r.split("\t")[3]) > 0 for r in rows[1:])

@@ -110,7 +110,7 @@ rm -f "$STAGE/test_caffe_main.o"
 
 step "The driver"
 cp "$REPO/gpu_check/run.sh" "$REPO/gpu_check/report.py" "$REPO/gpu_check/torch_bench.py" "$STAGE/"
-cp "$REPO/pyirg/torch/layers.py" "$STAGE/python/irg_torch_layers.py"
+cp "$REPO/pyirg/bench/torch_forms.py" "$STAGE/python/torch_forms.py"
 cp "$REPO/pyirg/blas.py" "$STAGE/python/blas.py"
 {
   echo "irg-caffe portable GPU check"

@@ -16,6 +16,7 @@ import numpy as np
 
 from pyirg.bench.blas import Cblas
 from pyirg.bench.timing import Settings, Timing, measure
+from pyirg.bench.torch_forms import torch_map, torch_vector
 
 #: The PyTorch forms each layer is timed in (bench.json timing keys, the report's columns).
 TORCH_FORMS = {"map": ("torch_gram", "torch_cdist"), "vector": ("torch",)}
@@ -51,30 +52,6 @@ def target_map(rng: np.random.Generator, n: int) -> np.ndarray:
     return (d / d.max()).astype(np.float32)
 
 
-def torch_map(x: Any, target: Any, form: str) -> Callable[[], None]:
-    """Map + EuclideanLoss by autograd, as a good PyTorch user writes it.
-
-    ``gram``: ``|x_i|^2 + |x_j|^2 - 2 x_i.x_j`` with one ``addmm``; ``cdist``:
-    ``torch.cdist(x, x) ** 2``. ``mse_loss(sum) / 2N`` is EuclideanLoss on an N x N top.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    n = x.shape[0]
-
-    def run() -> None:
-        x.grad = None  # what zero_grad(set_to_none=True) does between steps
-        if form == "gram":
-            sq = (x * x).sum(1)
-            d = torch.addmm(sq[:, None] + sq[None, :], x, x.T, alpha=-2).clamp_min(0)
-        else:
-            d = torch.cdist(x, x).pow(2)
-        a = d / d.max()
-        (F.mse_loss(a, target, reduction="sum") / (2 * n)).backward()
-
-    return run
-
-
 def torch_gemms(x: np.ndarray, s: np.ndarray) -> Callable[[], None]:
     """The three GEMMs autograd runs for the Gram form (``x x^T``; ``G x`` and ``G^T x``).
 
@@ -90,19 +67,6 @@ def torch_gemms(x: np.ndarray, s: np.ndarray) -> Callable[[], None]:
         torch.mm(xt, xt.T, out=gram)
         torch.mm(st, xt, out=dx)
         torch.mm(st.T, xt, out=dx)
-
-    return run
-
-
-def torch_vector(x: Any, y: Any, target: Any) -> Callable[[], None]:
-    """Vector + EuclideanLoss by autograd; the 1 x N top makes EuclideanLoss divide by 2."""
-    import torch.nn.functional as F
-
-    def run() -> None:
-        x.grad = y.grad = None
-        d = (x - y).pow(2).sum(1)
-        t = d / d.max()
-        (F.mse_loss(t, target, reduction="sum") / 2).backward()
 
     return run
 
