@@ -33,10 +33,13 @@ from collections.abc import Mapping, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pyirg.torch.distributed import gather_batch
 from pyirg.torch.layers import batch_euclidean_map, batch_euclidean_vector, check_params
 from pyirg.torch.resnet import ResNetLayout, stage_transform_pairs
 
 LOGITS = "logits"
+#: Which instances an IRG graph relates under torch.distributed (pyirg.torch.distributed).
+GRAPHS = ("local", "global")
 METHODS: dict[str, dict[str, float]] = {
     "IRG": {"gt_weight": 1.0, "logits_weight": 0.05, "edge_weight": 0.005},
     "IRG-t": {"gt_weight": 1.0, "transform_weight": 0.005},
@@ -93,6 +96,12 @@ class IRGLoss(nn.Module):
     the teacher's numbering with gaps (ResNet-14 under ResNet-20) the same stage boundary
     has different names in the two nets, so ``teacher_transform_pairs`` may give the
     teacher's names separately (same length, same order).
+
+    Under ``torch.distributed``, ``graph="local"`` relates each rank's own batch (what
+    Caffe's multi-GPU training does) and ``graph="global"`` the instances of all ranks
+    of ``group``, so that N ranks of batch B give the loss and gradients of one process
+    with batch N·B (see :mod:`pyirg.torch.distributed`). Without a process group the
+    two are the same.
     """
 
     def __init__(
@@ -107,9 +116,15 @@ class IRGLoss(nn.Module):
         normalize: str = "MAX",
         squared: bool = True,
         backward: str = "EXACT",
+        graph: str = "local",
+        group: object | None = None,
     ) -> None:
         super().__init__()
         check_params("IRGLoss", normalize, squared, backward)
+        if graph not in GRAPHS:
+            raise ValueError(f"IRGLoss: graph must be one of {GRAPHS}, got {graph!r}")
+        self.graph = graph
+        self.group = group
         if isinstance(edge_layers, str):
             raise ValueError(
                 f"IRGLoss: edge_layers must be a sequence of names, got {edge_layers!r}"
@@ -192,14 +207,20 @@ class IRGLoss(nn.Module):
         w = ", ".join(f"{k}={v}" for k, v in self.weights.items())
         return (
             f"{w}, edge_layers={self.edge_layers}, transform_pairs={self.transform_pairs}, "
-            f"normalize={self.normalize}, squared={self.squared}, backward={self.backward_mode}"
+            f"normalize={self.normalize}, squared={self.squared}, backward={self.backward_mode}, "
+            f"graph={self.graph}"
         )
 
-    def _map(self, x: Tensor) -> Tensor:
+    def _batch(self, x: Tensor, what: str) -> Tensor:
+        """The instances the graph relates: this rank's, or all ranks' (graph="global")."""
+        return gather_batch(x, what, self.group) if self.graph == "global" else x
+
+    def _map(self, feats: Mapping[str, Tensor], name: str, net: str) -> Tensor:
+        x = self._batch(_feature(feats, name, net), f"{net} {name!r}")
         return batch_euclidean_map(x, self.normalize, self.squared, self.backward_mode)
 
     def _vector(self, feats: Mapping[str, Tensor], pair: tuple[str, str], net: str) -> Tensor:
-        a, b = (global_pool(n, _feature(feats, n, net)) for n in pair)
+        a, b = (self._batch(global_pool(n, _feature(feats, n, net)), f"{net} {n!r}") for n in pair)
         if a.shape != b.shape:
             raise ValueError(
                 f"IRGLoss: IRG-t compares each instance's pooled features at two layers of the "
@@ -236,15 +257,13 @@ class IRGLoss(nn.Module):
                 )
             terms["logits"] = euclidean_loss(logits, t_logits, num=n)
         if self.weights["edges"]:
+            edges = [
+                (self._map(student_feats, name, "student"), self._map(teacher, name, "teacher"))
+                for name in self.edge_layers
+            ]
+            # num: the graph's N (all ranks' instances under graph="global").
             terms["edges"] = sum(
-                (
-                    euclidean_loss(
-                        self._map(_feature(student_feats, name, "student")),
-                        self._map(_feature(teacher, name, "teacher")),
-                        num=n,
-                    )
-                    for name in self.edge_layers
-                ),
+                (euclidean_loss(s, t, num=s.shape[0]) for s, t in edges),
                 start=logits.new_zeros(()),
             )
         if self.weights["transform"]:
@@ -266,4 +285,4 @@ class IRGLoss(nn.Module):
         return terms
 
 
-__all__ = ["IRGLoss", "METHODS", "euclidean_loss", "global_pool"]
+__all__ = ["GRAPHS", "IRGLoss", "METHODS", "euclidean_loss", "global_pool"]
