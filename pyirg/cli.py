@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("pyirg.verify.cli", "compare the Caffe layers and nets with the PyTorch reference"),
     "export-onnx": ("pyirg.export", "export a trained student to ONNX and check it"),
     "bench": ("pyirg.bench.cli", "benchmark the layers against PyTorch and the GEMM bound"),
+    "torch-train": ("pyirg.torch_train", "distillation training in PyTorch (torchrun: DDP)"),
 }
 
 
