@@ -124,3 +124,15 @@ def test_one_process_run_and_folder_rules(tmp_path: Path) -> None:
     assert again.returncode == 2 and "already holds a run" in again.stderr
     other = run_pyirg(*base, "--resume", "--batch", "8")
     assert other.returncode == 2 and "batch 4 -> 8" in other.stderr
+
+
+@pytest.mark.slow
+def test_student_exports_to_onnx(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    pytest.importorskip("caffe")
+    pytest.importorskip("onnxruntime")
+    full, _ = runs
+    onnx = tmp_path / "student.onnx"
+    proc = run_pyirg("export-onnx", str(full / "student_deploy.prototxt"),
+                     str(full / "student.caffemodel"), str(onnx), timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert onnx.is_file()
