@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-onnx": ("pyirg.export", "export a trained student to ONNX and check it"),
     "bench": ("pyirg.bench.cli", "benchmark the layers against PyTorch and the GEMM bound"),
     "torch-train": ("pyirg.torch_train", "distillation training in PyTorch (torchrun: DDP)"),
+    "bench-ddp": ("pyirg.bench.ddp", "PyTorch distillation on 1 and 2 processes: gathers' cost"),
 }
 
 

@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -243,7 +244,10 @@ class _Run:
         import torch
         import torch.distributed as dist
 
+        from pyirg.torch.distributed import GATHER_SECONDS
+
         cfg = self.cfg
+        start, gathered = time.perf_counter(), GATHER_SECONDS[0]
         batch = self.train_fn(iteration)
         rows = slice(self.rank * cfg.batch, (self.rank + 1) * cfg.batch)
         x = torch.from_numpy(batch["x"][rows]).to(self.device)
@@ -271,6 +275,10 @@ class _Run:
             values /= self.world
         out = {k: float(v) for k, v in zip(terms, values)}
         out["lr"] = lr
+        # This rank's wall time of the step and of the graph's gathers in it (rank 0's
+        # are recorded: the ranks wait for each other in every collective).
+        out["iter_ms"] = (time.perf_counter() - start) * 1e3
+        out["gather_ms"] = (GATHER_SECONDS[0] - gathered) * 1e3
         return out
 
     def test_accuracy(self) -> float:

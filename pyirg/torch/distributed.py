@@ -21,9 +21,24 @@ gradient and keeps this rank's rows, which works on every backend, gloo included
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+#: Seconds this process has spent in gather_batch's collectives (forward gathers and
+#: backward all-reduces), so a benchmark can tell the gathers' share of an iteration.
+GATHER_SECONDS = [0.0]
+
+
+def _all_gather(x: Tensor, world: int, group: object | None) -> Tensor:
+    start = time.perf_counter()
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous(), group=group)
+    out = torch.cat(parts)
+    GATHER_SECONDS[0] += time.perf_counter() - start
+    return out
 
 
 def active(group: object | None = None) -> bool:
@@ -47,14 +62,14 @@ class _GatherBatch(torch.autograd.Function):
         ctx.group = group
         ctx.rank = dist.get_rank(group)
         ctx.rows = x.shape[0]
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(parts, x.contiguous(), group=group)
-        return torch.cat(parts)
+        return _all_gather(x, dist.get_world_size(group), group)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        start = time.perf_counter()
         total = grad.contiguous().clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
+        GATHER_SECONDS[0] += time.perf_counter() - start
         return total[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None
 
 
@@ -75,10 +90,8 @@ def gather_batch(x: Tensor, what: str, group: object | None = None) -> Tensor:
             "the same batch (e.g. DistributedSampler with drop_last=True)"
         )
     if not x.requires_grad:
-        parts = [torch.empty_like(x) for _ in sizes]
-        dist.all_gather(parts, x.contiguous(), group=group)
-        return torch.cat(parts)
+        return _all_gather(x, len(sizes), group)
     return _GatherBatch.apply(x, group)
 
 
-__all__ = ["active", "batch_sizes", "gather_batch"]
+__all__ = ["GATHER_SECONDS", "active", "batch_sizes", "gather_batch"]
