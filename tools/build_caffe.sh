@@ -9,9 +9,10 @@
 #   base/    stock Caffe + the caffe.proto patch only (what the plugin build needs)
 #   dropin/  base + our layers and tests, built with `make` exactly as the README's
 #            drop-in procedure says; this is the Caffe everything else uses.
-#   cuda/    (--cuda, needs nvcc) the drop-in tree built with CUDA instead of
-#            CPU_ONLY, native code for sm_75..sm_90 plus compute_90 PTX, with a
-#            test binary of our gtests (GPU and CPU cases; run where a GPU is).
+#   cuda/    (--cuda, needs nvcc) the drop-in tree built with CUDA and NCCL
+#            instead of CPU_ONLY, native code for sm_75..sm_90 plus compute_90
+#            PTX, with pycaffe (caffe.NCCL: pyirg train --gpus) and a test binary
+#            of our gtests (GPU and CPU cases; run where a GPU is).
 #            tools/gpu_bundle.sh packages its objects into the portable check.
 # All are keyed by everything that goes into them, so a second run with nothing
 # changed only checks the stamps. With --caffe-root, the drop-in procedure runs on
@@ -276,11 +277,13 @@ if [ "$WITH_CUDA" = 1 ]; then
     echo "# Native code for every current architecture (Turing to Hopper), plus"
     echo "# compute_90 PTX that newer GPUs compile when they load it."
     echo "CUDA_ARCH := $CUDA_ARCHS"
+    echo "# Multi-GPU training (caffe train -gpu all, pycaffe's caffe.NCCL)."
+    echo "USE_NCCL := 1"
     echo "INCLUDE_DIRS += $DEPS/include"
     echo "LIBRARY_DIRS += $DEPS/lib"
   }
   # Bump when the CUDA tree's recipe changes (its key has no other view of it).
-  CUDA_RECIPE=2
+  CUDA_RECIPE=3
   CUDA_KEY=$( { echo "$FULL_KEY cuda-recipe $CUDA_RECIPE"; "$NVCC" --version | tail -n 2; cuda_config; } |
     sha256sum | cut -c1-16)
   step "CUDA tree: the drop-in build with CUDA, for the GPU gtests ($CUDA_TREE)"
@@ -296,6 +299,11 @@ if [ "$WITH_CUDA" = 1 ]; then
       # and the platform test): drop those statements.
       perl -0pi -e 's/\n\s*(LOG\(INFO\) << |printf\()"(Clock rate|Concurrent copy and execution|Kernel execution timeout):[^;]*;//g' \
         "$CUDA_TREE/src/caffe/common.cpp" "$CUDA_TREE/src/caffe/test/test_platform.cpp"
+      # pycaffe's NCCL.new_uid() cuts the 128-byte NCCL id at its first NUL byte
+      # (PyBytes_FromString), so the ranks would join different sessions: keep
+      # all of it (upstream pull request 6661).
+      sed -i 's/PyBytes_FromString(uid.c_str())/PyBytes_FromStringAndSize(uid.data(), uid.size())/' \
+        "$CUDA_TREE/python/caffe/_caffe.cpp"
       cuda_config > "$CUDA_TREE/Makefile.config"
       echo "building Caffe with CUDA from scratch: about 15 minutes on 2 cores"
     fi
@@ -308,7 +316,7 @@ if [ "$WITH_CUDA" = 1 ]; then
         *) [ -f "$REPO/caffe_layers/src/caffe/test/$(basename "$t")" ] || rm -f "$t" ;;
       esac
     done
-    run_make "$CUDA_TREE" all "$TEST_BIN"
+    run_make "$CUDA_TREE" all pycaffe "$TEST_BIN"
     echo "$DEPS/lib" > "$CUDA_TREE/.irg-ld-library-path"
     echo "$CUDA_KEY" > "$CUDA_TREE/.irg-stamp-cuda"
   fi

@@ -85,6 +85,11 @@ class TrainSettings:
         STUDENT_PREFIX, "name prefix of the student's layers in a distillation net"
     )
     gpu: int | None = option(None, "GPU id (default: CPU)")
+    gpus: str | None = option(
+        None,
+        "GPU ids, e.g. 0,1: one solver per GPU, gradients averaged by NCCL (each GPU takes "
+        "its own batch; pyirg.train.multi_gpu)",
+    )
     progress: bool = option(True, "show a progress bar")
     preflight: bool = option(True, "run the pre-flight checks (pyirg.check) first")
     #: Input-fed nets: ``batch_fn(iteration)`` and ``test_batch_fn(batch index)`` give
@@ -95,6 +100,11 @@ class TrainSettings:
     #: Called with the iterations done and the train net, before the first iteration
     #: and after each one.
     on_iteration: Callable[[int, Any], None] | None = None
+    #: Set by pyirg.train.multi_gpu in each solver's process: its rank, the number of
+    #: solvers and the NCCL session; only rank 0 writes to OUT.
+    solver_rank: int = 0
+    solver_count: int = 1
+    nccl_uid: bytes | None = None
 
 
 def train(
@@ -123,9 +133,15 @@ def train(
     :class:`~pyirg.train.TrainingInterrupted` after saving a snapshot on SIGINT/SIGTERM.
     """
     s = dataclasses.replace(settings or TrainSettings(), **overrides)
+    if s.gpus is not None:
+        from pyirg.train.multi_gpu import train_on_gpus
+
+        return train_on_gpus(solver, out_dir, s)
     caffe = import_caffe()
     out = Path(out_dir).resolve()
-    claim_run_folder(out, resume=s.resume, overwrite=s.overwrite)
+    lead = s.solver_rank == 0  # the one process that writes to OUT
+    if lead:
+        claim_run_folder(out, resume=s.resume, overwrite=s.overwrite)
     param, net_param, source = prepare_solver_param(solver, s.net, out_dir=out)
     if s.preflight:
         for warning in run_preflight(net_param, source, student_prefix=s.student_prefix):
@@ -140,7 +156,7 @@ def train(
         init_weights=None if s.init_weights is None or s.resume else str(s.init_weights),
         student_prefix=s.student_prefix,
     )
-    if s.resume:
+    if s.resume and lead:
         check_resume_settings(out, record)
     existing = latest_snapshot(out, name)
     if existing is not None and not s.resume:
@@ -148,8 +164,9 @@ def train(
             f"{out} already holds snapshot {existing.solverstate.name}; "
             "pass --resume to continue from it, or choose another --out"
         )
-    remove_stale_tmp(out)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out))
+    if lead:
+        remove_stale_tmp(out)
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out if lead else None))
     try:
         csolver = _build_solver(caffe, param, s, out / EFFECTIVE_SOLVER, tmp / name)
         resuming = s.resume and existing is not None
@@ -163,11 +180,16 @@ def train(
         run = TrainingRun(csolver, param, out, tmp, name, s, distill, info, label_rules(net_param))
         if resuming:
             _restore(run, csolver, out, name, s.max_iter)
-        elif s.resume:
+        elif s.resume and lead:
             print(
                 f"notice: {out} holds no snapshot '{name}_iter_*': starting at 0", file=sys.stderr
             )
-        record_run(out, record)
+        if s.solver_count > 1:
+            from pyirg.train.multi_gpu import join_nccl
+
+            run.nccl = join_nccl(caffe, csolver, s.nccl_uid)
+        if lead:
+            record_run(out, record)
         return run.run()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -231,6 +253,10 @@ def _build_solver(caffe: Any, param: Any, s: TrainSettings, path: Path, prefix: 
     else:
         caffe.set_device(s.gpu)
         caffe.set_mode_gpu()
+        if s.solver_count > 1:  # one of pyirg.train.multi_gpu's solvers
+            caffe.set_solver_count(s.solver_count)
+            caffe.set_solver_rank(s.solver_rank)
+            caffe.set_multiprocess(True)
     caffe.set_random_seed(s.seed)
     np.random.seed(s.seed)
     random.seed(s.seed)

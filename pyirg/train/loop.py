@@ -60,6 +60,9 @@ class TrainingRun:
         self.prefix = s.student_prefix
         self.distill = distill
         self.progress = s.progress
+        #: Under pyirg.train.multi_gpu only rank 0 tests and writes; the others train.
+        self.lead = s.solver_rank == 0
+        self.nccl: Any = None  # the NCCL session, kept alive with the run
         self.run_info = run_info
         self.on_iteration = s.on_iteration
         self._ranges: dict[int, dict[str, tuple[str, int, int | None]]] = {}
@@ -213,6 +216,8 @@ class TrainingRun:
 
     # -- testing ------------------------------------------------------------------------
     def _test(self, bar: tqdm | None) -> None:
+        if not self.lead:
+            return
         row: dict[str, float] = {"iter": self.solver.iter}
         for k, tnet in enumerate(self.solver.test_nets):
             tnet.share_with(self.solver.net)
@@ -253,10 +258,10 @@ class TrainingRun:
         self.write_metrics(plot=False)
 
     # -- snapshots ----------------------------------------------------------------------
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> Snapshot | None:
         """Save a snapshot at the current iteration, unless one was just saved there."""
         it = self.solver.iter
-        if self.last_snapshot is not None and self.last_snapshot.iteration == it:
+        if not self.lead or (self.last_snapshot is not None and self.last_snapshot.iteration == it):
             return self.last_snapshot
         self.last_snapshot = save_snapshot(self.solver, self.tmp, self.out, self.name)
         self.write_metrics(plot=False)
@@ -279,6 +284,8 @@ class TrainingRun:
 
     def write_metrics(self, *, plot: bool) -> None:
         """Rewrite the metric files in OUT; the PNG only when ``plot``."""
+        if not self.lead:
+            return
         write_metrics(
             self.out,
             self.run_info,
