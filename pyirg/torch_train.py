@@ -71,7 +71,7 @@ class TorchTrainSettings:
     stop_at: int | None = option(
         None, "stop (with a checkpoint) after this iteration; --resume continues", SOLVER
     )
-    base_lr: float = option(0.1, "learning rate (x0.1 at 50% and 75% of --iters)", SOLVER)
+    base_lr: float = option(0.1, "learning rate (x0.1 at 50%% and 75%% of --iters)", SOLVER)
     momentum: float = option(0.9, "SGD momentum", SOLVER)
     weight_decay: float = option(5e-4, "SGD weight decay", SOLVER)
     test_interval: int = option(100, "test every this many iterations (0: at the end)", SOLVER)

@@ -11,10 +11,12 @@ What IRG sees: each GPU builds its graph over its own batch of N (weak scaling: 
 global batch is N x GPUs), the gradients are averaged over the GPUs, and BatchNorm
 statistics are each GPU's own. Each GPU reads distinct records: Caffe's Data layer
 skips the records of the other ranks, and an Input-fed net's ``batch_fn`` gives rank r
-batch ``iteration x GPUs + r`` (:func:`shard_batch_fn`). To keep the paper's graph of N
-instances, give each GPU N / GPUs (the graph then has fewer instances, and the
-normalizer and the knowledge it carries change with it); to relate all N x GPUs
-instances in one graph, use PyTorch's ``IRGLoss(graph="global")``.
+batch ``iteration x GPUs + r`` (:func:`shard_batch_fn`). The graph is one GPU's batch:
+to keep the paper's graph of N instances, keep each GPU's batch at N (the global batch
+becomes N x GPUs, which may call for another learning rate); splitting the paper's
+batch over K GPUs gives graphs of N / K, with another normalizer and coarser
+knowledge. To relate all N x GPUs instances in one graph, use PyTorch's
+``IRGLoss(graph="global")`` (``pyirg torch-train --graph global``).
 """
 
 from __future__ import annotations
