@@ -316,7 +316,9 @@ if [ "$WITH_CUDA" = 1 ]; then
         *) [ -f "$REPO/caffe_layers/src/caffe/test/$(basename "$t")" ] || rm -f "$t" ;;
       esac
     done
-    run_make "$CUDA_TREE" all pycaffe "$TEST_BIN"
+    # The library, the caffe tool (caffe train -gpu all), pycaffe and our tests: not
+    # Caffe's other tools and examples, which the CPU tree already builds.
+    run_make "$CUDA_TREE" lib .build_release/tools/caffe.bin pycaffe "$TEST_BIN"
     echo "$DEPS/lib" > "$CUDA_TREE/.irg-ld-library-path"
     echo "$CUDA_KEY" > "$CUDA_TREE/.irg-stamp-cuda"
   fi

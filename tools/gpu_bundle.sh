@@ -114,7 +114,10 @@ cp "$REPO/pyirg/bench/torch_forms.py" "$STAGE/python/torch_forms.py"
 cp "$REPO/pyirg/blas.py" "$STAGE/python/blas.py"
 {
   echo "irg-caffe portable GPU check"
-  dirty=$(git -C "$REPO" status --porcelain 2>/dev/null | grep -q . && echo " (with uncommitted changes)")
+  dirty=""
+  if git -C "$REPO" status --porcelain 2>/dev/null | grep -q .; then
+    dirty=" (with uncommitted changes)"
+  fi
   echo "commit: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$dirty"
   echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m), $(ldd --version | head -1)"
   echo "nvcc: $("$NVCC" --version | tail -1)"
