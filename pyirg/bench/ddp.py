@@ -101,12 +101,19 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """``bench-ddp``'s options."""
     parser = ArgumentParser(prog="pyirg bench-ddp", description=__doc__.splitlines()[0],
                             formatter_class=HelpFormatter)  # fmt: skip
     parser.add_argument("--batch", type=int, default=64, help="instances per rank")
     parser.add_argument("--iters", type=int, default=12, help="iterations per run (2 warm-up)")
     parser.add_argument("--out", type=Path, default=Path("out/bench_ddp"), help="results folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``pyirg bench-ddp``: measure, print the table, write bench_ddp.{json,md}."""
+    parser = build_parser()
     args: argparse.Namespace = parser.parse_args(argv)
     if args.batch < 1 or args.iters < 3:
         parser.error("--batch must be >= 1 and --iters >= 3 (two are warm-up)")
