@@ -120,20 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     args.out.mkdir(parents=True, exist_ok=True)
+    from pyirg.blas import read_cpuinfo
+
     machine = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": read_cpuinfo()[1] or platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "omp": os.environ.get("OMP_NUM_THREADS", "1"),
         "torch": torch.__version__,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
     }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                machine["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     with tempfile.TemporaryDirectory() as tmp:
         teacher = _teacher(Path(tmp))
         results = [
