@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, run, run_pyirg
 
-from pyirg.bench import layers, refilled, report, timing, training
+from pyirg.bench import layers, report, timing, training
 
 
 def _positive(x: object) -> bool:
@@ -133,7 +133,7 @@ def test_quick_run_writes_well_formed_results(tmp_path: Path) -> None:
     # The REFILLED layers: every mode of both at the quick N, against the reference.
     relation = result["refilled"]
     assert {(r["layer"], r["mode"], r["n"]) for r in relation} == {
-        (layer, mode, n) for layer, mode in refilled.VARIANTS for n in timing.QUICK.refilled_ns
+        (layer, mode, n) for layer, mode in layers.VARIANTS for n in timing.QUICK.refilled_ns
     }
     for r in relation:
         assert set(r["timings"]) == {"caffe", "torch", "layer_fwd", "layer_bwd"}
@@ -141,8 +141,8 @@ def test_quick_run_writes_well_formed_results(tmp_path: Path) -> None:
         assert all(len(t["samples_ms"]) == reps for t in r["timings"].values())
     stages = result["refilled_stages"]
     assert [(st["stage"], st["layer"]) for st in stages] == [
-        (1, refilled.TRIPLET),
-        (2, refilled.CENTER),
+        (1, layers.TRIPLET),
+        (2, layers.CENTER),
     ]
     for st in stages:
         assert st["batch"] == timing.QUICK.stage_batch and _positive(st["step"]["median_ms"])
@@ -191,9 +191,12 @@ def test_refilled_only_and_skip_refilled_select_their_parts() -> None:
 
 def test_stage_targets_judge_the_share() -> None:
     stages = [
-        {"stage": 1, "layer": refilled.TRIPLET, "batch": 64, "layer_share_pct": 0.4},
-        {"stage": 2, "layer": refilled.CENTER, "batch": 64, "layer_share_pct": 1.5},
+        {"stage": 1, "layer": layers.TRIPLET, "batch": 64, "layer_share_pct": 0.4},
+        {"stage": 2, "layer": layers.CENTER, "batch": 64, "layer_share_pct": 1.5},
     ]
-    judged = refilled.stage_targets(stages)
+    judged = layers.evaluate_targets([], [], stages)
     assert [t["met"] for t in judged] == [True, False]
-    assert all(t["limit"] == refilled.STAGE_TARGET_PCT == 1.0 for t in judged)
+    assert all(t["limit"] == layers.STAGE_TARGET_PCT == 1.0 for t in judged)
+    assert judged[0]["target"] == (
+        "stage 1: TripletRelationLoss's own time <= 1.0% of a stage iteration"
+    )

@@ -12,7 +12,8 @@ says what each timing runs and records a full run.
 
 Modules: ``timing`` (how much runs, how a sample is taken), ``blas`` (libcaffe's
 OpenBLAS: the bound, its threads, the kernel/MKL comparison), ``layers`` (the one-layer
-nets against PyTorch and the bound, the targets, the memory), ``training`` (the IRG
-layers' share of ``solver.step(1)``), ``report`` (bench.md, the console, bench.png, all
-from bench.json) and ``cli`` (``main``: ``python tools/bench.py`` / ``pyirg bench``).
+nets of the IRG and REFILLED layers against PyTorch and the bound, the targets, the
+memory), ``torch_forms`` (the PyTorch side, torch alone), ``training`` (the layers' share
+of ``solver.step(1)``), ``report`` (bench.md, the console, bench.png, all from
+bench.json), ``cli`` (``pyirg bench``) and ``ddp`` (``pyirg bench-ddp``).
 """

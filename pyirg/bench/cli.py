@@ -20,11 +20,10 @@ from typing import Any
 import numpy as np
 
 from pyirg.bench.blas import Cblas, blas_choice, caffe_cblas
-from pyirg.bench.layers import bench_layer, evaluate_targets, memory_rows
-from pyirg.bench.refilled import VARIANTS, bench_relation, bench_stage, stage_targets
+from pyirg.bench.layers import VARIANTS, bench_layer, bench_relation, evaluate_targets, memory_rows
 from pyirg.bench.report import plot, render
 from pyirg.bench.timing import QUICK, Settings
-from pyirg.bench.training import bench_training
+from pyirg.bench.training import bench_stage, bench_training
 from pyirg.blas import kernel_line, read_cpuinfo
 from pyirg.options import ArgumentParser, HelpFormatter
 
@@ -200,7 +199,7 @@ def measure_all(s: Settings, blas: Cblas) -> dict[str, Any]:
     for stage in s.stages:
         print(f"  REFILLED stage {stage} iteration ...", flush=True)
         stages.append(bench_stage(stage, s))
-    targets = evaluate_targets(layers, training) + stage_targets(stages)
+    targets = evaluate_targets(layers, training, stages)
     return {
         "layers": layers,
         "targets": targets,

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pyirg.bench.report import table
 from pyirg.options import ArgumentParser, HelpFormatter
 
 #: (processes, graph) measured; one process has one graph whatever the mode.
@@ -77,28 +78,28 @@ def measure(procs: int, graph: str, batch: int, iters: int, teacher: Path, out: 
 
 
 def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
-    lines = [
-        f"PyTorch distillation iteration, IRG ResNet-20 -> ResNet-20 x0.5, digits, gloo; "
-        f"{machine['cpu']}, {machine['cores']} cores, OMP_NUM_THREADS={machine['omp']}, "
-        f"torch {machine['torch']}, {machine['date']}",
-        "",
-        "| processes | graph | B per rank | graph N | edges per layer per rank | iteration ms "
-        "| in gathers ms | gathers' share |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    """bench_ddp.md: the machine line, the table, what the two graphs cost."""
+    head = ["processes", "graph", "B per rank", "graph N", "edges per layer per rank"]
+    head += ["iteration ms", "in gathers ms", "gathers' share"]
+    rows = [
+        [r["processes"], r["graph"], r["batch_per_rank"], r["graph_instances"]]
+        + [r["edges_per_layer_per_rank"], f"{r['iter_ms']:.1f}", f"{r['gather_ms']:.2f}"]
+        + [f"{r['gather_share']:.1%}"]
+        for r in results
     ]
-    for r in results:
-        lines.append(
-            f"| {r['processes']} | {r['graph']} | {r['batch_per_rank']} | {r['graph_instances']} "
-            f"| {r['edges_per_layer_per_rank']} | {r['iter_ms']:.1f} | {r['gather_ms']:.2f} "
-            f"| {r['gather_share']:.1%} |"
-        )
-    lines += [
-        "",
-        "With K ranks, graph=global builds (K x B)^2 edges per edge layer on every rank "
-        "(K^2 times local's B^2) and gathers each compared feature once per iteration; "
-        "graph=local stays at B^2 with no gathers.",
-    ]
-    return "\n".join(lines)
+    return "\n".join(
+        [
+            f"PyTorch distillation iteration, IRG ResNet-20 -> ResNet-20 x0.5, digits, gloo; "
+            f"{machine['cpu']}, {machine['cores']} cores, OMP_NUM_THREADS={machine['omp']}, "
+            f"torch {machine['torch']}, {machine['date']}",
+            "",
+            *table(head, "rlrrrrrr", rows),
+            "",
+            "With K ranks, graph=global builds (K x B)^2 edges per edge layer on every rank "
+            "(K^2 times local's B^2) and gathers each compared feature once per iteration; "
+            "graph=local stays at B^2 with no gathers.",
+        ]
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,8 +1,13 @@
-"""The layers on their own: time against PyTorch and the bound, the targets, the memory.
+"""The loss layers on their own: time against PyTorch and the bound, the targets, the memory.
 
 Why together: every implementation of a size is timed in one interleaved measurement,
 so the ratios compare samples taken under the same load; the targets judge those ratios;
-and the memory probe builds the same one-layer nets.
+and the memory probe builds the same one-layer nets. The IRG layers are timed against a
+competent PyTorch user's code and the BLAS bound; the REFILLED layers
+(``TripletRelationLoss``, ``LocalCenterKDLoss``) against :mod:`pyirg.torch.refilled` in
+float32 autograd, the reference as written (from the formulas: O(N^3) mining mask, O(N^2 D)
+pairwise differences), which states what the checked reference costs, not what a tuned
+PyTorch implementation would.
 """
 
 from __future__ import annotations
@@ -71,8 +76,30 @@ def torch_gemms(x: np.ndarray, s: np.ndarray) -> Callable[[], None]:
     return run
 
 
+def time_net(
+    net: Any, phases: dict[str, str], others: dict[str, Callable[[], object]], s: Settings
+) -> dict[str, Timing]:
+    """The net's forward + backward (``caffe``), each ``phases`` layer's forward and backward
+    alone (``{key}_fwd``, ``{key}_bwd``) and ``others`` (``torch*`` in PyTorch's pool, the
+    rest in OpenBLAS's), interleaved in one measurement."""
+
+    def caffe_step() -> None:
+        net.forward()
+        net.backward()
+
+    caffe_step()  # every phase reads what a full step leaves in the blobs
+    names = list(net._layer_names)
+    fns: dict[str, Callable[[], object]] = {"caffe": caffe_step, **others}
+    for key, layer in phases.items():
+        i = names.index(layer)
+        fns[f"{key}_fwd"] = lambda i=i: net._forward(i, i)
+        fns[f"{key}_bwd"] = lambda i=i: net._backward(i, i)
+    pools = {name: "torch" if name.startswith("torch") else "openblas" for name in fns}
+    return measure(fns, pools, s.reps, s.min_sample_s, s.warmup, s.settle)
+
+
 def bench_layer(layer: str, n: int, c: int, s: Settings, blas: Cblas, seed: int) -> dict[str, Any]:
-    """All implementations of one layer at one size, interleaved in one measurement: the
+    """All implementations of one IRG layer at one size, interleaved in one measurement: the
     row bench.json keeps (ratios from the raw samples, then their summaries)."""
     import torch
 
@@ -80,16 +107,8 @@ def bench_layer(layer: str, n: int, c: int, s: Settings, blas: Cblas, seed: int)
     net = layer_net(layer, n, c)
     x = rng.standard_normal((n, c)).astype(np.float32)
     net.blobs["x"].data[...] = x
-    names = list(net._layer_names)
-    i_irg, i_loss = names.index("irg"), names.index("loss")
-    fns: dict[str, Callable[[], object]] = {}
-
-    def caffe_step() -> None:
-        net.forward()
-        net.backward()
-
-    fns["caffe"] = caffe_step
     xt = torch.from_numpy(x.copy()).requires_grad_()
+    fns: dict[str, Callable[[], object]] = {}
     if layer == "map":
         tgt = target_map(rng, n)
         net.blobs["t"].data[...] = tgt[:, :, None, None]
@@ -113,13 +132,7 @@ def bench_layer(layer: str, n: int, c: int, s: Settings, blas: Cblas, seed: int)
         dx, dy = np.empty_like(x), np.empty_like(y)
         fns["bound_fwd"], fns["bound_bwd"] = blas.stream(x, y, dx, dy)
         keep = (y, dx, dy)
-    caffe_step()  # every phase below reads what a full step leaves in the blobs
-    fns["layer_fwd"] = lambda: net._forward(i_irg, i_irg)
-    fns["loss_fwd"] = lambda: net._forward(i_loss, i_loss)
-    fns["loss_bwd"] = lambda: net._backward(i_loss, i_loss)
-    fns["layer_bwd"] = lambda: net._backward(i_irg, i_irg)
-    pools = {name: "torch" if name.startswith("torch") else "openblas" for name in fns}
-    timings = measure(fns, pools, s.reps, s.min_sample_s, s.warmup, s.settle)
+    timings = time_net(net, {"layer": "irg", "loss": "loss"}, fns, s)
     del keep
     return {
         "layer": layer,
@@ -155,7 +168,95 @@ def ratios(layer: str, t: dict[str, Timing]) -> dict[str, Any]:
     }
 
 
-# -- the targets of issue 5, judged from the measurements, never by hand ----------------
+# -- the REFILLED layers --------------------------------------------------------------
+
+TRIPLET, CENTER = "TripletRelationLoss", "LocalCenterKDLoss"
+#: (layer, relation_param mode) pairs timed at every N: every mode of both layers.
+VARIANTS = ((TRIPLET, "TRIPLET"), (TRIPLET, "TUPLE"), (CENTER, "GLOBAL"), (CENTER, "LOCAL"))
+
+
+def _batch(rng: np.random.Generator, n: int, dims: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """A shuffled batch's labels (uniform over K classes) and float32 features: student
+    embedding (N x D), student logits (N x K), teacher embedding (N x D'), centers."""
+    d_s, d_t, k = dims
+    return {
+        "labels": rng.integers(0, k, n).astype(np.float32),
+        "embedding": rng.standard_normal((n, d_s)).astype(np.float32),
+        "logits": (2 * rng.standard_normal((n, k))).astype(np.float32),
+        "teacher": rng.standard_normal((n, d_t)).astype(np.float32),
+        "centers": rng.standard_normal((k, d_t)).astype(np.float32),
+    }
+
+
+def relation_net(layer: str, mode: str, student: np.ndarray, teacher: np.ndarray) -> Any:
+    """Input(student, teacher, labels) -> the layer, ``force_backward``, settings default
+    but the mode; GLOBAL centers are the caller's to fill."""
+    from caffe.proto import caffe_pb2
+
+    from pyirg.caffeio import caffe_net
+    from pyirg.refilled import FIXED
+
+    param = caffe_pb2.NetParameter(name=f"bench_{layer}", force_backward=True)
+    data = param.layer.add(name="input", type="Input", top=["student", "teacher", "labels"])
+    for shape in (student.shape, teacher.shape, (student.shape[0],)):
+        data.input_param.shape.add().dim.extend(shape)
+    loss = param.layer.add(name="loss", type=layer, top=["loss"], bottom=data.top)
+    if layer == TRIPLET:
+        loss.relation_param.mode = getattr(caffe_pb2.RelationParameter, mode)
+    else:
+        loss.relation_param.centers = getattr(caffe_pb2.RelationParameter, mode)
+        loss.param.add(**FIXED[0])
+    return caffe_net(param, "TRAIN")
+
+
+def torch_step(layer: str, mode: str, batch: dict[str, np.ndarray]) -> Callable[[], None]:
+    """The reference's forward + backward in float32 autograd, as a training step runs it."""
+    import torch
+
+    from pyirg.torch import refilled as ref
+
+    y = torch.from_numpy(batch["labels"].astype(np.int64))
+    t = torch.from_numpy(batch["teacher"])
+    triplet = layer == TRIPLET
+    x = torch.from_numpy(batch["embedding" if triplet else "logits"]).requires_grad_()
+    centers = torch.from_numpy(batch["centers"]) if mode == "GLOBAL" else None
+
+    def run() -> None:
+        x.grad = None
+        if triplet:
+            ref.triplet_relation_loss(x, t, y, mode).backward()
+        else:
+            ref.local_center_kd_loss(x, t, y, centers, mode).backward()
+
+    return run
+
+
+def bench_relation(layer: str, mode: str, n: int, s: Settings, seed: int) -> dict[str, Any]:
+    """Caffe's net, its layer's forward and backward alone, and the reference, interleaved."""
+    rng = np.random.default_rng(seed)
+    batch = _batch(rng, n, s.refilled_dims)
+    student = batch["embedding"] if layer == TRIPLET else batch["logits"]
+    net = relation_net(layer, mode, student, batch["teacher"])
+    net.blobs["student"].data[...] = student
+    net.blobs["teacher"].data[...] = batch["teacher"]
+    net.blobs["labels"].data[...] = batch["labels"]
+    if layer == CENTER and mode == "GLOBAL":
+        net.params["loss"][0].data[...] = batch["centers"]
+    timings = time_net(net, {"layer": "loss"}, {"torch": torch_step(layer, mode, batch)}, s)
+    d_s, d_t, k = s.refilled_dims
+    return {
+        "layer": layer,
+        "mode": mode,
+        "n": n,
+        "dims": {"student": d_s if layer == TRIPLET else k, "teacher": d_t, "classes": k},
+        "loss": float(net.blobs["loss"].data.reshape(-1)[0]),
+        "loadavg_1min": os.getloadavg()[0],
+        "vs_torch": timings["caffe"].median / timings["torch"].median,
+        "timings": {key: v.summary() for key, v in timings.items()},
+    }
+
+
+# -- the targets (issue 5, and REFILLED's), judged from the measurements, never by hand --
 
 #: (layer, text, smallest N, smallest C, ratio, limit): ``ratio`` <= ``limit`` at every
 #: size measured with N and C at least the smallest.
@@ -168,10 +269,12 @@ TARGETS = (
 )
 #: The training target: the IRG layers' own time, in % of an iteration without them.
 TRAIN_TARGET_PCT = 1.0
+#: REFILLED's bar: each layer's own time, in % of a stage iteration.
+STAGE_TARGET_PCT = 1.0
 
 
 def evaluate_targets(
-    layers: list[dict[str, Any]], training: list[dict[str, Any]]
+    layers: list[dict[str, Any]], training: list[dict[str, Any]], stages: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Every (target, size) it applies to, with the measured value and met/missed."""
     judged = [
@@ -185,6 +288,12 @@ def evaluate_targets(
     judged += [
         ("training", f"{t['method']}: {own}", t["batch"], None, metric, t[metric], TRAIN_TARGET_PCT)
         for t in training
+    ]
+    share = f"own time <= {STAGE_TARGET_PCT}% of a stage iteration"
+    judged += [
+        ("refilled", f"stage {st['stage']}: {st['layer']}'s {share}", st["batch"], None)
+        + ("layer_share_pct", st["layer_share_pct"], STAGE_TARGET_PCT)
+        for st in stages
     ]
     keys = ("layer", "target", "n", "c", "metric", "value", "limit")
     return [{**dict(zip(keys, j)), "met": j[5] <= j[6]} for j in judged]

@@ -17,7 +17,7 @@ import numpy as np
 from pyirg.bench.layers import TORCH_FORMS
 
 
-def _table(head: Sequence[str], align: str, rows: Iterable[Sequence[object]]) -> list[str]:
+def table(head: Sequence[str], align: str, rows: Iterable[Sequence[object]]) -> list[str]:
     """A markdown table; ``align`` holds one letter per column, ``l`` or ``r``."""
 
     def line(cells: Sequence[object]) -> str:
@@ -65,7 +65,7 @@ def _layers(layers: list[dict[str, Any]]) -> list[str]:
             for r in rows
         )
         lines += [f"**{layer}**: forward + backward, ms, median (IQR)", ""]
-        lines += [*_table(head, "r" * len(head), cells), ""]
+        lines += [*table(head, "r" * len(head), cells), ""]
     return lines
 
 
@@ -81,7 +81,7 @@ def _targets(targets: list[dict[str, Any]]) -> list[str]:
             if not t["met"]
         )
         rows.append([text, f"{sum(t['met'] for t in ts)} of {len(ts)}", missed or "-"])
-    return ["**targets**", "", *_table(["target", "met at", "missed at (value)"], "lll", rows), ""]
+    return ["**targets**", "", *table(["target", "met at", "missed at (value)"], "lll", rows), ""]
 
 
 def _training(training: list[dict[str, Any]]) -> list[str]:
@@ -100,7 +100,7 @@ def _training(training: list[dict[str, Any]]) -> list[str]:
             + [f"{t['helpers_ms']:.3f} ms ({t['helpers_overhead_pct']:.3f}%)"]
         )
     title = "**training iteration** (`solver.step(1)`, ms, median (IQR))"
-    return [title, "", *_table(head, "lrrrrrrr", rows), ""]
+    return [title, "", *table(head, "lrrrrrrr", rows), ""]
 
 
 def _refilled(rows: list[dict[str, Any]]) -> list[str]:
@@ -119,7 +119,7 @@ def _refilled(rows: list[dict[str, Any]]) -> list[str]:
         "**REFILLED layers**: forward + backward, ms, median (IQR); labels uniform over "
         f"{rows[0]['dims']['classes']} classes"
     )
-    return [title, "", *_table(head, "llrrrrrrrr", cells), ""]
+    return [title, "", *table(head, "llrrrrrrrr", cells), ""]
 
 
 def _stages(stages: list[dict[str, Any]]) -> list[str]:
@@ -133,7 +133,7 @@ def _stages(stages: list[dict[str, Any]]) -> list[str]:
         + [f"{st['layer_share_pct']:.3f}%"]
         for st in stages
     ]
-    return ["**REFILLED stage iterations** (ms)", "", *_table(head, "llllrrr", rows), ""]
+    return ["**REFILLED stage iterations** (ms)", "", *table(head, "llllrrr", rows), ""]
 
 
 def _memory(memory: list[dict[str, Any]]) -> list[str]:
@@ -148,7 +148,7 @@ def _memory(memory: list[dict[str, Any]]) -> list[str]:
         rows.append(
             [m["layer"], m["n"], m["computed"]["total"], parts, m["observed_residual"], net]
         )
-    return ["**extra memory beyond the top** (bytes, float)", "", *_table(head, "lrrlrr", rows)]
+    return ["**extra memory beyond the top** (bytes, float)", "", *table(head, "lrrlrr", rows)]
 
 
 def _blas(rows: list[dict[str, Any]]) -> list[str]:
@@ -169,7 +169,7 @@ def _blas(rows: list[dict[str, Any]]) -> list[str]:
         "**BLAS for Caffe's convolutions**: the im2col GEMMs (forward, weight and data "
         "gradients) of one 32x32 image through ResNet-20, one thread, best of the repetitions",
         "",
-        *_table(head, "lrrr", cells),
+        *table(head, "lrrr", cells),
         *(f"| {r['library']} | failed: {r['error']} | | |" for r in rows if "error" in r),
     ]
 

@@ -1,8 +1,9 @@
-"""The IRG layers' share of a real distillation iteration (``solver.step(1)``).
+"""The loss layers' share of a real training iteration (``solver.step(1)``).
 
 Why: a fast layer matters only as a share of training. End-to-end differences drown in
-the noise of a shared machine, so the IRG layers' own per-layer time is measured too,
-against the same nets with the IRG layers stripped.
+the noise of a shared machine, so the layers' own per-layer time is measured too: the
+IRG layers' against the same distillation nets with them stripped, each REFILLED
+layer's against its stage net's iteration (WRN teacher -> WRN student, :mod:`pyirg.refilled`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from pyirg.bench.layers import CENTER, TRIPLET
 from pyirg.bench.timing import Settings, measure
 from pyirg.caffeio import write_text
 from pyirg.distill import IRG_TYPES
@@ -177,4 +179,47 @@ def bench_training(method: str, s: Settings) -> dict[str, Any]:
         "helpers_overhead_pct": 100 * helpers_ms / base_ms,
         "losses_finite": all(math.isfinite(v) for v in losses.values()),
         "losses": losses,
+    }
+
+
+def stage_config(s: Settings) -> Any:
+    """The stage nets' teacher -> student pair on CIFAR-100-shaped Input data."""
+    from pyirg.backbones import WideResNetSpec
+    from pyirg.data.core import DATASETS
+    from pyirg.netspec import DataConfig
+    from pyirg.refilled import RefilledConfig
+
+    (t_depth, t_widen), (s_depth, s_widen) = s.stage_pair
+    data = DataConfig(kind="input", dataset=DATASETS["cifar100"], train_batch=s.stage_batch)
+    teacher, student = WideResNetSpec(t_depth, t_widen), WideResNetSpec(s_depth, s_widen)
+    return RefilledConfig(teacher, student, data=data)
+
+
+def bench_stage(stage: int, s: Settings) -> dict[str, Any]:
+    """``solver.step(1)`` of a stage net, and its REFILLED layer's own forward + backward."""
+    from pyirg.refilled import CENTER_KD, RELATION_LOSS, describe, stage1_net, stage2_net
+
+    cfg = stage_config(s)
+    net_param = stage1_net(cfg) if stage == 1 else stage2_net(cfg)
+    name = RELATION_LOSS if stage == 1 else CENTER_KD
+    solver = _solver(net_param, stage)
+    net = solver.net
+    net.blobs["Data2"].data[...] = np.random.default_rng(stage).integers(0, 100, s.stage_batch)
+    if stage == 2:  # GLOBAL centers, as a stage-2 run loads them with the teacher
+        centers = net.params[name][0].data
+        centers[...] = np.random.default_rng(0).standard_normal(centers.shape)
+    steps = {"step": lambda: solver.step(1)}
+    timing = measure(steps, {"step": "openblas"}, s.stage_reps, 0.0, s.train_warmup, s.settle)
+    per_layer = _per_layer(net, s.attribution_reps)
+    layer_ms = float(np.median([1e3 * t[name] for t in per_layer]))
+    step_ms = 1e3 * timing["step"].median
+    return {
+        "stage": stage,
+        "layer": TRIPLET if stage == 1 else CENTER,
+        "pair": {k: describe(cfg)[k] for k in ("teacher", "student", "embedding")},
+        "batch": s.stage_batch,
+        "step": timing["step"].summary(),
+        "layer_ms": layer_ms,
+        "all_layers_ms": float(np.median([1e3 * sum(t.values()) for t in per_layer])),
+        "layer_share_pct": 100 * layer_ms / step_ms,
     }
