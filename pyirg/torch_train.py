@@ -37,9 +37,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pyirg.options import ArgumentParser, HelpFormatter, add_options, from_args, option
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
 
-METHODS = ("baseline", "IRG", "IRG-t", "MTK")
+from pyirg.arch import cifar_resnet
+from pyirg.data.core import DATASETS as GEOMETRY
+from pyirg.data.core import DataSplit
+from pyirg.data.feed import FedSplit
+from pyirg.data.fsutil import atomic_output, atomic_write_text
+from pyirg.options import ArgumentParser, HelpFormatter, add_options, from_args, option
+from pyirg.torch.distributed import GATHER_SECONDS
+from pyirg.torch.losses import GRAPHS, IRGLoss
+from pyirg.torch.losses import METHODS as IRG_METHODS
+from pyirg.torch.resnet import CifarResNet
+
+METHODS = ("baseline", *IRG_METHODS)
 DATASETS = ("digits", "cifar10", "cifar100")
 NETWORKS, DATA, SOLVER = "networks", "data", "solver"
 #: Settings a resume may change: the length of the run and how often it reports.
@@ -55,8 +68,7 @@ class TorchTrainSettings:
     teacher_weights: str | None = option(
         None, "the teacher's .caffemodel (required unless --method baseline)"
     )
-    graph: str = option("local", "IRG graph over each rank's batch, or all ranks'",
-                        choices=("local", "global"))  # fmt: skip
+    graph: str = option("local", "IRG graph over each rank's batch, or all ranks'", choices=GRAPHS)
     teacher_depth: int = option(20, "teacher ResNet depth (6n+2)", NETWORKS)
     teacher_width: float = option(1.0, "teacher width multiplier", NETWORKS)
     student_depth: int = option(20, "student ResNet depth (6n+2)", NETWORKS)
@@ -102,11 +114,8 @@ def _ranks() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _split(cfg: TorchTrainSettings) -> Any:
+def _split(cfg: TorchTrainSettings, classes: int) -> DataSplit:
     """The DataSplit: the embedded digits, or the LMDBs of a prepare-data folder."""
-    from pyirg.data.core import DATASETS as GEOMETRY
-    from pyirg.data.core import DataSplit
-
     if cfg.data_dir is None:
         from pyirg.data.digits import load_digits_split
 
@@ -119,15 +128,12 @@ def _split(cfg: TorchTrainSettings) -> Any:
             raise ValueError(f"--data-dir {root}: no {sub}/ (write it with pyirg prepare-data)")
     train_x, train_y = read_datum_lmdb(root / "train_lmdb")
     test_x, test_y = read_datum_lmdb(root / "test_lmdb")
-    classes = GEOMETRY[cfg.dataset].num_classes
     return DataSplit(cfg.dataset, train_x, train_y, test_x, test_y,
                      tuple(str(c) for c in range(classes)))  # fmt: skip
 
 
 def _specs(cfg: TorchTrainSettings, channels: int, classes: int) -> tuple[Any, Any]:
     """The teacher's and the student's ResNet, numbered as the Caffe nets are."""
-    from pyirg.arch import cifar_resnet
-
     teacher = cifar_resnet(cfg.teacher_depth, cfg.teacher_width, classes, channels)
     numbering = cfg.teacher_depth if cfg.teacher_depth > cfg.student_depth else None
     student = cifar_resnet(cfg.student_depth, cfg.student_width, classes, channels, numbering)
@@ -144,14 +150,7 @@ class _Run:
     """One rank's part of a run: models, optimizer, data, files."""
 
     def __init__(self, cfg: TorchTrainSettings) -> None:
-        import torch
-        import torch.distributed as dist
-
-        from pyirg.data.core import DATASETS as GEOMETRY
-        from pyirg.data.feed import FedSplit
         from pyirg.torch.caffemodel import load_caffe_weights
-        from pyirg.torch.losses import IRGLoss
-        from pyirg.torch.resnet import CifarResNet
 
         self.cfg = cfg
         self.rank, self.world = _ranks()
@@ -162,7 +161,7 @@ class _Run:
                                    if self.cuda else "cpu")  # fmt: skip
         self.out = Path(cfg.out)
         geometry = GEOMETRY[cfg.dataset]
-        split = _split(cfg)
+        split = _split(cfg, geometry.num_classes)
         self.fed = FedSplit.of(split, geometry.pad, geometry.scale, geometry.mirror)
         self.train_fn, _ = self.fed.batch_fns(cfg.batch * self.world, cfg.seed, "x", "y")
         self.t_spec, self.s_spec = _specs(cfg, geometry.channels, split.num_classes)
@@ -192,13 +191,8 @@ class _Run:
 
     # ---------------------------------------------------------------- files
 
-    def checkpoints(self) -> list[Path]:
-        return sorted(self.out.glob("checkpoint_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-
     def restore(self) -> None:
-        import torch
-
-        found = self.checkpoints()
+        found = sorted(self.out.glob("checkpoint_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
         if not found:
             raise ValueError(f"--resume: {self.out} holds no checkpoint_*.pt")
         state = torch.load(found[-1], map_location=self.device, weights_only=True)
@@ -209,10 +203,6 @@ class _Run:
             print(f"torch-train: resumed from {found[-1].name} (iteration {self.start})")
 
     def save_checkpoint(self, iteration: int) -> None:
-        import torch
-
-        from pyirg.data.fsutil import atomic_output
-
         if self.rank:
             return
         state = {
@@ -234,18 +224,12 @@ class _Run:
         channels, height, width = self.fed.train_images.shape[1:]
         deploy = deploy_net(self.s_spec, batch=1, channels=channels, height=height, width=width)
         write_text(self.out / "student_deploy.prototxt", deploy)
-        save_caffemodel(self.student.cpu(), self.out / "student.caffemodel", name=deploy.name)
-        self.student.to(self.device)
+        save_caffemodel(self.student, self.out / "student.caffemodel", name=deploy.name)
 
     # ---------------------------------------------------------------- steps
 
     def step(self, iteration: int) -> dict[str, float]:
         """One iteration on this rank's rows of the global batch; terms averaged over ranks."""
-        import torch
-        import torch.distributed as dist
-
-        from pyirg.torch.distributed import GATHER_SECONDS
-
         cfg = self.cfg
         start, gathered = time.perf_counter(), GATHER_SECONDS[0]
         batch = self.train_fn(iteration)
@@ -284,18 +268,16 @@ class _Run:
     def test_accuracy(self) -> float:
         """Top-1 accuracy of the student (global statistics) on the whole test split; each
         rank tests its share, the counts are summed."""
-        import torch
-        import torch.distributed as dist
-
         images = self.fed.test_array()
         labels = self.fed.test_labels
+        chunk = 256
         self.student.eval()
         correct = torch.zeros(2, dtype=torch.float64, device=self.device)
         with torch.no_grad():
-            for start in range(self.rank * 256, len(images), 256 * self.world):
-                x = torch.from_numpy(images[start : start + 256]).to(self.device)
+            for start in range(self.rank * chunk, len(images), chunk * self.world):
+                x = torch.from_numpy(images[start : start + chunk]).to(self.device)
                 pred = self.student(x).argmax(1).cpu().numpy()
-                correct[0] += float((pred == labels[start : start + 256]).sum())
+                correct[0] += float((pred == labels[start : start + chunk]).sum())
                 correct[1] += len(pred)
         self.student.train()
         if self.world > 1:
@@ -304,18 +286,16 @@ class _Run:
 
 
 def _write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
-    from pyirg.data.fsutil import atomic_write_text
-
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "iter", k))
     lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]
     atomic_write_text(out / "metrics.csv", "\n".join(lines) + "\n")
     atomic_write_text(out / "metrics.json", json.dumps(rows, indent=1) + "\n")
 
 
-def _check_folder(cfg: TorchTrainSettings, world: int) -> None:
-    """A run folder belongs to one run: refuse another, or a resume with other settings."""
+def _check_folder(cfg: TorchTrainSettings, mine: dict[str, Any]) -> None:
+    """A run folder belongs to one run: refuse another, or a resume with other settings
+    (``mine``: this run's run.json)."""
     record = Path(cfg.out) / "run.json"
-    mine = {"settings": asdict(cfg), "ranks": world}
     if not record.is_file():
         if cfg.resume:
             raise ValueError(f"--resume: {cfg.out} holds no run (no run.json)")
@@ -328,8 +308,8 @@ def _check_folder(cfg: TorchTrainSettings, world: int) -> None:
         for k, v in mine["settings"].items()
         if k not in RESUMABLE and old["settings"].get(k) != v
     ]
-    if old.get("ranks") != world:
-        changed.append(f"ranks {old.get('ranks')} -> {world}")
+    if old.get("ranks") != mine["ranks"]:
+        changed.append(f"ranks {old.get('ranks')} -> {mine['ranks']}")
     if changed:
         raise ValueError(f"--resume with other settings than {record}: {'; '.join(changed)}")
 
@@ -339,29 +319,23 @@ def train(cfg: TorchTrainSettings) -> dict[str, Any]:
     cfg.check()
     rank, world = _ranks()
     out = Path(cfg.out)
+    record = {"settings": asdict(cfg), "ranks": world}
     if rank == 0:
-        _check_folder(cfg, world)
+        _check_folder(cfg, record)
         out.mkdir(parents=True, exist_ok=True)
     run = _Run(cfg)
     if cfg.resume:
         run.restore()
     rows: list[dict[str, Any]] = []
     if rank == 0:
-        from pyirg.data.fsutil import atomic_write_text
-
-        atomic_write_text(out / "run.json", json.dumps(
-            {"settings": asdict(cfg), "ranks": world}, indent=1) + "\n")  # fmt: skip
+        atomic_write_text(out / "run.json", json.dumps(record, indent=1) + "\n")
         if cfg.resume and (out / "metrics.json").is_file():
             rows = [r for r in json.loads((out / "metrics.json").read_text())
                     if r["iter"] <= run.start]  # fmt: skip
-    bar = None
-    if rank == 0 and cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.iters if cfg.stop_at is None else cfg.stop_at, initial=run.start,
-                   desc="torch-train", unit="it")  # fmt: skip
-    row: dict[str, Any] = {}
     end = cfg.iters if cfg.stop_at is None else cfg.stop_at
+    bar = tqdm(total=end, initial=run.start, desc="torch-train", unit="it",
+               disable=rank != 0 or not cfg.progress)  # fmt: skip
+    row: dict[str, Any] = {}
     for iteration in range(run.start, end):
         row = {"iter": iteration + 1, **run.step(iteration)}
         done = iteration + 1
@@ -370,13 +344,11 @@ def train(cfg: TorchTrainSettings) -> dict[str, Any]:
         if done == end or (cfg.snapshot and done % cfg.snapshot == 0):
             run.save_checkpoint(done)
         rows.append(row)
-        if bar is not None:
-            bar.set_postfix(loss=f"{row['total']:.4f}")
-            bar.update(1)
+        bar.set_postfix(loss=f"{row['total']:.4f}")
+        bar.update(1)
         if rank == 0 and "test_accuracy" in row:
             _write_metrics(out, rows)
-    if bar is not None:
-        bar.close()
+    bar.close()
     run.save_student()
     if rank == 0:
         _write_metrics(out, rows)
@@ -410,8 +382,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"torch-train: error: {e}", file=sys.stderr)
         return 2
     finally:
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
     return 0

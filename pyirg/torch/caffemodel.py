@@ -151,9 +151,10 @@ def state_dict_from_caffe(
     or use :func:`load_caffe_weights`.
     """
     layers = _as_layers(source)
+    modules = _weight_modules(model)
     out: dict[str, torch.Tensor] = {}
     missing = []
-    for name, module, caffe_type, count in _weight_modules(model):
+    for name, module, caffe_type, count in modules:
         layer = layers.get(prefix + name)
         if layer is None:
             missing.append(prefix + name)
@@ -175,7 +176,7 @@ def state_dict_from_caffe(
             f"its layers with blobs: {', '.join(layers) or 'none'}"
         )
     if prefix:
-        known = {prefix + name for name, *_ in _weight_modules(model)}
+        known = {prefix + name for name, *_ in modules}
         extra = [
             f"{n!r} ({layer.type})"
             for n, layer in layers.items()
@@ -195,8 +196,7 @@ def _convert_in(name: str, layer: CaffeLayer, module: nn.Module) -> dict[str, to
         c = module.num_features
         mean = _fit(layer.name, 0, layer.blobs[0], (c,))
         var = _fit(layer.name, 1, layer.blobs[1], (c,))
-        factor_blob = _fit(layer.name, 2, layer.blobs[2], (1,))
-        factor = float(factor_blob[0])
+        factor = float(_fit(layer.name, 2, layer.blobs[2], (1,))[0])
         # Caffe: scale = factor == 0 ? 0 : 1 / factor (batch_norm_layer.cpp).
         scale = 0.0 if factor == 0 else 1.0 / factor
         like = module.running_mean

@@ -61,45 +61,38 @@ def _safe_divide(d: Tensor, m: Tensor) -> Tensor:
     return torch.where(positive, d / torch.where(positive, m, torch.ones_like(m)), 0.0)
 
 
-def _map_normalizer(d: Tensor, normalize: str) -> Tensor:
-    n = d.shape[0]
+def _normalizer(d: Tensor, normalize: str) -> Tensor:
+    """m of the distances d: (N, N) for the map, (N,) for the vector."""
     if normalize == "MAX":
         # amax splits the gradient evenly among tied maxima, e.g. the pair (k, l), (l, k).
         return torch.amax(d)
-    if normalize == "MEAN":
-        if n < 2:
-            return d.sum() * 0.0  # no off-diagonal entries: normalizer 0, output 0
-        off_diagonal = ~torch.eye(n, dtype=torch.bool, device=d.device)
-        return (d * off_diagonal).sum() / (n * (n - 1))
-    return torch.ones((), dtype=d.dtype, device=d.device)
-
-
-def _vector_normalizer(d: Tensor, normalize: str) -> Tensor:
-    if normalize == "MAX":
-        return torch.amax(d)
-    if normalize == "MEAN":
+    if normalize == "NONE":
+        return torch.ones((), dtype=d.dtype, device=d.device)
+    if d.dim() == 1:
         return d.mean()
-    return torch.ones((), dtype=d.dtype, device=d.device)
+    n = d.shape[0]
+    if n < 2:
+        return d.sum() * 0.0  # no off-diagonal entries: normalizer 0, output 0
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=d.device)
+    return (d * off_diagonal).sum() / (n * (n - 1))
 
 
-def _map_forward(x2: Tensor, normalize: str, squared: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Return (A, d, m) for flattened x2 of shape (N, D)."""
-    diff = x2[:, None, :] - x2[None, :, :]
-    q = (diff * diff).sum(dim=2)
-    d = q if squared else _safe_sqrt(q)
-    m = _map_normalizer(d, normalize)
+def _distances(diff: Tensor, squared: bool) -> Tensor:
+    """Distances of the per-pair differences diff (..., D): (N, N, D) or (N, D)."""
+    q = (diff * diff).sum(dim=-1)
+    return q if squared else _safe_sqrt(q)
+
+
+def _relate(diff: Tensor, normalize: str, squared: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(d / m, d, m) for the per-pair differences diff."""
+    d = _distances(diff, squared)
+    m = _normalizer(d, normalize)
     return _safe_divide(d, m), d, m
 
 
-def _vector_forward(
-    x2: Tensor, y2: Tensor, normalize: str, squared: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Return (t, d, m) for flattened x2, y2 of shape (N, D)."""
-    diff = x2 - y2
-    q = (diff * diff).sum(dim=1)
-    d = q if squared else _safe_sqrt(q)
-    m = _vector_normalizer(d, normalize)
-    return _safe_divide(d, m), d, m
+def _pairs(x2: Tensor) -> Tensor:
+    """diff[i, j] = x_i - x_j, (N, N, D)."""
+    return x2[:, None, :] - x2[None, :, :]
 
 
 def _distance_slope(d: Tensor, m: Tensor, squared: bool) -> Tensor:
@@ -120,7 +113,7 @@ class _ReleasedMap(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x2: Tensor, normalize: str, squared: bool) -> Tensor:  # type: ignore[override]
-        a, d, m = _map_forward(x2, normalize, squared)
+        a, d, m = _relate(_pairs(x2), normalize, squared)
         ctx.save_for_backward(x2, d, m)
         ctx.squared = squared
         return a
@@ -129,8 +122,7 @@ class _ReleasedMap(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         x2, d, m = ctx.saved_tensors
         coef = grad * _distance_slope(d, m, ctx.squared)  # (N, N)
-        diff = x2[:, None, :] - x2[None, :, :]  # diff[i, j] = x_i - x_j
-        return (coef[:, :, None] * diff).sum(dim=1), None, None
+        return (coef[:, :, None] * _pairs(x2)).sum(dim=1), None, None
 
 
 class _ReleasedVector(torch.autograd.Function):
@@ -140,7 +132,7 @@ class _ReleasedVector(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx, x2: Tensor, y2: Tensor, normalize: str, squared: bool
     ) -> Tensor:
-        t, d, m = _vector_forward(x2, y2, normalize, squared)
+        t, d, m = _relate(x2 - y2, normalize, squared)
         ctx.save_for_backward(x2, y2, d, m)
         ctx.squared = squared
         return t
@@ -167,7 +159,7 @@ def batch_euclidean_map(
     x2 = _flatten("BatchEuclideanMap", "x", x)
     if backward == "RELEASED":
         return _ReleasedMap.apply(x2, normalize, squared)
-    return _map_forward(x2, normalize, squared)[0]
+    return _relate(_pairs(x2), normalize, squared)[0]
 
 
 def batch_euclidean_vector(
@@ -188,7 +180,7 @@ def batch_euclidean_vector(
         )
     if backward == "RELEASED":
         return _ReleasedVector.apply(x2, y2, normalize, squared)
-    return _vector_forward(x2, y2, normalize, squared)[0]
+    return _relate(x2 - y2, normalize, squared)[0]
 
 
 class _IRGLayer(nn.Module):

@@ -11,19 +11,10 @@ Caffe nets the project generates:
 
 The ground-truth term is the batch-mean cross entropy, like SoftmaxWithLoss.
 
-Default weights of :meth:`IRGLoss.from_method` (override any of them by keyword):
-
-======== ===== ====== ===== =========
-method   gt    logits edges transform
-======== ===== ====== ===== =========
-IRG      1     0.05   0.005 0
-IRG-t    1     0      0     0.005
-MTK      1     0.05   0.005 0.005
-======== ===== ====== ===== =========
-
-0.05 on the logits is the paper's best value for λ2; 0.005 is the weight of every
-EuclideanLoss in the authors' released prototxts. The released IRG.prototxt has no logits
-term: pass ``logits_weight=0`` to reproduce it.
+:meth:`IRGLoss.from_method` takes each method's default weights from ``METHODS`` (override
+any of them by keyword): 0.05 on the logits is the paper's best value for λ2; 0.005 is the
+weight of every EuclideanLoss in the authors' released prototxts. The released
+IRG.prototxt has no logits term: pass ``logits_weight=0`` to reproduce it.
 """
 
 from __future__ import annotations
@@ -80,6 +71,12 @@ def _feature(feats: Mapping[str, Tensor], name: str, net: str) -> Tensor:
             f"IRGLoss: {net} features have no {name!r} (available: {', '.join(sorted(feats))})"
         )
     return feats[name]
+
+
+def _method_weights(method: str) -> dict[str, float]:
+    if method not in METHODS:
+        raise ValueError(f"IRGLoss: method must be one of {tuple(METHODS)}, got {method!r}")
+    return METHODS[method]
 
 
 def _check_pairs(arg: str, pairs: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -168,10 +165,7 @@ class IRGLoss(nn.Module):
         The default edge layer is the pooled feature, as in the released IRG.prototxt;
         IRG-t and MTK need ``transform_pairs`` (see :meth:`from_networks`).
         """
-        if method not in METHODS:
-            raise ValueError(f"IRGLoss: method must be one of {tuple(METHODS)}, got {method!r}")
-        options: dict[str, object] = dict(METHODS[method])
-        options.update(kwargs)
+        options: dict[str, object] = {**_method_weights(method), **kwargs}
         return cls(edge_layers=edge_layers, transform_pairs=transform_pairs, **options)  # type: ignore[arg-type]
 
     @classmethod
@@ -192,9 +186,7 @@ class IRGLoss(nn.Module):
         student's own names, which differ from the teacher's when it keeps a deeper
         numbering). ``kwargs`` override the weights and layer settings.
         """
-        if method not in METHODS:
-            raise ValueError(f"IRGLoss: method must be one of {tuple(METHODS)}, got {method!r}")
-        transform = kwargs.get("transform_weight", METHODS[method].get("transform_weight"))
+        transform = kwargs.get("transform_weight", _method_weights(method).get("transform_weight"))
         pairs = {}
         if transform:
             pairs = {
@@ -278,10 +270,9 @@ class IRGLoss(nn.Module):
                 ),
                 start=logits.new_zeros(()),
             )
-        total = logits.new_zeros(())
-        for key, value in terms.items():
-            total = total + self.weights[key] * value
-        terms["total"] = total
+        terms["total"] = sum(
+            (self.weights[key] * value for key, value in terms.items()), start=logits.new_zeros(())
+        )
         return terms
 
 

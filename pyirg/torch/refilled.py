@@ -13,9 +13,9 @@ other classes can still teach:
    ones from the batch). The caller adds the usual cross entropy on the labels.
 
 Everything is written from the formulas, with autograd providing the gradients, and imports
-nothing else of pyirg, so that a second implementation (a Caffe layer, say) can be checked
-against it rather than against itself. Degenerate inputs are defined rather than left to
-NaN:
+nothing of pyirg but the IRG layers' helpers (:mod:`pyirg.torch.layers`), so that a second
+implementation (a Caffe layer, say) can be checked against it rather than against itself.
+Degenerate inputs are defined rather than left to NaN:
 
 - a zero embedding normalizes to the zero vector, and its gradient through the
   normalization is taken as 0 (the normalization has no limit there);
@@ -34,23 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# The IRG layers' helpers: the same degenerate cases, defined the same way.
+from pyirg.torch.layers import _distances, _flatten, _pairs, _safe_divide, _safe_sqrt
+
 TRIPLET_MODES = ("TRIPLET", "TUPLE")
 CENTER_MODES = ("GLOBAL", "LOCAL")
 _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 # ---------------------------------------------------------------- validation
-
-
-def _instances(fn: str, arg: str, x: Tensor) -> Tensor:
-    """(N, ...) -> (N, D): the losses relate whole instances, whatever their shape."""
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{fn}: {arg} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 1 or x.shape[0] < 1:
-        raise ValueError(f"{fn}: {arg} must have shape (N, ...) with N >= 1, got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{fn}: {arg} must be floating point, got {x.dtype}")
-    return x.reshape(x.shape[0], -1)
 
 
 def _same_n(fn: str, arg: str, x: Tensor, ref_arg: str, ref: Tensor) -> None:
@@ -94,11 +86,21 @@ def _check_positive(fn: str, arg: str, value: float) -> None:
         raise ValueError(f"{fn}: {arg} must be > 0, got {value!r}")
 
 
+def _check_margin(fn: str, margin: float) -> None:
+    if not margin >= 0:  # also rejects NaN
+        raise ValueError(f"{fn}: margin must be >= 0, got {margin!r}")
+
+
+def _check_centers(fn: str, centers: object) -> None:
+    if not isinstance(centers, Tensor) or centers.dim() != 2:
+        shape = tuple(centers.shape) if isinstance(centers, Tensor) else type(centers)
+        raise ValueError(f"{fn}: centers must have shape (K, D), got {shape}")
+
+
 def check_triplet_params(fn: str, mode: str, margin: float, tau1: float) -> None:
     """Reject bad settings early, so a typo cannot silently select a default."""
     _check_mode(fn, mode, TRIPLET_MODES)
-    if not margin >= 0:  # also rejects NaN
-        raise ValueError(f"{fn}: margin must be >= 0, got {margin!r}")
+    _check_margin(fn, margin)
     _check_positive(fn, "tau1", tau1)
 
 
@@ -111,27 +113,18 @@ def check_center_params(fn: str, mode: str, tau2: float) -> None:
 # ---------------------------------------------------------------- building blocks
 
 
-def _safe_sqrt(q: Tensor) -> Tensor:
-    """sqrt whose gradient at 0 is 0 (the inner where keeps autograd from seeing 1/0)."""
-    positive = q > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, q, torch.ones_like(q))), 0.0)
-
-
 def l2_normalize(x: Tensor) -> Tensor:
     """Rows of x (N, D) scaled to unit length; a zero row stays zero, with zero gradient.
 
     ``F.normalize`` clamps the norm with an epsilon instead, which changes tiny rows and
     their gradients; here nothing but the exact zero row is special.
     """
-    norm = _safe_sqrt((x * x).sum(dim=1, keepdim=True))
-    positive = norm > 0
-    return torch.where(positive, x / torch.where(positive, norm, torch.ones_like(norm)), 0.0)
+    return _safe_divide(x, _safe_sqrt((x * x).sum(dim=1, keepdim=True)))
 
 
 def pairwise_distances(x: Tensor) -> Tensor:
     """Euclidean (not squared) distances (N, N) between the rows of x (N, D)."""
-    diff = x[:, None, :] - x[None, :, :]
-    return _safe_sqrt((diff * diff).sum(dim=2))
+    return _distances(_pairs(x), squared=False)
 
 
 def _mine(d: Tensor, labels: Tensor, margin: float) -> Tensor:
@@ -154,10 +147,9 @@ def mine_triplets(student: Tensor, labels: Tensor, margin: float = 0.2) -> Tenso
     out, so nothing is differentiated through the selection.
     """
     fn = "mine_triplets"
-    x = _instances(fn, "student", student)
+    x = _flatten(fn, "student", student)
     y = _labels(fn, labels, x.shape[0])
-    if not margin >= 0:
-        raise ValueError(f"{fn}: margin must be >= 0, got {margin!r}")
+    _check_margin(fn, margin)
     with torch.no_grad():
         return _mine(pairwise_distances(l2_normalize(x)), y.to(x.device), margin)
 
@@ -214,8 +206,8 @@ def triplet_relation_loss(
     """
     fn = "triplet_relation_loss"
     check_triplet_params(fn, mode, margin, tau1)
-    s = _instances(fn, "student", student)
-    t = _instances(fn, "teacher", teacher)
+    s = _flatten(fn, "student", student)
+    t = _flatten(fn, "teacher", teacher)
     _same_n(fn, "teacher", teacher, "student", student)
     y = _labels(fn, labels, s.shape[0]).to(s.device)
 
@@ -257,7 +249,7 @@ def class_centers(embeddings: Tensor, labels: Tensor, num_classes: int) -> Tenso
     fn = "class_centers"
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"{fn}: num_classes must be an int >= 1, got {num_classes!r}")
-    x = _instances(fn, "embeddings", embeddings).detach()
+    x = _flatten(fn, "embeddings", embeddings).detach()
     y = _labels(fn, labels, x.shape[0]).to(x.device)
     _check_in_range(fn, y, num_classes, "num_classes")
     counts = torch.bincount(y, minlength=num_classes)
@@ -308,8 +300,8 @@ def local_center_kd_loss(
     if not isinstance(student_logits, Tensor) or student_logits.dim() != 2:
         shape = tuple(student_logits.shape) if isinstance(student_logits, Tensor) else None
         raise ValueError(f"{fn}: student_logits must have shape (N, K), got {shape}")
-    z = _instances(fn, "student_logits", student_logits)
-    f_t = _instances(fn, "teacher_embedding", teacher_embedding).detach().to(z)
+    z = _flatten(fn, "student_logits", student_logits)
+    f_t = _flatten(fn, "teacher_embedding", teacher_embedding).detach().to(z)
     _same_n(fn, "teacher_embedding", teacher_embedding, "student_logits", student_logits)
     y = _labels(fn, labels, z.shape[0]).to(z.device)
     k = z.shape[1]
@@ -319,9 +311,7 @@ def local_center_kd_loss(
     if mode == "GLOBAL":
         if centers is None:
             raise ValueError(f"{fn}: mode='GLOBAL' needs centers (K, D), e.g. class_centers()")
-        if not isinstance(centers, Tensor) or centers.dim() != 2:
-            shape = tuple(centers.shape) if isinstance(centers, Tensor) else type(centers)
-            raise ValueError(f"{fn}: centers must have shape (K, D), got {shape}")
+        _check_centers(fn, centers)
         if tuple(centers.shape) != (k, f_t.shape[1]):
             raise ValueError(
                 f"{fn}: centers {tuple(centers.shape)} must be (K, D) = ({k}, {f_t.shape[1]}): "
@@ -392,8 +382,6 @@ class LocalCenterKDLoss(nn.Module):
     ) -> None:
         super().__init__()
         check_center_params("LocalCenterKDLoss", mode, tau2)
-        if mode == "LOCAL" and centers is not None:
-            raise ValueError("LocalCenterKDLoss: centers are only used by mode='GLOBAL'")
         self.mode = mode
         self.tau2 = float(tau2)
         self.teaching_weight = float(teaching_weight)
@@ -405,9 +393,7 @@ class LocalCenterKDLoss(nn.Module):
         """Store a detached copy of the (K, D) centers (GLOBAL mode only)."""
         if self.mode != "GLOBAL":
             raise ValueError("LocalCenterKDLoss: centers are only used by mode='GLOBAL'")
-        if not isinstance(centers, Tensor) or centers.dim() != 2:
-            shape = tuple(centers.shape) if isinstance(centers, Tensor) else type(centers)
-            raise ValueError(f"LocalCenterKDLoss: centers must have shape (K, D), got {shape}")
+        _check_centers("LocalCenterKDLoss", centers)
         self.centers = centers.detach().clone()
 
     def extra_repr(self) -> str:

@@ -12,8 +12,7 @@ This description (:func:`resnet_layout`) is deliberately not :mod:`pyirg.arch`, 
 which the Caffe nets are generated: it is written independently (the layer numbers come
 from closed formulas rather than running counters), so that ``tools/verify.py`` compares
 two implementations and a test (tests/test_torch_reference.py) holds the two descriptions
-against each other and against a hand-written table of ResNet-20. Nothing in
-:mod:`pyirg.torch` imports the rest of pyirg.
+against each other and against a hand-written table of ResNet-20.
 
 Names follow the authors' ResNet-20.prototxt: ``Convolution1``, ``BatchNorm1``,
 ``Scale1``, ``ReLU1``, ``Eltwise1``, ..., ``Pooling1``, ``InnerProduct1``, in network
@@ -23,26 +22,10 @@ ResNet-14 student does under ResNet-20, the missing blocks leaving gaps.
 
 Every Caffe layer that computes something (Convolution, BatchNorm, Scale, ReLU, Eltwise,
 Pooling, InnerProduct) is a module of the same name in ``model.layers``, so weights move
-between the two frameworks by name alone and features can be requested by the names the
+between the two frameworks by name alone (``layers.<name>.<attr>`` -> blob, see
+:func:`caffe_name_map`; BatchNorm's third blob, Caffe's running-sum factor, is
+:mod:`pyirg.torch.caffemodel`'s business) and features can be requested by the names the
 prototxts use.
-
-Name map (PyTorch state_dict key -> Caffe layer, blob index), see :func:`caffe_name_map`:
-
-=================================== ========================
-``layers.ConvolutionK.weight``      ConvolutionK, blob 0
-``layers.ConvolutionK.bias``        ConvolutionK, blob 1
-``layers.BatchNormK.running_mean``  BatchNormK, blob 0
-``layers.BatchNormK.running_var``   BatchNormK, blob 1
-``layers.ScaleK.weight``            ScaleK, blob 0
-``layers.ScaleK.bias``              ScaleK, blob 1
-``layers.InnerProduct1.weight``     InnerProduct1, blob 0 (out, in)
-``layers.InnerProduct1.bias``       InnerProduct1, blob 1
-=================================== ========================
-
-Caffe's BatchNorm keeps unnormalized running sums in blobs 0 and 1 and their weight in
-blob 2 (the "scale factor"); it divides by blob 2 at use. The statistics here are already
-divided, so an exporter writes them with blob 2 = 1. The ``caffe_factor`` buffer (and
-``num_batches_tracked``) have no blob.
 """
 
 from __future__ import annotations
@@ -124,6 +107,11 @@ class Block:
     relu: int
 
     @property
+    def units(self) -> tuple[Unit, ...]:
+        """The block's units in numbering order: the projection first."""
+        return tuple(u for u in (self.shortcut, self.conv_a, self.conv_b) if u is not None)
+
+    @property
     def eltwise(self) -> str:
         return f"Eltwise{self.number}"
 
@@ -150,10 +138,7 @@ class ResNetLayout:
 
     def units(self) -> list[Unit]:
         """Every unit in network (and numbering) order; a block's shortcut comes first."""
-        out = [self.stem]
-        for b in self.blocks:
-            out.extend(u for u in (b.shortcut, b.conv_a, b.conv_b) if u is not None)
-        return out
+        return [self.stem, *(u for b in self.blocks for u in b.units)]
 
 
 def _blocks_per_stage(depth: int, what: str) -> int:
@@ -238,18 +223,6 @@ def resnet_layout(
     )
 
 
-def layout_of(spec: ResNetChoice) -> ResNetLayout:
-    """This module's description of the net ``spec`` chooses (from its choices only)."""
-    return resnet_layout(
-        spec.depth,
-        spec.width,
-        spec.num_classes,
-        spec.in_channels,
-        spec.numbering_depth,
-        spec.kept_blocks,
-    )
-
-
 #: Caffe's batch_norm_param.moving_average_fraction default.
 MOVING_AVERAGE_FRACTION = 0.999
 BN_EPS = 1e-5
@@ -315,13 +288,19 @@ class CifarResNet(nn.Module):
 
     def __init__(self, spec: ResNetChoice) -> None:
         super().__init__()
-        self.layout = layout = layout_of(spec)
+        self.layout = layout = resnet_layout(
+            spec.depth,
+            spec.width,
+            spec.num_classes,
+            spec.in_channels,
+            spec.numbering_depth,
+            spec.kept_blocks,
+        )
         self.layers = nn.ModuleDict()
         self._add_unit(layout.stem)
         for block in layout.blocks:
-            for unit in (block.shortcut, block.conv_a, block.conv_b):
-                if unit is not None:
-                    self._add_unit(unit)
+            for unit in block.units:
+                self._add_unit(unit)
             self.layers[block.eltwise] = Eltwise()
             self.layers[block.relu_name] = nn.ReLU()
         self.layers[layout.pool] = GlobalAvgPool()
