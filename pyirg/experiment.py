@@ -55,7 +55,7 @@ import numpy as np
 from pyirg.arch import ResNetSpec, cifar_resnet
 from pyirg.caffeio import caffe_net, filler_weights, write_text
 from pyirg.cli import debugging
-from pyirg.data.core import DATASETS
+from pyirg.data.core import DATASETS, Dataset
 from pyirg.data.digits import load_digits_split
 from pyirg.data.feed import FedSplit
 from pyirg.distill import METHOD_WEIGHTS, STUDENT_PREFIX, DistillConfig, distill_net
@@ -168,14 +168,10 @@ class ExperimentConfig:
         """Processes to run: ``jobs``, or one per usable core."""
         return self.jobs or usable_cores()
 
-    def schedule(self, iterations: int) -> Schedule:
-        """The digits schedule: lr / 10 at 50% and 75% of the run, as in the CIFAR one."""
-        return Schedule(
-            base_lr=self.base_lr,
-            weight_decay=self.weight_decay,
-            stepvalues=(iterations // 2, iterations * 3 // 4),
-            max_iter=iterations,
-        )
+
+def config_record(cfg: Any) -> dict[str, Any]:
+    """A job's options dataclass as its JSON records hold it (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
 
 
 def load_data(train_per_class: int) -> FedSplit:
@@ -190,22 +186,42 @@ def _specs(cfg: ExperimentConfig) -> tuple[ResNetSpec, ResNetSpec]:
     return teacher, student
 
 
-def _data_config(cfg: ExperimentConfig) -> DataConfig:
-    return DataConfig(
-        kind="input", dataset=DATASETS["digits"], train_batch=cfg.batch, test_batch=cfg.batch
+def input_data(dataset: Dataset, batch: int) -> DataConfig:
+    """Input layers fed from Python (:class:`FedSplit`), ``batch`` images in both phases."""
+    return DataConfig(kind="input", dataset=dataset, train_batch=batch, test_batch=batch)
+
+
+def digits_solver(
+    net: Any, iterations: int, test_size: int, batch: int, seed: int, test_interval: int = 0, **lr
+) -> Any:
+    """The digits jobs' solver: lr / 10 at 50% and 75% of the run, as in the CIFAR
+    schedule (``lr``: its base_lr and weight_decay, else the Schedule's); a test of the
+    whole split every ``test_interval`` (0: at the end only), a snapshot at the end."""
+    every = test_interval or iterations
+    schedule = Schedule(
+        stepvalues=(iterations // 2, iterations * 3 // 4), max_iter=iterations, **lr
     )
+    test_iter = math.ceil(test_size / batch)
+    return make_solver(net, schedule, "net", test_iter, every, every, iterations, seed)
 
 
 def teacher_net(cfg: ExperimentConfig, teacher: ResNetSpec):
     """The NetParameter that trains the teacher."""
-    return batchnorm_memory(
-        train_net(teacher, data=_data_config(cfg), name="digits_teacher"), BN_FRACTION
-    )
+    data = input_data(DATASETS["digits"], cfg.batch)
+    return batchnorm_memory(train_net(teacher, data=data, name="digits_teacher"), BN_FRACTION)
 
 
-def student_net(cfg: ExperimentConfig, method: str, teacher: ResNetSpec, student: ResNetSpec):
-    """The NetParameter that trains the student with ``method`` (baseline: student alone)."""
-    data = _data_config(cfg)
+def student_net(
+    cfg: ExperimentConfig,
+    method: str,
+    teacher: ResNetSpec,
+    student: ResNetSpec,
+    data: DataConfig | None = None,
+):
+    """The NetParameter that trains the student with ``method`` (baseline: student alone);
+    ``data``: another data set's Input layers (the REFILLED demo), else the digits'."""
+    if data is None:
+        data = input_data(DATASETS["digits"], cfg.batch)
     if method == "baseline":
         net = train_net(student, data=data, name="digits_baseline", prefix=STUDENT_PREFIX)
     else:
@@ -230,15 +246,13 @@ class Run:
 
     @property
     def key(self) -> str:
+        """The run's folder in the job's, and its name in the progress display."""
         return TEACHER if self.method == TEACHER else f"{self.method}/seed{self.seed}"
 
-    def folder(self, cfg: ExperimentConfig) -> Path:
-        return cfg.out / self.key
 
-
-def init_weights_path(cfg: ExperimentConfig, seed: int) -> Path:
-    """Where the students' shared initial weights for ``seed`` are kept."""
-    return cfg.out / "init" / f"student_seed{seed}.caffemodel"
+def init_weights_path(out: Path, seed: int) -> Path:
+    """Where a job in ``out`` keeps the students' shared initial weights for ``seed``."""
+    return out / "init" / f"student_seed{seed}.caffemodel"
 
 
 def write_init_weights(cfg: ExperimentConfig, seed: int) -> Path:
@@ -249,7 +263,7 @@ def write_init_weights(cfg: ExperimentConfig, seed: int) -> Path:
     these weights by name gives every method's student the same start.
     """
     student = student_net(cfg, "baseline", *_specs(cfg))
-    return filler_weights(student, seed, init_weights_path(cfg, seed))
+    return filler_weights(student, seed, init_weights_path(cfg.out, seed))
 
 
 def evaluate(spec: ResNetSpec, weights: Path, prefix: str, data: FedSplit) -> float:
@@ -294,19 +308,12 @@ def train_run(
         init = None
     else:
         net, iterations = student_net(cfg, run.method, teacher, student), cfg.max_iter
-        spec, prefix, init = student, STUDENT_PREFIX, init_weights_path(cfg, run.seed)
-    out = run.folder(cfg)
-    every = cfg.test_interval or iterations
-    solver = make_solver(
-        net,
-        cfg.schedule(iterations),
-        snapshot_prefix="net",
-        test_iter=math.ceil(len(data.test_labels) / cfg.batch),
-        test_interval=every,
-        display=every,
-        snapshot=iterations,
-        random_seed=run.seed,
-    )
+        spec, prefix, init = student, STUDENT_PREFIX, init_weights_path(cfg.out, run.seed)
+    out = cfg.out / run.key
+    solver = digits_solver(
+        net, iterations, len(data.test_labels), cfg.batch, run.seed, cfg.test_interval,
+        base_lr=cfg.base_lr, weight_decay=cfg.weight_decay,
+    )  # fmt: skip
     train_fn, test_fn = data.batch_fns(cfg.batch, run.seed)
 
     def step(done: int, net: Any) -> None:
@@ -342,28 +349,19 @@ def train_run(
 
 # ---------------------------------------------------------------------- parallel job
 
-_QUEUE: Any = None
 
-
-def _worker_init(queue: Any) -> None:
-    """Each worker sends its progress to the parent's queue (a Manager queue: a put is a
-    call to the manager process, so a full pipe can never block a worker's exit).
+def worker_run(
+    cfg: ExperimentConfig, run: Run, teacher_weights: Path | None, queue: Any
+) -> dict[str, Any]:
+    """What a worker process runs for one :class:`Run`: its progress goes to the parent's
+    ``queue``, a Manager queue (a put is a call to the manager process, so a full pipe can
+    never block a worker's exit).
 
     Its BLAS threads are limited in :func:`train_run` (threadpoolctl): environment
-    variables set here would come too late, since unpickling this function already
-    imports pycaffe and its OpenBLAS.
+    variables set in the worker would come too late, since unpickling this function
+    already imports pycaffe and its OpenBLAS.
     """
-    global _QUEUE
-    _QUEUE = queue
-
-
-def _report(key: str, done: int) -> None:
-    _QUEUE.put((key, done))
-
-
-def worker_run(cfg: ExperimentConfig, run: Run, teacher_weights: Path | None) -> dict[str, Any]:
-    """What a worker process runs for one :class:`Run`."""
-    return train_run(cfg, run, teacher_weights, progress=_report)
+    return train_run(cfg, run, teacher_weights, lambda key, done: queue.put((key, done)))
 
 
 class Scheduler:
@@ -382,9 +380,6 @@ class Scheduler:
         self.students = [Run(m, s) for m in cfg.methods for s in cfg.seeds]
         self.results: dict[Run, dict[str, Any]] = {}
         self.teacher_weights: Path | None = None
-
-    def _total_iterations(self) -> int:
-        return self.cfg.teacher_iter + self.cfg.max_iter * len(self.students)
 
     def _teacher_done(self, result: dict[str, Any]) -> None:
         self.teacher_weights = Path(result["weights"])
@@ -414,7 +409,7 @@ class Scheduler:
         ready = [teacher] + [r for r in self.students if r.method == "baseline"]
         done_iters: dict[str, int] = {}
         bar = tqdm(
-            total=self._total_iterations(),
+            total=cfg.teacher_iter + cfg.max_iter * len(self.students),
             disable=not cfg.progress,
             unit="it",
             desc=f"{len(self.students) + 1} trainings, {cfg.workers} at a time",
@@ -422,10 +417,11 @@ class Scheduler:
         )
         with ctx.Manager() as manager, bar:
             queue = manager.Queue()
-            pool = ProcessPoolExecutor(
-                cfg.workers, mp_context=ctx, initializer=_worker_init, initargs=(queue,)
-            )
+            pool = ProcessPoolExecutor(cfg.workers, mp_context=ctx)
             running: dict[Future, Run] = {}
+
+            def start(r: Run, teacher_weights: Path | None) -> None:
+                running[pool.submit(self.worker, cfg, r, teacher_weights, queue)] = r
 
             def drain() -> None:
                 while not queue.empty():
@@ -435,7 +431,7 @@ class Scheduler:
 
             try:
                 for r in ready:
-                    running[pool.submit(self.worker, cfg, r, None)] = r
+                    start(r, None)
                 while running:
                     finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
                     drain()
@@ -445,7 +441,7 @@ class Scheduler:
                         if run.method == TEACHER:
                             self._teacher_done(result)
                             for r in waiting:
-                                running[pool.submit(self.worker, cfg, r, self.teacher_weights)] = r
+                                start(r, self.teacher_weights)
                         else:
                             self._print_run(result)
                         bar.set_postfix_str(f"{len(self.results)}/{len(self.students) + 1} done")
@@ -487,6 +483,16 @@ def machine_line(workers: int) -> dict[str, Any]:
     }
 
 
+def machine_text(m: dict[str, Any], threads: str) -> str:
+    """The tables' "Machine:" sentence from a :func:`machine_line` with its ``seconds``;
+    ``threads``: what it says of each training's BLAS threads."""
+    return (
+        f"Machine: {m['cpu']} ({m['cores']} cores), {m['blas']} kernel {m['kernel']} "
+        f"({m['kernel_source']}), {threads}, {m['parallel_trainings']} trainings in "
+        f"parallel; {m['date']}; pyirg {m['pyirg']}; {m['seconds']} s."
+    )
+
+
 #: Settings that do not change what a run computes: a job may be extended with more
 #: seeds or methods, or re-run with other --jobs, into the same folder.
 _NOT_RESULTS = ("out", "seeds", "methods", "jobs", "progress")
@@ -511,11 +517,7 @@ def move_job_aside(out: Path) -> Path | None:
 def check_job_folder(cfg: ExperimentConfig) -> None:
     """Refuse an --out whose finished runs were made with other settings (they would be
     resumed and reported as if made with these); record the settings in a new folder."""
-    settings = {
-        k: (str(v) if isinstance(v, Path) else v)
-        for k, v in asdict(cfg).items()
-        if k not in _NOT_RESULTS
-    }
+    settings = {k: v for k, v in config_record(cfg).items() if k not in _NOT_RESULTS}
     path = cfg.out / JOB_FILE
     if path.is_file():
         stored = json.loads(path.read_text())
@@ -564,7 +566,7 @@ def run(cfg: ExperimentConfig, command: str = "") -> dict:
         write_init_weights(cfg, seed)
     t_result, runs = Scheduler(cfg).run()
     results = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "config": config_record(cfg),
         "data": {"train": len(data.train_labels), "test": len(data.test_labels)},
         "machine": machine,
         "command": command,
@@ -677,11 +679,9 @@ def format_table(results: dict) -> str:
         f"{cfg['teacher_width']:g} -> student ResNet-{cfg['student_depth']}x"
         f"{cfg['student_width']:g}, {cfg['max_iter']} iterations of batch {cfg['batch']}, "
         f"{len(seeds)} paired seeds ({_seed_label(seeds)}).",
-        f"Machine: {m['cpu']} ({m['cores']} cores), {m['blas']} kernel {m['kernel']} "
-        f"({m['kernel_source']}), BLAS threads per training "
-        f"{'/'.join(map(str, m['blas_threads_per_training']))}, "
-        f"{m['parallel_trainings']} trainings in parallel; {m['date']}; pyirg {m['pyirg']}; "
-        f"{m['seconds']} s.",
+        machine_text(
+            m, f"BLAS threads per training {'/'.join(map(str, m['blas_threads_per_training']))}"
+        ),
         "",
         "| method | test accuracy % (mean ± std) | paired Δ vs baseline (points) | 95% CI "
         "| wins/ties/losses |",

@@ -38,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="dataset", required=True)
 
-    def common(p: argparse.ArgumentParser, dataset: str) -> None:
+    def add(dataset: str, help: str, archive: str | None = None) -> argparse.ArgumentParser:
+        """A data set's subcommand: its archive (if any), then the options all share."""
+        p = sub.add_parser(dataset, help=help, formatter_class=HelpFormatter)
+        if archive is not None:
+            p.add_argument("archive", type=Path, help=archive)
         p.add_argument("out_dir", type=Path, help="output directory (created atomically)")
         p.add_argument(
             "--pad",
@@ -48,25 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        return p
 
     for name in CIFAR_VARIANTS:
-        p = sub.add_parser(
-            name, help=f"{name} from the official Python archive", formatter_class=HelpFormatter
+        p = add(
+            name,
+            f"{name} from the official Python archive",
+            "the .tar.gz archive or its extracted directory",
         )
-        p.add_argument("archive", type=Path, help="the .tar.gz archive or its extracted directory")
-        common(p, name)
         if name == "cifar100":
             p.add_argument(
                 "--labels", choices=("fine", "coarse"), default="fine", help="which labels"
             )
         p.add_argument("--npy", action="store_true", help="also write the arrays as .npy")
-    p = sub.add_parser(
+    p = add(
         "cub200",
-        help="CUB-200-2011 from the official archive (224x224 centre crops, .npy included)",
-        formatter_class=HelpFormatter,
+        "CUB-200-2011 from the official archive (224x224 centre crops, .npy included)",
+        "CUB_200_2011.tgz or its extracted folder",
     )
-    p.add_argument("archive", type=Path, help="CUB_200_2011.tgz or its extracted folder")
-    common(p, "cub200")
     p.add_argument(
         "--size",
         type=int,
@@ -74,12 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="side of the square images: shorter side resized to it, centre crop "
         "(pyirg refilled --dataset cub200 expects 224)",
     )
-    p = sub.add_parser(
-        "digits",
-        help="scikit-learn's bundled 8x8 digits (no download)",
-        formatter_class=HelpFormatter,
-    )
-    common(p, "digits")
+    p = add("digits", "scikit-learn's bundled 8x8 digits (no download)")
     p.add_argument(
         "--test-fraction",
         type=float,

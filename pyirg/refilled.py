@@ -8,10 +8,10 @@ besides training: the teacher's class centers and the nearest-class-mean accurac
 - **Stage 2** (:func:`stage2_net`): the student's cross-entropy (``SoftmaxWithLoss``) plus
   ``LocalCenterKDLoss`` between the student's logits and the teacher's embedding scored
   against the teacher's class centers. The centers are the KD layer's parameter blob
-  (``center_kd``, never trained): :func:`teacher_centers` computes them over the training
-  data through pycaffe and :func:`write_centers` adds them to a copy of the teacher's
-  .caffemodel, so that the training driver loads them with the teacher, checked like
-  every teacher layer.
+  (``center_kd``, never trained): :func:`class_centers` of the teacher's
+  :func:`embeddings` of the training data, which :func:`write_centers` adds to a copy of
+  the teacher's .caffemodel, so that the training driver loads them with the teacher,
+  checked like every teacher layer.
 - The student embedding after stage 1 is judged by :func:`ncm_accuracy`, a
   nearest-class-mean classifier on the L2-normalized embedding, as the authors judge it.
 
@@ -47,6 +47,7 @@ from pyirg.netspec import (
     spec_label,
     to_net,
 )
+from pyirg.options import number_problem
 
 Network = ResNetSpec | WideResNetSpec | MobileNetSpec
 MODES = tuple(caffe_pb2.RelationParameter.Mode.keys())
@@ -107,16 +108,10 @@ class RefilledConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.centers not in CENTERS:
             raise ValueError(f"centers must be one of {CENTERS}, got {self.centers!r}")
-        for what, value in (("tau1", self.tau1), ("tau2", self.tau2)):
-            if not np.isfinite(value) or value <= 0:
-                raise ValueError(f"{what} must be a positive finite number, got {value}")
-        for what, value in (
-            ("margin", self.margin),
-            ("scale", self.scale),
-            ("teaching_weight", self.teaching_weight),
-        ):
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{what} must be a finite number >= 0, got {value}")
+        for name in ("tau1", "tau2", "margin", "scale", "teaching_weight"):  # taus divide
+            problem = number_problem(name, getattr(self, name), positive=name in ("tau1", "tau2"))
+            if problem:
+                raise ValueError(problem)
         if not self.student_prefix:
             raise ValueError("the student needs a name prefix (the teacher has none)")
         for role, spec in (("teacher", self.teacher), ("student", self.student)):
@@ -224,13 +219,6 @@ def class_centers(features: np.ndarray, labels: np.ndarray, num_classes: int) ->
     means = np.stack([features[labels == c].mean(axis=0) for c in range(num_classes)])
     norms = np.linalg.norm(means, axis=1, keepdims=True)
     return np.divide(means, norms, out=np.zeros_like(means), where=norms > 0)
-
-
-def teacher_centers(
-    spec: Network, weights: PathLike, images: np.ndarray, labels: np.ndarray, num_classes: int
-) -> np.ndarray:
-    """The teacher's class centers (K x D') over ``images`` of the student's classes."""
-    return class_centers(embeddings(spec, weights, images), labels, num_classes)
 
 
 def write_centers(teacher_weights: PathLike, centers: np.ndarray, out: PathLike) -> Path:

@@ -25,7 +25,7 @@ import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,26 +71,18 @@ class Setting:
     student_set: Dataset
 
 
-def _dataset(fed: FedSplit, classes: int) -> Dataset:
-    return replace(
-        DATASETS["digits"],
-        num_classes=classes,
-        train_size=len(fed.train_labels),
-        test_size=len(fed.test_labels),
-    )
-
-
 def load_setting(name: str, train_per_class: int) -> Setting:
+    """The setting's data: the cross-task teacher's is the default split's digits 0-4."""
     from pyirg.data.digits import load_digits_split
+    from pyirg.two_stage import fed_split
 
-    d = DATASETS["digits"]
+    digits = DATASETS["digits"]
     students = load_digits_split(train_per_class=train_per_class)
     if name == "standard":
-        fed = FedSplit.of(students, d.pad, d.scale)
-        return Setting(name, fed, _dataset(fed, 10), fed, _dataset(fed, 10))
-    teacher = FedSplit.of(load_digits_split().subset(CROSS_TEACHER), d.pad, d.scale)
-    student = FedSplit.of(students.subset(CROSS_STUDENT), d.pad, d.scale)
-    return Setting(name, teacher, _dataset(teacher, 5), student, _dataset(student, 5))
+        fed, dataset = fed_split(students, digits)
+        return Setting(name, fed, dataset, fed, dataset)
+    teacher = fed_split(load_digits_split().subset(CROSS_TEACHER), digits)
+    return Setting(name, *teacher, *fed_split(students.subset(CROSS_STUDENT), digits))
 
 
 def _specs(setting: Setting) -> tuple[Any, Any]:
@@ -100,33 +92,24 @@ def _specs(setting: Setting) -> tuple[Any, Any]:
     return teacher, cifar_resnet(14, 0.25, setting.student_set.num_classes, 1)
 
 
-def _solver(net: Any, cfg: DemoConfig, iterations: int, test_size: int, seed: int) -> Any:
-    import math
-
-    from pyirg.solver import Schedule, make_solver
-
-    schedule = Schedule(stepvalues=(iterations // 2, iterations * 3 // 4), max_iter=iterations)
-    test_iter = math.ceil(test_size / cfg.batch)
-    return make_solver(net, schedule, "net", test_iter, iterations, iterations, iterations, seed)
-
-
 def _plain_net(spec: Any, dataset: Dataset, cfg: DemoConfig, prefix: str) -> Any:
-    from pyirg.experiment import BN_FRACTION
-    from pyirg.netspec import DataConfig, batchnorm_memory, train_net
+    from pyirg.experiment import BN_FRACTION, input_data
+    from pyirg.netspec import batchnorm_memory, train_net
 
-    data = DataConfig(kind="input", dataset=dataset, train_batch=cfg.batch, test_batch=cfg.batch)
-    return batchnorm_memory(train_net(spec, data, "digits", prefix), BN_FRACTION)
+    net = train_net(spec, input_data(dataset, cfg.batch), "digits", prefix)
+    return batchnorm_memory(net, BN_FRACTION)
 
 
 def train_teacher(setting: Setting, cfg: DemoConfig) -> Path:
     """The setting's teacher, trained once (seed 0), on the teacher's data."""
+    from pyirg.experiment import digits_solver
     from pyirg.train.driver import train
     from pyirg.train.folder import is_run_folder
 
     teacher, _ = _specs(setting)
     out = cfg.out / setting.name / "teacher"
     net = _plain_net(teacher, setting.teacher_set, cfg, "")
-    solver = _solver(net, cfg, cfg.teacher_iter, setting.teacher_set.test_size, 0)
+    solver = digits_solver(net, cfg.teacher_iter, setting.teacher_set.test_size, cfg.batch, 0)
     train_fn, test_fn = setting.teacher_data.batch_fns(cfg.batch, 0)
     result = train(
         solver, out, seed=0, batch_fn=train_fn, test_batch_fn=test_fn,
@@ -139,12 +122,11 @@ def init_weights(setting: Setting, cfg: DemoConfig, seed: int) -> Path:
     """The student's initial weights for ``seed``: its baseline net's fillers, drawn once."""
     from pyirg.caffeio import filler_weights
     from pyirg.distill import STUDENT_PREFIX
+    from pyirg.experiment import init_weights_path
 
     _, student = _specs(setting)
     net = _plain_net(student, setting.student_set, cfg, STUDENT_PREFIX)
-    return filler_weights(
-        net, seed, cfg.out / setting.name / "init" / f"student_seed{seed}.caffemodel"
-    )
+    return filler_weights(net, seed, init_weights_path(cfg.out / setting.name, seed))
 
 
 def train_student(
@@ -154,9 +136,8 @@ def train_student(
     import caffe
     from threadpoolctl import threadpool_limits
 
-    from pyirg.distill import STUDENT_PREFIX, DistillConfig, distill_net
-    from pyirg.experiment import BN_FRACTION, evaluate
-    from pyirg.netspec import DataConfig, batchnorm_memory
+    from pyirg.distill import STUDENT_PREFIX
+    from pyirg.experiment import ExperimentConfig, digits_solver, evaluate, input_data, student_net
     from pyirg.train.driver import train
     from pyirg.two_stage import TwoStageSettings, run_stages
 
@@ -167,7 +148,7 @@ def train_student(
     out = cfg.out / setting_name / method / f"seed{seed}"
     start = init_weights(setting, cfg, seed)
     row: dict[str, Any] = {"setting": setting_name, "method": method, "seed": seed}
-    data = DataConfig(kind="input", dataset=dataset, train_batch=cfg.batch, test_batch=cfg.batch)
+    data = input_data(dataset, cfg.batch)
     with threadpool_limits(limits=1):
         if method == "REFILLED":
             from pyirg.refilled import RefilledConfig
@@ -186,16 +167,10 @@ def train_student(
         else:
             if method == "baseline":
                 net, given = _plain_net(student, dataset, cfg, STUDENT_PREFIX), None
-            else:  # IRG: the main job's terms and weights
-                from pyirg.experiment import ExperimentConfig
-
-                e = ExperimentConfig()
-                dc = DistillConfig.for_method(
-                    "IRG", teacher_spec, student, data=data, name="digits_IRG",
-                    logits=e.logits_weight, edges=e.edge_weight,
-                )  # fmt: skip
-                net, given = batchnorm_memory(distill_net(dc), BN_FRACTION), teacher
-            solver = _solver(net, cfg, cfg.max_iter, dataset.test_size, seed)
+            else:  # IRG: the main job's net, terms and weights
+                net = student_net(ExperimentConfig(), "IRG", teacher_spec, student, data)
+                given = teacher
+            solver = digits_solver(net, cfg.max_iter, dataset.test_size, cfg.batch, seed)
             train_fn, test_fn = fed.batch_fns(cfg.batch, seed)
             weights = train(
                 solver, out, teacher_weights=given, init_weights=start, seed=seed,
@@ -251,7 +226,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     """Teachers first, then every (setting, method, seed) student in parallel."""
     import multiprocessing
 
-    from pyirg.experiment import evaluate, machine_line, usable_cores
+    from pyirg.experiment import config_record, evaluate, machine_line, machine_text, usable_cores
 
     started = time.time()
     workers = cfg.jobs or usable_cores()
@@ -278,18 +253,14 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                       f"{100 * row['accuracy']:.2f}", flush=True)  # fmt: skip
     machine = machine_line(workers)
     results = {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "config": config_record(cfg),
         "teachers": teachers,
         "runs": rows,
         "summary": {name: summary(rows, name) for name in cfg.settings},
         "seconds": round(time.time() - started),
     }
-    m = machine
-    results["machine"] = (
-        f"Machine: {m['cpu']} ({m['cores']} cores), {m['blas']} kernel {m['kernel']} "
-        f"({m['kernel_source']}), 1 BLAS thread per training, {workers} trainings in "
-        f"parallel; {m['date']}; pyirg {m['pyirg']}; {results['seconds']} s."
-    )
+    machine["seconds"] = results["seconds"]
+    results["machine"] = machine_text(machine, "1 BLAS thread per training")
     (cfg.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     table = format_table(results)
     (cfg.out / "results.md").write_text(table + "\n")

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pyirg.cli import debugging
-from pyirg.data.core import DATASETS, DataError, Dataset
+from pyirg.data.core import DATASETS, DataError, Dataset, DataSplit
 from pyirg.data.feed import FedSplit
 from pyirg.data.fsutil import atomic_write_text
 from pyirg.options import ArgumentParser, HelpFormatter, add_options, from_args, option
@@ -94,13 +93,9 @@ class TwoStageSettings:
     )
 
 
-def _fed(s: TwoStageSettings) -> tuple[FedSplit, Dataset]:
-    from pyirg.data.writer import read_npy_split
-
-    base = DATASETS[s.dataset]
-    split = read_npy_split(s.data_dir)
-    if s.classes:
-        split = split.subset(s.classes)
+def fed_split(split: DataSplit, base: Dataset) -> tuple[FedSplit, Dataset]:
+    """``split`` as Input-fed nets see it (``base``'s padding, scale and mirroring), and
+    the Dataset that describes it: its own classes and sizes."""
     fed = FedSplit.of(split, base.pad, base.scale, base.mirror)
     dataset = replace(
         base,
@@ -141,45 +136,33 @@ def run_stages(
     """Stage 1, the NCM accuracy, the centers, stage 2, into ``out``; ``init_weights``: the
     student's start (else its fillers), so that runs of several methods can be paired."""
     from pyirg.refilled import (
+        class_centers,
         embeddings,
         ncm_accuracy,
         stage1_net,
         stage2_net,
-        teacher_centers,
         write_centers,
     )
     from pyirg.solver import cosine_schedule, make_solver
-    from pyirg.train.driver import train
-    from pyirg.train.folder import is_run_folder
 
     prefix = cfg.student_prefix
-    train_fn, test_fn = fed.batch_fns(s.batch, s.seed)
     levels = min(16, max(1, s.stage1_iter // 4))  # steps at least 4 iterations apart
-    nesterov = {"momentum": 0.9, "weight_decay": s.weight_decay, "type": "Nesterov"}
-    first = make_solver(
-        stage1_net(cfg), cosine_schedule(s.lr1, s.stage1_iter, levels=levels, **nesterov), "net"
-    )
-    one = train(
-        first, out / "stage1", teacher_weights=s.teacher_weights, init_weights=init_weights,
-        seed=s.seed, batch_fn=train_fn, test_interval=0, progress=s.progress,
-        resume=is_run_folder(out / "stage1"), gpu=s.gpu,
+    stage1 = cosine_schedule(s.lr1, s.stage1_iter, levels=levels, **_nesterov(s))
+    one = _train(
+        make_solver(stage1_net(cfg), stage1, "net"), out / "stage1", fed, s, tested=False,
+        teacher_weights=s.teacher_weights, init_weights=init_weights, test_interval=0,
     )  # fmt: skip
     train_images = fed.as_fed(fed.train_images)
     student_train = embeddings(cfg.student, one.weights, train_images, prefix)
     student_test = embeddings(cfg.student, one.weights, fed.test_array(), prefix)
     ncm = ncm_accuracy(student_train, fed.train_labels, student_test, fed.test_labels)
-    k = cfg.data.dataset.num_classes
-    centers = teacher_centers(cfg.teacher, s.teacher_weights, train_images, fed.train_labels, k)
+    teacher = embeddings(cfg.teacher, s.teacher_weights, train_images)  # of the student's classes
+    centers = class_centers(teacher, fed.train_labels, cfg.data.dataset.num_classes)
     with_centers = write_centers(s.teacher_weights, centers, out / "teacher_centers.caffemodel")
-    test_iter = math.ceil(cfg.data.dataset.test_size / s.batch)
-    second = make_solver(
-        stage2_net(cfg), stage2_schedule(s), "net", test_iter, test_interval=s.stage2_iter
+    second = stage2_solver(stage2_net(cfg), cfg, s)
+    two = _train(
+        second, out / "stage2", fed, s, teacher_weights=with_centers, init_weights=one.weights
     )
-    two = train(
-        second, out / "stage2", teacher_weights=with_centers, init_weights=one.weights,
-        seed=s.seed, batch_fn=train_fn, test_batch_fn=test_fn, progress=s.progress,
-        resume=is_run_folder(out / "stage2"), gpu=s.gpu,
-    )  # fmt: skip
     return {
         "stage1_ncm_accuracy": ncm,
         "stage1_weights": str(one.weights),
@@ -188,32 +171,43 @@ def run_stages(
     }
 
 
-def stage2_schedule(s: TwoStageSettings) -> Any:
-    """Multistep at 50, 70 and 90% with gamma 0.2 (the authors' 100/140/180 of 200 epochs)."""
-    from pyirg.solver import Schedule
+def _train(
+    solver: Any, out: Path, fed: FedSplit, s: TwoStageSettings, tested: bool = True, **settings
+) -> Any:
+    """A stage (or the student alone) on ``fed``'s batches, resumed where ``out`` holds
+    one, so that the same command run again continues."""
+    from pyirg.train.driver import train
+    from pyirg.train.folder import is_run_folder
+
+    train_fn, test_fn = fed.batch_fns(s.batch, s.seed)
+    return train(
+        solver, out, seed=s.seed, batch_fn=train_fn, test_batch_fn=test_fn if tested else None,
+        progress=s.progress, resume=is_run_folder(out), gpu=s.gpu, **settings,
+    )  # fmt: skip
+
+
+def _nesterov(s: TwoStageSettings) -> dict[str, Any]:
+    return {"momentum": 0.9, "weight_decay": s.weight_decay, "type": "Nesterov"}
+
+
+def stage2_solver(net: Any, cfg: Any, s: TwoStageSettings) -> Any:
+    """Multistep at 50, 70 and 90% with gamma 0.2 (the authors' 100/140/180 of 200
+    epochs); one test of the whole split, at the end."""
+    from pyirg.solver import Schedule, make_solver
 
     n = s.stage2_iter
     steps = tuple(sorted({max(1, round(n * f)) for f in (0.5, 0.7, 0.9)} - {n}))
-    nesterov = {"momentum": 0.9, "weight_decay": s.weight_decay, "type": "Nesterov"}
-    return Schedule(base_lr=s.lr2, gamma=0.2, stepvalues=steps, max_iter=n, **nesterov)
+    schedule = Schedule(base_lr=s.lr2, gamma=0.2, stepvalues=steps, max_iter=n, **_nesterov(s))
+    return make_solver(net, schedule, "net", cfg.data.test_iter, test_interval=n)
 
 
 def train_alone(cfg: Any, fed: FedSplit, s: TwoStageSettings, out: Path) -> dict[str, Any]:
     """The student network alone (cross-entropy, stage 2's schedule) into ``out``."""
     from pyirg.netspec import batchnorm_memory
     from pyirg.refilled import label, plain_net
-    from pyirg.solver import make_solver
-    from pyirg.train.driver import train
-    from pyirg.train.folder import is_run_folder
 
     net = batchnorm_memory(plain_net(cfg.student, cfg.data), cfg.bn_fraction)
-    test_iter = math.ceil(cfg.data.dataset.test_size / s.batch)
-    solver = make_solver(net, stage2_schedule(s), "net", test_iter, test_interval=s.stage2_iter)
-    train_fn, test_fn = fed.batch_fns(s.batch, s.seed)
-    result = train(
-        solver, out, seed=s.seed, batch_fn=train_fn, test_batch_fn=test_fn,
-        progress=s.progress, resume=is_run_folder(out), gpu=s.gpu,
-    )  # fmt: skip
+    result = _train(stage2_solver(net, cfg, s), out, fed, s)
     return {
         "network": label(cfg.student),
         "accuracy": result.accuracy,
@@ -223,9 +217,11 @@ def train_alone(cfg: Any, fed: FedSplit, s: TwoStageSettings, out: Path) -> dict
 
 def run(s: TwoStageSettings) -> dict[str, Any]:
     """Both stages on the prepared data of ``s``; the record in ``OUT/refilled.json``."""
+    from pyirg.data.writer import read_npy_split
     from pyirg.refilled import describe
 
-    fed, dataset = _fed(s)
+    split = read_npy_split(s.data_dir)
+    fed, dataset = fed_split(split.subset(s.classes) if s.classes else split, DATASETS[s.dataset])
     cfg = refilled_config(s, dataset)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()}
     if s.alone:

@@ -28,21 +28,8 @@ ENV = dict(os.environ, GLOG_minloglevel="2", MPLBACKEND="Agg")
 
 
 def _quick(out: Path, *extra: str) -> tuple:
-    proc = run(
-        [
-            sys.executable,
-            "-m",
-            "pyirg",
-            "main",
-            "--quick",
-            "--no-progress",
-            "--out",
-            str(out),
-            *extra,
-        ],
-        cwd=REPO,
-        env=ENV,
-    )
+    argv = [sys.executable, "-m", "pyirg", "main", "--quick", "--no-progress", "--out", str(out)]
+    proc = run([*argv, *extra], cwd=REPO, env=ENV)
     assert proc.returncode == 0
     return proc, json.loads((out / "results.json").read_text())
 
@@ -184,9 +171,8 @@ def test_summary_pairs_runs_by_seed_not_by_order() -> None:
 
 def test_verdict_says_what_the_interval_says() -> None:
     ahead = paired([0.80, 0.81, 0.79], [0.85, 0.85, 0.84])
-    assert "excludes 0" in experiment.verdict("IRG", ahead) and "ahead" in experiment.verdict(
-        "IRG", ahead
-    )
+    said = experiment.verdict("IRG", ahead)
+    assert "excludes 0" in said and "ahead" in said
     noise = paired([0.80, 0.81, 0.79], [0.81, 0.79, 0.80])
     assert "contains 0" in experiment.verdict("IRG", noise)
 
@@ -219,7 +205,7 @@ def test_every_option_has_help_with_its_default(command: str) -> None:
         assert "usage:" in parser.format_help()
 
 
-def failing_worker(cfg: ExperimentConfig, run: Run, teacher_weights) -> dict:
+def failing_worker(cfg: ExperimentConfig, run: Run, teacher_weights, queue) -> dict:
     """Stands in for a training in a worker process: fails for baseline seed 1."""
     if run.method == "baseline" and run.seed == 1:
         raise RuntimeError("baseline seed 1 diverged")
