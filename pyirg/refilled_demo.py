@@ -139,6 +139,7 @@ def train_student(
     from pyirg.distill import STUDENT_PREFIX
     from pyirg.experiment import ExperimentConfig, digits_solver, evaluate, input_data, student_net
     from pyirg.train.driver import train
+    from pyirg.train.folder import is_run_folder
     from pyirg.two_stage import TwoStageSettings, run_stages
 
     caffe.set_mode_cpu()
@@ -175,6 +176,7 @@ def train_student(
             weights = train(
                 solver, out, teacher_weights=given, init_weights=start, seed=seed,
                 batch_fn=train_fn, test_batch_fn=test_fn, progress=False,
+                resume=is_run_folder(out),
             ).weights  # fmt: skip
         row["accuracy"] = evaluate(student, weights, STUDENT_PREFIX, fed)
     return row

@@ -196,6 +196,14 @@ def test_the_demo_pairs_its_runs_and_reports_them(tmp_path: Path) -> None:
     # Both students of a seed started from the same weights (the paired design).
     init = tmp_path / "demo" / "cross-task" / "init" / "student_seed0.caffemodel"
     assert init.is_file()
+    # Run again into the same folder: every run (teacher, baseline, REFILLED) resumes from
+    # its finished snapshot instead of refusing the folder, and the results are the same.
+    assert refilled_demo.main(argv) == 0
+    again = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert len(again["runs"]) == len(results["runs"])
+    assert {(r["method"], r["seed"]): r["accuracy"] for r in again["runs"]} == {
+        (r["method"], r["seed"]): r["accuracy"] for r in results["runs"]
+    }
 
 
 def test_a_teacher_of_other_classes_loads_into_the_stage_nets(tmp_path: Path) -> None:
