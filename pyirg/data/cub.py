@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import re
+import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -194,6 +195,21 @@ def fit_image(data: bytes, size: int, source: str) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
+def _member_key(path: Path, member: tarfile.TarInfo) -> tuple[bool, str] | None:
+    """(is an image, key) of a member the reader uses: a text file by its name, an image by
+    its path under images/; None for the rest. A member that leads outside is refused."""
+    parts = PurePosixPath(member.name).parts
+    if member.name.startswith("/") or ".." in parts:
+        raise DataError(f"{path}: member {member.name!r} leads outside the archive")
+    if parts[:1] == (CUB_DIRECTORY,):
+        parts = parts[1:]
+    if len(parts) == 1 and parts[0] in METADATA_FILES:
+        return False, parts[0]
+    if len(parts) >= 2 and parts[0] == "images":
+        return True, "/".join(parts[1:])
+    return None
+
+
 def _read_archive(
     path: Path, size: int, progress: bool
 ) -> tuple[CubMetadata, Iterator[np.ndarray]]:
@@ -211,17 +227,10 @@ def _read_archive(
         tqdm(desc="cub200 images", unit="img", disable=not progress, leave=False) as bar,
     ):
         for member in tar:
-            parts = PurePosixPath(member.name).parts
-            if member.name.startswith("/") or ".." in parts:
-                raise DataError(f"{path}: member {member.name!r} leads outside the archive")
-            if parts[:1] == (CUB_DIRECTORY,):
-                parts = parts[1:]
-            if len(parts) == 1 and parts[0] in METADATA_FILES:
-                key, is_image = parts[0], False
-            elif len(parts) >= 2 and parts[0] == "images":
-                key, is_image = "/".join(parts[1:]), True
-            else:
+            named = _member_key(path, member)
+            if named is None:
                 continue
+            is_image, key = named
             source = f"{path}:{member.name}"
             if not member.isfile():  # an error only if the member is needed
                 kind = MEMBER_KINDS.get(member.type, "not a regular file")
