@@ -64,13 +64,11 @@ def read_text(path: PathLike, message: Message, what: str) -> Message:
     from google.protobuf import text_format
 
     try:
-        text = regular_file(path, what).read_text()
-    except UnicodeDecodeError as e:  # before ValueError, which it is
+        text = regular_file(path, what, CaffeFileError).read_text()
+    except UnicodeDecodeError as e:
         raise CaffeFileError(f"{path}: not a text {what} (a binary .caffemodel?): {e}") from e
     except OSError as e:
         raise CaffeFileError(f"{path}: cannot read {what}: {e}") from e
-    except ValueError as e:
-        raise CaffeFileError(str(e)) from e
     try:
         text_format.Merge(text, message)
     except text_format.ParseError as e:

@@ -15,7 +15,11 @@ import io
 import lzma
 import tarfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from pyirg.data.core import DataError
 
 #: What a damaged, truncated or foreign archive raises while it is streamed.
 ARCHIVE_ERRORS: tuple[type[BaseException], ...] = (
@@ -25,6 +29,16 @@ ARCHIVE_ERRORS: tuple[type[BaseException], ...] = (
     zlib.error,
     lzma.LZMAError,
 )
+
+#: How a member that is not a regular file is named in messages, by tar type.
+MEMBER_KINDS = {
+    tarfile.DIRTYPE: "a directory",
+    tarfile.SYMTYPE: "a symbolic link",
+    tarfile.LNKTYPE: "a hard link",
+    tarfile.FIFOTYPE: "a FIFO",
+    tarfile.CHRTYPE: "a device",
+    tarfile.BLKTYPE: "a device",
+}
 
 
 def open_decompressed(path: Path) -> io.BufferedIOBase:
@@ -41,7 +55,24 @@ def open_decompressed(path: Path) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
-def read_to_end(stream: io.BufferedIOBase) -> None:
-    """Drain ``stream``: the tar ends before the compressor's trailer, which holds the CRC."""
-    while stream.read(1 << 20):
-        pass
+@contextmanager
+def tar_stream(path: Path) -> Iterator[tarfile.TarFile]:
+    """The archive at ``path`` as a tar to iterate once, member by member; after the body
+    the stream is read to its end (so its checksum is checked), and every archive error,
+    in the body too, becomes one :class:`DataError` naming ``path``."""
+    try:
+        with open_decompressed(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            yield tar
+            while stream.read(1 << 20):  # the tar ends before the trailer, which holds the CRC
+                pass
+    except DataError:
+        raise
+    except ARCHIVE_ERRORS as e:
+        raise DataError(f"{path}: not a readable (complete) tar archive: {e}") from e
+
+
+def member_data(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """The bytes of a regular-file member."""
+    reader = tar.extractfile(member)
+    assert reader is not None  # isfile() members always have data
+    return reader.read()

@@ -13,11 +13,9 @@ Python 3 writes ``bytes`` into a protocol-2 pickle as ``_codecs.encode(text,
 "latin1")``, so that global is admitted too, as a function that only encodes text as
 latin-1 (nothing else can be called through it).
 
-The archive is read as a stream (one pass, never extracted to disk, so member
-paths cannot escape anywhere) and to its very end, so that the compressor's own
-check (gzip's CRC-32 and length, bz2's and xz's checksums) runs: a flipped byte
-is an error, not a silently different image. An already-extracted directory is
-accepted too; FIFOs, devices and sockets are refused.
+The archive is read as one stream, never extracted (so member paths cannot escape
+anywhere), and to its end (:mod:`pyirg.data.archive`: a flipped byte is an error). An
+already-extracted directory is accepted too; FIFOs, devices and sockets are refused.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from __future__ import annotations
 import io
 import pickle
 import stat
-import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -33,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pyirg.data.archive import ARCHIVE_ERRORS, open_decompressed, read_to_end
+from pyirg.data.archive import member_data, tar_stream
 from pyirg.data.core import DATASETS, DataError, DataSplit
 
 
@@ -128,6 +125,15 @@ def safe_unpickle(data: bytes, source: str) -> dict[str, Any]:
     return {(k.decode("latin-1") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
 
 
+#: How a path that is neither a directory nor a regular file is named in messages.
+_PATH_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a device",
+    stat.S_IFBLK: "a device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
 def _read_members(path: Path, variant: CifarVariant) -> dict[str, bytes]:
     """Return the raw bytes of every member ``variant`` needs, from a tar or a directory."""
     wanted = (*variant.train_members, variant.test_member, variant.meta_member)
@@ -138,39 +144,19 @@ def _read_members(path: Path, variant: CifarVariant) -> dict[str, bytes]:
                 if candidate.is_file():
                     found[name] = candidate.read_bytes()
                     break
-    elif path.exists() and not path.is_file() and not path.is_dir():
-        mode = path.stat().st_mode
-        kind = (
-            "a FIFO"
-            if stat.S_ISFIFO(mode)
-            else "a device"
-            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "a socket"
-            if stat.S_ISSOCK(mode)
-            else "not a regular file"
-        )
-        raise DataError(f"{path}: is {kind}; give the archive file or its extracted folder")
     elif path.is_file():
-        try:
-            with open_decompressed(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-                for member in tar:
-                    parts = PurePosixPath(member.name).parts
-                    parts = tuple(p for p in parts if p != ".")
-                    if not member.isfile() or not parts or len(parts) > 2:
-                        continue
-                    name = parts[-1]
-                    if name not in wanted:
-                        continue
-                    if name in found:
-                        raise DataError(f"{path}: member '{name}' occurs twice")
-                    reader = tar.extractfile(member)
-                    assert reader is not None  # isfile() members always have data
-                    found[name] = reader.read()
-                read_to_end(stream)  # the compressor checks its CRC at the end
-        except DataError:
-            raise
-        except ARCHIVE_ERRORS as e:
-            raise DataError(f"{path}: not a readable (complete) tar archive: {e}") from e
+        with tar_stream(path) as tar:
+            for member in tar:
+                parts = PurePosixPath(member.name).parts
+                if not member.isfile() or not 1 <= len(parts) <= 2 or parts[-1] not in wanted:
+                    continue
+                name = parts[-1]
+                if name in found:
+                    raise DataError(f"{path}: member '{name}' occurs twice")
+                found[name] = member_data(tar, member)
+    elif path.exists():
+        kind = _PATH_KINDS.get(stat.S_IFMT(path.stat().st_mode), "not a regular file")
+        raise DataError(f"{path}: is {kind}; give the archive file or its extracted folder")
     else:
         raise DataError(f"{path}: no such file or directory")
     missing = [n for n in wanted if n not in found]
@@ -225,14 +211,12 @@ def load_cifar(path: str | Path, variant: str = "cifar10", *, labels: str = "fin
     def load(name: str) -> dict[str, Any]:
         return safe_unpickle(raw.pop(name), f"{path}:{name}")
 
-    parts = [
-        _batch_arrays(load(m), f"{path}:{m}", label_key, num_classes) for m in spec.train_members
-    ]
-    test_images, test_labels = _batch_arrays(
-        load(spec.test_member), f"{path}:{spec.test_member}", label_key, num_classes
-    )
-    meta = load(spec.meta_member)
-    names = meta.get(names_key)
+    def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
+        return _batch_arrays(load(name), f"{path}:{name}", label_key, num_classes)
+
+    parts = [batch(m) for m in spec.train_members]
+    test_images, test_labels = batch(spec.test_member)
+    names = load(spec.meta_member).get(names_key)
     if not isinstance(names, list) or len(names) != num_classes:
         raise DataError(f"{path}:{spec.meta_member}: '{names_key}' must list {num_classes} names")
     label_names = tuple(n.decode("latin-1") if isinstance(n, bytes) else str(n) for n in names)

@@ -33,14 +33,14 @@ from __future__ import annotations
 import io
 import re
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from tqdm import tqdm
 
-from pyirg.data.archive import ARCHIVE_ERRORS, open_decompressed, read_to_end
+from pyirg.data.archive import MEMBER_KINDS, member_data, tar_stream
 from pyirg.data.core import DATASETS, DataError, DataSplit
 from pyirg.data.fsutil import regular_file
 
@@ -104,7 +104,19 @@ def _image_path(path: str, where: str) -> str:
     pure = PurePosixPath(path)
     if pure.is_absolute() or ".." in pure.parts or "\\" in path or not pure.parts:
         raise DataError(f"{where}: image path {path!r} leads outside images/")
-    return "/".join(p for p in pure.parts if p != ".")
+    return "/".join(pure.parts)
+
+
+def _class_of(value: str, where: str, classes: dict[int, tuple[int, str]]) -> int:
+    """An image's class, 1..200, named in classes.txt."""
+    if not _NUMBER.fullmatch(value):
+        raise DataError(f"{where}: class {value!r} is not a number")
+    c = int(value)
+    if not 1 <= c <= CUB_NUM_CLASSES:
+        raise DataError(f"{where}: class {c} outside 1..{CUB_NUM_CLASSES}")
+    if c not in classes:
+        raise DataError(f"{where}: class {c} is not in {CLASSES_FILE}")
+    return c
 
 
 def parse_metadata(raw: dict[str, bytes], source: Callable[[str], str]) -> CubMetadata:
@@ -129,31 +141,18 @@ def parse_metadata(raw: dict[str, bytes], source: Callable[[str], str]) -> CubMe
     if gaps:
         raise DataError(f"{source(CLASSES_FILE)}: classes must be 1..K, class {gaps[0]} is missing")
 
-    ids = sorted(images)
-    paths: list[str] = []
-    first: dict[str, int] = {}
+    first: dict[str, int] = {}  # image path -> its id, in id order
     label_list: list[int] = []
     train_list: list[bool] = []
-    for i in ids:
+    for i in sorted(images):
         line, path = images[i]
         where = f"{source(IMAGES_FILE)}:{line}"
         rel = _image_path(path, where)
         if rel in first:
             raise DataError(f"{where}: image {rel!r} is listed twice (also id {first[rel]})")
         first[rel] = i
-        paths.append(rel)
-
         line, value = labels[i]
-        where = f"{source(LABELS_FILE)}:{line}"
-        if not _NUMBER.fullmatch(value):
-            raise DataError(f"{where}: class {value!r} is not a number")
-        c = int(value)
-        if not 1 <= c <= CUB_NUM_CLASSES:
-            raise DataError(f"{where}: class {c} outside 1..{CUB_NUM_CLASSES}")
-        if c not in classes:
-            raise DataError(f"{where}: class {c} is not in {CLASSES_FILE}")
-        label_list.append(c - 1)
-
+        label_list.append(_class_of(value, f"{source(LABELS_FILE)}:{line}", classes) - 1)
         line, value = split[i]
         if value not in ("0", "1"):
             raise DataError(
@@ -165,7 +164,7 @@ def parse_metadata(raw: dict[str, bytes], source: Callable[[str], str]) -> CubMe
         if count == 0:
             raise DataError(f"{source(SPLIT_FILE)}: no {part} images")
     return CubMetadata(
-        paths=tuple(paths),
+        paths=tuple(first),
         labels=np.asarray(label_list, dtype=np.int64),
         is_train=is_train,
         label_names=tuple(classes[c][1] for c in range(1, len(classes) + 1)),
@@ -196,164 +195,132 @@ def fit_image(data: bytes, size: int, source: str) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def _member_kind(member: tarfile.TarInfo) -> str:
-    if member.isdir():
-        return "a directory"
-    if member.issym():
-        return "a symbolic link"
-    if member.islnk():
-        return "a hard link"
-    if member.isfifo():
-        return "a FIFO"
-    if member.ischr() or member.isblk():
-        return "a device"
-    return "not a regular file"
+def _member_key(path: Path, member: tarfile.TarInfo) -> tuple[bool, str] | None:
+    """(is an image, key) of a member the reader uses: a text file by its name, an image by
+    its path under images/; None for the rest. A member that leads outside is refused."""
+    parts = PurePosixPath(member.name).parts
+    if member.name.startswith("/") or ".." in parts:
+        raise DataError(f"{path}: member {member.name!r} leads outside the archive")
+    if parts[:1] == (CUB_DIRECTORY,):
+        parts = parts[1:]
+    if len(parts) == 1 and parts[0] in METADATA_FILES:
+        return False, parts[0]
+    if len(parts) >= 2 and parts[0] == "images":
+        return True, "/".join(parts[1:])
+    return None
 
 
-@dataclass
-class _ArchiveContents:
-    metadata: dict[str, bytes]
+def _read_archive(
+    path: Path, size: int, progress: bool
+) -> tuple[CubMetadata, Iterator[np.ndarray]]:
+    """One pass over the tar: the metadata checked, every image under images/ decoded; the
+    images listed come back in id order."""
+    regular_file(path, "CUB-200 archive", DataError)  # not a FIFO, a device or a missing file
+    metadata: dict[str, bytes] = {}
     #: image path under images/ -> the decoded image, or the error to raise if it is listed
-    images: dict[str, np.ndarray | DataError]
+    images: dict[str, np.ndarray | DataError] = {}
     #: why a metadata member cannot be used (not a regular file), by name
-    irregular: dict[str, DataError]
-
-
-def _read_archive(path: Path, size: int, progress: bool) -> _ArchiveContents:
-    """One pass over the tar: the metadata bytes, every image under images/ decoded."""
-    contents = _ArchiveContents({}, {}, {})
+    irregular: dict[str, DataError] = {}
     seen: set[tuple[bool, str]] = set()
-    try:
-        with (
-            open_decompressed(path) as stream,
-            tarfile.open(fileobj=stream, mode="r|") as tar,
-            tqdm(desc="cub200 images", unit="img", disable=not progress, leave=False) as bar,
+    with (
+        tar_stream(path) as tar,
+        tqdm(desc="cub200 images", unit="img", disable=not progress, leave=False) as bar,
+    ):
+        for member in tar:
+            named = _member_key(path, member)
+            if named is None:
+                continue
+            is_image, key = named
+            source = f"{path}:{member.name}"
+            if not member.isfile():  # an error only if the member is needed
+                kind = MEMBER_KINDS.get(member.type, "not a regular file")
+                error = DataError(f"{source}: is {kind}, not a regular file")
+                (images if is_image else irregular)[key] = error
+                continue
+            if (is_image, key) in seen:
+                raise DataError(f"{path}: member {member.name!r} occurs twice")
+            seen.add((is_image, key))
+            data = member_data(tar, member)
+            if not is_image:
+                metadata[key] = data
+                irregular.pop(key, None)
+                continue
+            try:
+                images[key] = fit_image(data, size, source)
+            except DataError as e:  # an error only if images.txt lists it
+                images[key] = e
+            bar.update()
+    if irregular:  # a metadata file that is a link, a directory, ...
+        raise next(iter(irregular.values()))
+    missing = [m for m in METADATA_FILES if m not in metadata]
+    if missing:
+        raise DataError(f"{path}: missing member(s) {', '.join(missing)} (under {CUB_DIRECTORY}/)")
+    meta = parse_metadata(metadata, lambda m: f"{path}:{m}")
+
+    def listed() -> Iterator[np.ndarray]:
+        for rel in meta.paths:
+            image = images.pop(rel, None)
+            if image is None:
+                raise DataError(f"{path}: no member images/{rel} (listed in {IMAGES_FILE})")
+            if isinstance(image, DataError):
+                raise image
+            yield image
+
+    return meta, listed()
+
+
+def _read_folder(path: Path, size: int, progress: bool) -> tuple[CubMetadata, Iterator[np.ndarray]]:
+    """The metadata of the folder ``path`` or its ``CUB_200_2011/``, checked; its images,
+    read and decoded one by one in id order."""
+    root = path
+    if not any((path / m).exists() for m in METADATA_FILES) and (path / CUB_DIRECTORY).is_dir():
+        root = path / CUB_DIRECTORY
+    missing = [m for m in METADATA_FILES if not (root / m).exists()]
+    if missing:
+        raise DataError(f"{root}: missing {', '.join(missing)} (the {CUB_DIRECTORY} folder)")
+    raw = {
+        m: regular_file(root / m, "CUB-200 metadata", DataError).read_bytes()
+        for m in METADATA_FILES
+    }
+    meta = parse_metadata(raw, lambda m: str(root / m))
+
+    def listed() -> Iterator[np.ndarray]:
+        image_dir = (root / "images").resolve()
+        for rel in tqdm(
+            meta.paths, desc="cub200 images", unit="img", disable=not progress, leave=False
         ):
-            for member in tar:
-                pure = PurePosixPath(member.name)
-                if pure.is_absolute() or ".." in pure.parts:
-                    raise DataError(f"{path}: member {member.name!r} leads outside the archive")
-                parts = tuple(p for p in pure.parts if p != ".")
-                if parts[:1] == (CUB_DIRECTORY,):
-                    parts = parts[1:]
-                if len(parts) == 1 and parts[0] in METADATA_FILES:
-                    key, is_image = parts[0], False
-                elif len(parts) >= 2 and parts[0] == "images":
-                    key, is_image = "/".join(parts[1:]), True
-                else:
-                    continue
-                source = f"{path}:{member.name}"
-                if not member.isfile():  # an error only if the member is needed
-                    error = DataError(f"{source}: is {_member_kind(member)}, not a regular file")
-                    (contents.images if is_image else contents.irregular)[key] = error
-                    continue
-                if (is_image, key) in seen:
-                    raise DataError(f"{path}: member {member.name!r} occurs twice")
-                seen.add((is_image, key))
-                reader = tar.extractfile(member)
-                assert reader is not None  # isfile() members always have data
-                data = reader.read()
-                if not is_image:
-                    contents.metadata[key] = data
-                    contents.irregular.pop(key, None)
-                    continue
-                try:
-                    contents.images[key] = fit_image(data, size, source)
-                except DataError as e:  # an error only if images.txt lists it
-                    contents.images[key] = e
-                bar.update()
-            read_to_end(stream)  # the compressor checks its CRC at the end
-    except DataError:
-        raise
-    except ARCHIVE_ERRORS as e:
-        raise DataError(f"{path}: not a readable (complete) tar archive: {e}") from e
-    return contents
+            file = root / "images" / rel
+            if file.exists() and not file.resolve().is_relative_to(image_dir):
+                raise DataError(f"{file}: a link that leads outside {root / 'images'}")
+            data = regular_file(file, "CUB-200 image", DataError).read_bytes()
+            yield fit_image(data, size, str(file))
 
-
-def _folder_root(path: Path) -> Path:
-    """The folder holding the text files: ``path`` itself or its ``CUB_200_2011/``."""
-    nested = path / CUB_DIRECTORY
-    if not any((path / m).exists() for m in METADATA_FILES) and nested.is_dir():
-        return nested
-    return path
-
-
-def _regular(path: Path, what: str) -> Path:
-    try:
-        return regular_file(path, what)
-    except ValueError as e:
-        raise DataError(str(e)) from e
-
-
-class _SplitArrays:
-    """The train and test arrays, filled in id order; allocated once, at their final size
-    (a boolean index of one big array would briefly need twice the memory)."""
-
-    def __init__(self, meta: CubMetadata, size: int) -> None:
-        self.meta = meta
-        n_train = int(meta.is_train.sum())
-        shape = (3, size, size)
-        self.train = np.empty((n_train, *shape), dtype=np.uint8)
-        self.test = np.empty((len(meta.is_train) - n_train, *shape), dtype=np.uint8)
-        self.slot = np.where(
-            meta.is_train, np.cumsum(meta.is_train) - 1, np.cumsum(~meta.is_train) - 1
-        )
-
-    def put(self, k: int, image: np.ndarray) -> None:
-        target = self.train if self.meta.is_train[k] else self.test
-        target[self.slot[k]] = image
-
-    def split(self, name: str) -> DataSplit:
-        meta = self.meta
-        return DataSplit(
-            name=name,
-            train_images=self.train,
-            train_labels=meta.labels[meta.is_train],
-            test_images=self.test,
-            test_labels=meta.labels[~meta.is_train],
-            label_names=meta.label_names,
-        )
+    return meta, listed()
 
 
 def load_cub200(path: str | Path, *, size: int = CUB_SIZE, progress: bool = False) -> DataSplit:
     """Read ``CUB_200_2011.tgz`` (any tar, gzip/bz2/xz or plain) or its extracted folder
-    into uint8 (N, 3, size, size) centre crops, labels 0..199 and the class names."""
+    into uint8 (N, 3, size, size) centre crops, labels 0..199 and the class names.
+
+    The train and test arrays are allocated once, at their final size, and filled in id
+    order (a boolean index of one big array would briefly need twice the memory).
+    """
     if size < 1:
         raise ValueError(f"--size must be >= 1, got {size}")
     path = Path(path)
-    name = "cub200" if size == CUB_SIZE else f"cub200-{size}"
-    if path.is_dir():
-        root = _folder_root(path)
-        missing = [m for m in METADATA_FILES if not (root / m).exists()]
-        if missing:
-            raise DataError(f"{root}: missing {', '.join(missing)} (the {CUB_DIRECTORY} folder)")
-        raw = {m: _regular(root / m, "CUB-200 metadata").read_bytes() for m in METADATA_FILES}
-        meta = parse_metadata(raw, lambda m: str(root / m))
-        arrays = _SplitArrays(meta, size)
-        image_dir = (root / "images").resolve()
-        bar = tqdm(meta.paths, desc="cub200 images", unit="img", disable=not progress, leave=False)
-        for k, rel in enumerate(bar):
-            file = root / "images" / rel
-            if file.exists() and not file.resolve().is_relative_to(image_dir):
-                raise DataError(f"{file}: a link that leads outside {root / 'images'}")
-            data = _regular(file, "CUB-200 image").read_bytes()
-            arrays.put(k, fit_image(data, size, str(file)))
-        return arrays.split(name)
-
-    _regular(path, "CUB-200 archive")  # not a FIFO, a device or a missing file
-    contents = _read_archive(path, size, progress)
-    if contents.irregular:  # a metadata file that is a link, a directory, ...
-        raise next(iter(contents.irregular.values()))
-    missing = [m for m in METADATA_FILES if m not in contents.metadata]
-    if missing:
-        raise DataError(f"{path}: missing member(s) {', '.join(missing)} (under {CUB_DIRECTORY}/)")
-    meta = parse_metadata(contents.metadata, lambda m: f"{path}:{m}")
-    arrays = _SplitArrays(meta, size)
-    for k, rel in enumerate(meta.paths):
-        image = contents.images.pop(rel, None)
-        if image is None:
-            raise DataError(f"{path}: no member images/{rel} (listed in {IMAGES_FILE})")
-        if isinstance(image, DataError):
-            raise image
-        arrays.put(k, image)
-    return arrays.split(name)
+    read = _read_folder if path.is_dir() else _read_archive
+    meta, images = read(path, size, progress)
+    n_train = int(meta.is_train.sum())
+    train = np.empty((n_train, 3, size, size), dtype=np.uint8)
+    test = np.empty((len(meta.paths) - n_train, 3, size, size), dtype=np.uint8)
+    slot = np.where(meta.is_train, np.cumsum(meta.is_train), np.cumsum(~meta.is_train)) - 1
+    for k, image in enumerate(images):
+        (train if meta.is_train[k] else test)[slot[k]] = image
+    return DataSplit(
+        name="cub200" if size == CUB_SIZE else f"cub200-{size}",
+        train_images=train,
+        train_labels=meta.labels[meta.is_train],
+        test_images=test,
+        test_labels=meta.labels[~meta.is_train],
+        label_names=meta.label_names,
+    )

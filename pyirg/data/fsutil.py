@@ -84,17 +84,19 @@ def atomic_directory(path: str | os.PathLike[str], *, overwrite: bool = False) -
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def regular_file(path: str | os.PathLike[str], what: str) -> Path:
-    """``path`` as a Path if it is a regular file; else ValueError naming it and ``what``.
+def regular_file(
+    path: str | os.PathLike[str], what: str, error: type[ValueError] = ValueError
+) -> Path:
+    """``path`` as a Path if it is a regular file; else ``error`` naming it and ``what``.
 
     Reading a FIFO would block forever and a device would stream without end, so only
     regular files are opened as inputs.
     """
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"{what} {p}: no such file")
+        raise error(f"{what} {p}: no such file")
     if p.is_dir():
-        raise ValueError(f"{what} {p}: is a directory, not a file")
+        raise error(f"{what} {p}: is a directory, not a file")
     if not p.is_file():
-        raise ValueError(f"{what} {p}: is not a regular file (a FIFO or a device?)")
+        raise error(f"{what} {p}: is not a regular file (a FIFO or a device?)")
     return p

@@ -33,7 +33,7 @@ import lmdb
 import numpy as np
 from tqdm import tqdm
 
-from pyirg.caffeio import caffe_proto
+from pyirg.caffeio import blob_proto, caffe_proto, write_binary
 from pyirg.data.core import DATASETS, DataError, DataSplit
 from pyirg.data.feed import pad_images, pixel_mean
 from pyirg.data.fsutil import atomic_directory
@@ -102,8 +102,6 @@ def read_datum_lmdb(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def write_mean_binaryproto(path: str | Path, mean: np.ndarray) -> None:
     """Write a (C, H, W) mean as compute_image_mean does: BlobProto with legacy 1xCxHxW dims."""
-    from pyirg.caffeio import blob_proto, write_binary
-
     write_binary(path, blob_proto(mean, legacy=True))
 
 
@@ -123,27 +121,24 @@ def write_dataset(
     if overwrite and out.is_dir() and any(out.iterdir()) and not (out / "info.json").is_file():
         raise DataError(f"--overwrite: {out} was not written by prepare-data (no info.json)")
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        for part in ("train", "test"):
-            write_datum_lmdb(
-                tmp / f"{part}_lmdb",
-                getattr(split, f"{part}_images"),
-                getattr(split, f"{part}_labels"),
-                progress=progress,
-                desc=f"{split.name} {part}",
-            )
-        write_mean_binaryproto(tmp / "mean.binaryproto", pixel_mean(split.train_images))
-        files = ["train_lmdb", "test_lmdb", "mean.binaryproto"]
+        files: list[str] = []
+
+        def write_lmdb(name: str, images: np.ndarray, labels: np.ndarray, part: str) -> None:
+            desc = f"{split.name} {part}"
+            write_datum_lmdb(tmp / name, images, labels, progress=progress, desc=desc)
+            files.append(name)
+
+        def write_mean(name: str, images: np.ndarray) -> None:
+            write_mean_binaryproto(tmp / name, pixel_mean(images))
+            files.append(name)
+
+        write_lmdb("train_lmdb", split.train_images, split.train_labels, "train")
+        write_lmdb("test_lmdb", split.test_images, split.test_labels, "test")
+        write_mean("mean.binaryproto", split.train_images)
         if pad:
             padded = pad_images(split.train_images, pad)
-            write_datum_lmdb(
-                tmp / "train_pad_lmdb",
-                padded,
-                split.train_labels,
-                progress=progress,
-                desc=f"{split.name} train (padded)",
-            )
-            write_mean_binaryproto(tmp / "mean_pad.binaryproto", pixel_mean(padded))
-            files += ["train_pad_lmdb", "mean_pad.binaryproto"]
+            write_lmdb("train_pad_lmdb", padded, split.train_labels, "train (padded)")
+            write_mean("mean_pad.binaryproto", padded)
         if write_npy:
             for name in NPY_FILES:
                 np.save(tmp / f"{name}.npy", getattr(split, name))
