@@ -68,34 +68,23 @@ def npy_batch_fns(
             )
         (data_blob, shape), (label_blob, _) = tops[0], tops[1]
         if phase == pb.TRAIN:
-            mean = pixel_mean(pad_images(split.train_images, pad))
-            fns.append(
-                array_batch_fn(
-                    split.train_images,
-                    split.train_labels,
-                    shape[0],
-                    seed=seed,
-                    pad=pad,
-                    mirror=mirror,
-                    mean=mean,
-                    scale=scale,
-                    data_blob=data_blob,
-                    label_blob=label_blob,
-                )
+            images, labels = split.train_images, split.train_labels
+            per_phase = dict(
+                seed=seed, pad=pad, mirror=mirror, mean=pixel_mean(pad_images(images, pad))
             )
         else:
-            fns.append(
-                array_batch_fn(
-                    split.test_images,
-                    split.test_labels,
-                    shape[0],
-                    shuffle=False,
-                    mean=pixel_mean(split.train_images),
-                    scale=scale,
-                    data_blob=data_blob,
-                    label_blob=label_blob,
-                )
-            )
+            images, labels = split.test_images, split.test_labels
+            per_phase = dict(shuffle=False, mean=pixel_mean(split.train_images))
+        batch_fn = array_batch_fn(
+            images,
+            labels,
+            shape[0],
+            scale=scale,
+            data_blob=data_blob,
+            label_blob=label_blob,
+            **per_phase,
+        )
+        fns.append(batch_fn)
     return fns[0], fns[1]
 
 
@@ -144,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.npy_data is not None:
             _, net_param, _ = prepare_solver_param(args.solver, args.net)
             scale = args.scale
-            if scale is not None and not math.isfinite(scale):
-                raise TrainError(f"--scale must be a finite number, got {scale}")
             if scale is None:
                 info = args.npy_data / "info.json"
                 scale = json.loads(info.read_text()).get("scale", 1.0) if info.is_file() else 1.0
+            elif not math.isfinite(scale):
+                raise TrainError(f"--scale must be a finite number, got {scale}")
             batch_fn, test_batch_fn = npy_batch_fns(
                 args.npy_data,
                 net_param,
