@@ -23,6 +23,7 @@ import math
 import os
 import re
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 from pyirg.caffeio import PathLike, caffe_proto, to_text
 from pyirg.data.fsutil import atomic_output, atomic_write_text, fsync_file, regular_file
 from pyirg.train import Snapshot, TeacherWeightsError, TrainError
+from pyirg.train.weights import NetShapes, check_weights
 
 RUN_FILE = "run.json"
 #: Files whose presence makes a folder a run folder (older runs have no run.json).
@@ -43,7 +45,7 @@ _FREE_SOLVER_FIELDS = (
 )  # fmt: skip
 
 
-def _digest(path: str | None) -> str | None:
+def _digest(path: PathLike | None) -> str | None:
     if not path:
         return None
     try:
@@ -57,8 +59,8 @@ def run_settings(
     net_param: Any,
     *,
     seed: int,
-    teacher_weights: str | None,
-    init_weights: str | None,
+    teacher_weights: PathLike | None,
+    init_weights: PathLike | None,
     student_prefix: str,
 ) -> dict[str, Any]:
     """The settings that decide what a run computes, as JSON-friendly values."""
@@ -86,6 +88,7 @@ def run_settings(
 
 
 def is_run_folder(out: Path) -> bool:
+    """Whether ``out`` holds a run (its record, or the metrics of a run from before it)."""
     return any((out / marker).is_file() for marker in RUN_MARKERS)
 
 
@@ -160,7 +163,7 @@ def latest_snapshot(out_dir: PathLike, name: str = "snapshot") -> Snapshot | Non
     return pairs[0] if pairs else None
 
 
-def snapshot_problem(snap: Snapshot, shapes: dict[str, list[tuple[int, ...]]]) -> str | None:
+def snapshot_problem(snap: Snapshot, shapes: NetShapes) -> str | None:
     """Why ``snap`` cannot be resumed from, or None when it is complete.
 
     Complete: the .caffemodel holds every layer with parameters with the net's shapes
@@ -170,8 +173,6 @@ def snapshot_problem(snap: Snapshot, shapes: dict[str, list[tuple[int, ...]]]) -
     the history blobs), so a file cut anywhere after ``iter`` lacks it (Caffe would abort
     on the missing history).
     """
-    from pyirg.train.weights import check_weights
-
     try:
         check_weights(shapes, snap.caffemodel, required=list(shapes), role="net")
     except TeacherWeightsError as e:
@@ -185,6 +186,17 @@ def snapshot_problem(snap: Snapshot, shapes: dict[str, list[tuple[int, ...]]]) -
             f"{snap.solverstate}: incomplete (cut short after {len(state.history)} history blobs)"
         )
     return None
+
+
+def resumable_snapshot(out: Path, name: str, shapes: NetShapes) -> Snapshot:
+    """The newest complete snapshot pair in ``out``; older ones are fallen back to with a
+    notice when the newest is truncated (a kill while writing, a full disk)."""
+    for snap in snapshot_pairs(out, name):
+        problem = snapshot_problem(snap, shapes)
+        if problem is None:
+            return snap
+        print(f"notice: not resuming from iteration {snap.iteration}: {problem}", file=sys.stderr)
+    raise TrainError(f"{out}: no complete snapshot '{name}_iter_*' to resume from")
 
 
 def snapshot_name(prefix: str) -> str:
@@ -249,8 +261,8 @@ def write_csv(path: Path, rows: Rows) -> None:
 
 def plot_curves(
     path: Path,
-    train_rows: list[dict[str, float]],
-    test_rows: list[dict[str, float]],
+    train_rows: Rows,
+    test_rows: Rows,
     loss_names: Sequence[str],
     accuracy_names: Sequence[str],
 ) -> None:
