@@ -217,7 +217,7 @@ class TrainingRun:
         )
 
     # -- testing ------------------------------------------------------------------------
-    def _test(self, bar: tqdm | None) -> None:
+    def _test(self) -> None:
         if not self.lead:
             return
         row: dict[str, float] = {"iter": self.solver.iter}
@@ -252,14 +252,12 @@ class TrainingRun:
         self.write_metrics(plot=False)
 
     # -- snapshots ----------------------------------------------------------------------
-    def snapshot(self) -> Snapshot | None:
+    def snapshot(self) -> None:
         """Save a snapshot at the current iteration, unless one was just saved there."""
-        it = self.solver.iter
-        if not self.lead or (self.last_snapshot is not None and self.last_snapshot.iteration == it):
-            return self.last_snapshot
-        self.last_snapshot = save_snapshot(self.solver, self.tmp, self.out, self.name)
-        self.write_metrics(plot=False)
-        return self.last_snapshot
+        last = self.last_snapshot
+        if self.lead and (last is None or last.iteration != self.solver.iter):
+            self.last_snapshot = save_snapshot(self.solver, self.tmp, self.out, self.name)
+            self.write_metrics(plot=False)
 
     def resume(self) -> None:
         """Continue from the newest complete snapshot in OUT, with the metric histories it
@@ -334,7 +332,7 @@ class TrainingRun:
                     self._train_one(bar)
                     it = solver.iter
                     if s.test_interval and solver.test_nets and it % s.test_interval == 0:
-                        self._test(bar)
+                        self._test()
                     if s.snapshot_interval and it % s.snapshot_interval == 0:
                         self.snapshot()
             except KeyboardInterrupt:
@@ -347,7 +345,7 @@ class TrainingRun:
                 raise TrainingInterrupted(self.result(interrupted=True), stop.signum)
             tested = bool(self.test_rows) and self.test_rows[-1]["iter"] == solver.iter
             if solver.test_nets and not tested:
-                self._test(bar)
+                self._test()
             self.snapshot()
             self.write_metrics(plot=True)
         return self.result(interrupted=False)
