@@ -151,9 +151,8 @@ def snapshot_pairs(out_dir: PathLike, name: str = "snapshot") -> list[Snapshot]:
     pairs = []
     for path in out.iterdir():
         m = pattern.match(path.name)
-        if m and (out / f"{name}_iter_{m.group(1)}.caffemodel").is_file():
-            it = int(m.group(1))
-            pairs.append(Snapshot(it, out / f"{name}_iter_{it}.caffemodel", path))
+        if m and path.with_suffix(".caffemodel").is_file():
+            pairs.append(Snapshot(int(m.group(1)), path.with_suffix(".caffemodel"), path))
     return sorted(pairs, key=lambda s: -s.iteration)
 
 
