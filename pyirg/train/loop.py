@@ -61,9 +61,7 @@ class TrainingRun:
         self.lead = settings.solver_rank == 0
         self.nccl: Any = None  # the NCCL session, kept alive with the run
         self.run_info = run_info
-        self._ranges: dict[int, dict[str, tuple[str, int, int | None]]] = {}
-        #: layer -> (class axis, ignore_label) of the losses and accuracies (from the net).
-        self.label_rules = label_rules(net_param)
+        self._feed = BatchFeeder(net_param)
         #: Keep the weights before each step and the update norm (one copy per step: on a
         #: GPU two host transfers, so there only the loss is watched).
         self.track_finite = settings.gpu is None
@@ -106,54 +104,6 @@ class TrainingRun:
             for lname, layer in zip(tnet._layer_names, tnet.layers)
             if layer.type == "Accuracy" and tnet.top_names[lname]
         ]
-
-    # -- feeding -----------------------------------------------------------------------
-    def _label_ranges(self, net: Any) -> dict[str, tuple[str, int, int | None]]:
-        """label blob -> (layer, classes) for the losses and accuracies that index by label.
-
-        SoftmaxWithLoss reads scores[label] unchecked in a release build: a label past the
-        net's class count corrupts memory (glibc then aborts with "double free")."""
-        ranges: dict[str, tuple[str, int, int | None]] = {}
-        bottom_names = net.bottom_names
-        for name, layer in zip(net._layer_names, net.layers):
-            bottoms = bottom_names[name]
-            if layer.type in ("SoftmaxWithLoss", "Accuracy") and len(bottoms) >= 2:
-                axis, ignore = self.label_rules.get(name, (1, None))
-                scores = net.blobs[bottoms[0]].data
-                if -scores.ndim <= axis < scores.ndim:
-                    classes = int(scores.shape[axis])
-                    ranges.setdefault(bottoms[1], (name, classes, ignore))
-        return ranges
-
-    def _check_labels(self, net: Any, batch: Mapping[str, np.ndarray], what: str) -> None:
-        if id(net) not in self._ranges:
-            self._ranges[id(net)] = self._label_ranges(net)
-        for blob, (layer, classes, ignore) in self._ranges[id(net)].items():
-            if blob not in batch:
-                continue
-            labels = np.asarray(batch[blob])
-            if ignore is not None:
-                labels = labels[labels != ignore]  # Caffe skips these
-            if labels.size and (labels.min() < 0 or labels.max() >= classes):
-                raise TrainError(
-                    f"{what}: labels in '{blob}' span {labels.min():g}..{labels.max():g}, but "
-                    f"layer '{layer}' scores {classes} classes (0..{classes - 1}): the data "
-                    "has more classes than the net (check --num-classes)"
-                )
-
-    def _feed(self, net: Any, batch: Mapping[str, np.ndarray], what: str) -> None:
-        missing = [b for b in net.inputs if b not in batch]
-        if missing:
-            raise TrainError(f"{what} gave no array for input blob(s) {', '.join(missing)}")
-        for name, value in batch.items():
-            if name not in net.blobs:
-                raise TrainError(f"{what} gave an array for '{name}', which the net does not have")
-            array = np.asarray(value, dtype=np.float32)
-            blob = net.blobs[name]
-            if array.shape != blob.data.shape:
-                blob.reshape(*array.shape)
-            blob.data[...] = array
-        self._check_labels(net, batch, what)
 
     # -- one iteration ----------------------------------------------------------------
     def _train_one(self, bar: tqdm) -> None:
@@ -349,6 +299,65 @@ class TrainingRun:
             self.snapshot()
             self.write_metrics(plot=True)
         return self.result(interrupted=False)
+
+
+class BatchFeeder:
+    """Puts ``{blob: array}`` batches into pycaffe nets, checking what Caffe would not.
+
+    SoftmaxWithLoss reads scores[label] unchecked in a release build: a label past the
+    net's class count corrupts memory (glibc then aborts with "double free"), so the
+    labels of each loss and accuracy are checked against its class count.
+    """
+
+    def __init__(self, net_param: Any) -> None:
+        #: layer -> (class axis, ignore_label) of the losses and accuracies (from the net).
+        self.label_rules = label_rules(net_param)
+        self._ranges: dict[int, dict[str, tuple[str, int, int | None]]] = {}
+
+    def __call__(self, net: Any, batch: Mapping[str, np.ndarray], what: str) -> None:
+        """Copy ``batch`` into ``net``'s blobs (reshaped to it); ``what`` names it in errors."""
+        missing = [b for b in net.inputs if b not in batch]
+        if missing:
+            raise TrainError(f"{what} gave no array for input blob(s) {', '.join(missing)}")
+        for name, value in batch.items():
+            if name not in net.blobs:
+                raise TrainError(f"{what} gave an array for '{name}', which the net does not have")
+            array = np.asarray(value, dtype=np.float32)
+            blob = net.blobs[name]
+            if array.shape != blob.data.shape:
+                blob.reshape(*array.shape)
+            blob.data[...] = array
+        self._check_labels(net, batch, what)
+
+    def _label_ranges(self, net: Any) -> dict[str, tuple[str, int, int | None]]:
+        """label blob -> (layer, classes, ignore_label) for the layers that index by label."""
+        ranges: dict[str, tuple[str, int, int | None]] = {}
+        bottom_names = net.bottom_names
+        for name, layer in zip(net._layer_names, net.layers):
+            bottoms = bottom_names[name]
+            if layer.type in ("SoftmaxWithLoss", "Accuracy") and len(bottoms) >= 2:
+                axis, ignore = self.label_rules.get(name, (1, None))
+                scores = net.blobs[bottoms[0]].data
+                if -scores.ndim <= axis < scores.ndim:
+                    classes = int(scores.shape[axis])
+                    ranges.setdefault(bottoms[1], (name, classes, ignore))
+        return ranges
+
+    def _check_labels(self, net: Any, batch: Mapping[str, np.ndarray], what: str) -> None:
+        if id(net) not in self._ranges:
+            self._ranges[id(net)] = self._label_ranges(net)
+        for blob, (layer, classes, ignore) in self._ranges[id(net)].items():
+            if blob not in batch:
+                continue
+            labels = np.asarray(batch[blob])
+            if ignore is not None:
+                labels = labels[labels != ignore]  # Caffe skips these
+            if labels.size and (labels.min() < 0 or labels.max() >= classes):
+                raise TrainError(
+                    f"{what}: labels in '{blob}' span {labels.min():g}..{labels.max():g}, but "
+                    f"layer '{layer}' scores {classes} classes (0..{classes - 1}): the data "
+                    "has more classes than the net (check --num-classes)"
+                )
 
 
 @dataclass
