@@ -140,14 +140,7 @@ def train(
             print(f"warning: {source}: {warning}", file=sys.stderr)
     s = _resolved(s, param)
     name = snapshot_name(param.snapshot_prefix)
-    record = run_settings(
-        param,
-        net_param,
-        seed=s.seed,
-        teacher_weights=s.teacher_weights,
-        init_weights=None if s.resume else s.init_weights,
-        student_prefix=s.student_prefix,
-    )
+    record = run_settings(param, net_param, s)
     if s.resume and lead:
         check_resume_settings(out, record)
     existing = latest_snapshot(out, name)

@@ -26,12 +26,15 @@ import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyirg.caffeio import PathLike, caffe_proto, to_text
 from pyirg.data.fsutil import atomic_output, atomic_write_text, fsync_file, regular_file
 from pyirg.train import Snapshot, TeacherWeightsError, TrainError
 from pyirg.train.weights import NetShapes, check_weights
+
+if TYPE_CHECKING:
+    from pyirg.train.driver import TrainSettings
 
 RUN_FILE = "run.json"
 #: Files whose presence makes a folder a run folder (older runs have no run.json).
@@ -54,16 +57,9 @@ def _digest(path: PathLike | None) -> str | None:
         raise TrainError(str(e)) from e
 
 
-def run_settings(
-    param: Any,
-    net_param: Any,
-    *,
-    seed: int,
-    teacher_weights: PathLike | None,
-    init_weights: PathLike | None,
-    student_prefix: str,
-) -> dict[str, Any]:
-    """The settings that decide what a run computes, as JSON-friendly values."""
+def run_settings(param: Any, net_param: Any, settings: TrainSettings) -> dict[str, Any]:
+    """The settings that decide what a run computes, as JSON-friendly values (a resumed
+    run's initial weights come from its snapshot, so they are not recorded then)."""
     solver = type(param)()
     solver.CopyFrom(param)
     for name in _FREE_SOLVER_FIELDS:
@@ -80,10 +76,10 @@ def run_settings(
         "solver": to_text(solver, as_one_line=True),
         "net_sha256": hashlib.sha256(net_text.encode()).hexdigest()[:16],
         "net_name": net_param.name,
-        "seed": seed,
-        "teacher_weights_sha256": _digest(teacher_weights),
-        "init_weights_sha256": _digest(init_weights),
-        "student_prefix": student_prefix,
+        "seed": settings.seed,
+        "teacher_weights_sha256": _digest(settings.teacher_weights),
+        "init_weights_sha256": None if settings.resume else _digest(settings.init_weights),
+        "student_prefix": settings.student_prefix,
     }
 
 
