@@ -38,11 +38,9 @@ from pyirg.options import option
 from pyirg.train import PreflightError, TrainError, TrainResult
 from pyirg.train.folder import (
     TMP_PREFIX,
-    check_resume_settings,
+    check_run_folder,
     claim_run_folder,
-    latest_snapshot,
     record_run,
-    remove_stale_tmp,
     run_settings,
     snapshot_name,
 )
@@ -141,16 +139,7 @@ def train(
     s = _resolved(s, param)
     name = snapshot_name(param.snapshot_prefix)
     record = run_settings(param, net_param, s)
-    if s.resume and lead:
-        check_resume_settings(out, record)
-    existing = latest_snapshot(out, name)
-    if existing is not None and not s.resume:
-        raise TrainError(
-            f"{out} already holds snapshot {existing.solverstate.name}; "
-            "pass --resume to continue from it, or choose another --out"
-        )
-    if lead:
-        remove_stale_tmp(out)
+    existing = check_run_folder(out, name, record, resume=s.resume, lead=lead)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out if lead else None))
     try:
         csolver = _build_solver(caffe, param, s, out / EFFECTIVE_SOLVER, tmp / name)

@@ -108,23 +108,35 @@ def claim_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def check_resume_settings(out: Path, settings: dict[str, Any]) -> None:
-    """Resuming: the stored settings must match. Weights not given again are not compared
-    (a resumed run takes them from its snapshot), and neither are the initial weights."""
+def check_run_folder(
+    out: Path, name: str, settings: dict[str, Any], *, resume: bool, lead: bool
+) -> Snapshot | None:
+    """The latest snapshot in ``out`` (None: start at 0), once a resumed run is found to
+    have the stored settings and a new one no snapshot; the lead process (the one that
+    writes OUT) also removes what a killed run left. Weights not given again are not
+    compared (a resumed run takes them from its snapshot), nor are the initial weights."""
     record = out / RUN_FILE
-    if not record.is_file():
-        return
-    try:
-        stored = json.loads(record.read_text())
-    except (OSError, ValueError) as e:
-        raise TrainError(f"{record}: unreadable run record ({e}); move the folder aside") from e
-    skip = {"init_weights_sha256"}
-    if settings.get("teacher_weights_sha256") is None:
-        skip.add("teacher_weights_sha256")
-    diff = [k for k in settings if k not in skip and stored.get(k) != settings[k]]
-    if diff:
-        details = "; ".join(f"{k}: {stored.get(k)!r} there, {settings[k]!r} now" for k in diff)
-        raise TrainError(f"{out} holds a run of other settings, not resumed ({details})")
+    if resume and lead and record.is_file():
+        try:
+            stored = json.loads(record.read_text())
+        except (OSError, ValueError) as e:
+            raise TrainError(f"{record}: unreadable run record ({e}); move the folder aside") from e
+        skip = {"init_weights_sha256"}
+        if settings.get("teacher_weights_sha256") is None:
+            skip.add("teacher_weights_sha256")
+        diff = [k for k in settings if k not in skip and stored.get(k) != settings[k]]
+        if diff:
+            details = "; ".join(f"{k}: {stored.get(k)!r} there, {settings[k]!r} now" for k in diff)
+            raise TrainError(f"{out} holds a run of other settings, not resumed ({details})")
+    existing = latest_snapshot(out, name)
+    if existing is not None and not resume:
+        raise TrainError(
+            f"{out} already holds snapshot {existing.solverstate.name}; "
+            "pass --resume to continue from it, or choose another --out"
+        )
+    if lead:
+        remove_stale_tmp(out)
+    return existing
 
 
 def record_run(out: Path, settings: dict[str, Any]) -> None:
