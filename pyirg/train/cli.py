@@ -26,13 +26,11 @@ from pyirg.train.driver import TrainSettings, prepare_solver_param, train
 
 def input_batch_shapes(net_param: Any, phase: int) -> list[tuple[str, tuple[int, ...]]]:
     """(top, shape) of the Input layers of ``net_param`` that are active in ``phase``."""
+    from pyirg.check import included  # Caffe's own layer filter
+
     tops: list[tuple[str, tuple[int, ...]]] = []
     for layer in net_param.layer:
-        if layer.type != "Input":
-            continue
-        if layer.include and not any(r.phase == phase for r in layer.include):
-            continue
-        if any(r.HasField("phase") and r.phase == phase for r in layer.exclude):
+        if layer.type != "Input" or not included(layer, phase):
             continue
         shapes = list(layer.input_param.shape)
         for i, top in enumerate(layer.top):
