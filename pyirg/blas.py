@@ -30,16 +30,13 @@ CORETYPE_ENV = "OPENBLAS_CORETYPE"
 SOURCE_ENV = "PYIRG_CORETYPE_SOURCE"
 CPU_FLAGS_SOURCE = "cpu-flags"
 
+_AVX512 = frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
 #: OpenBLAS 0.3.21 kernel tiers, best first: (core name, flags it needs, vendor or None).
 #: Cooperlake is SkylakeX plus bfloat16 (what OpenBLAS itself picks for a known CPU with
 #: AVX512_BF16, e.g. AMD Zen 4); Zen is the Haswell kernels with AMD's blocking sizes.
 KERNEL_TIERS: tuple[tuple[str, frozenset[str], str | None], ...] = (
-    (
-        "Cooperlake",
-        frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl", "avx512_bf16"}),
-        None,
-    ),
-    ("SkylakeX", frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}), None),
+    ("Cooperlake", _AVX512 | {"avx512_bf16"}, None),
+    ("SkylakeX", _AVX512, None),
     ("Zen", frozenset({"avx2", "fma"}), "AuthenticAMD"),
     ("Haswell", frozenset({"avx2", "fma"}), None),
     ("Sandybridge", frozenset({"avx"}), None),

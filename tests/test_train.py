@@ -786,15 +786,14 @@ def test_nan_teacher_weights_are_refused(tmp_path: Path) -> None:
 
 def test_teacher_weights_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
     from pyirg.train import TrainError
+    from pyirg.train.driver import TrainSettings
     from pyirg.train.folder import run_settings
 
     fifo = tmp_path / "teacher.caffemodel"
     os.mkfifo(fifo)
+    settings = TrainSettings(teacher_weights=str(fifo))
     with pytest.raises(TrainError, match="not a regular file"):
-        run_settings(
-            caffe_pb2.SolverParameter(), caffe_pb2.NetParameter(), seed=0,
-            teacher_weights=str(fifo), init_weights=None, student_prefix="stu_",
-        )  # fmt: skip
+        run_settings(caffe_pb2.SolverParameter(), caffe_pb2.NetParameter(), settings)
 
 
 def test_input_feeding_options_without_npy_data_are_refused(tmp_path: Path) -> None:

@@ -2,21 +2,15 @@
 
 Why a driver instead of ``caffe train``:
 
-- **Teacher weights.**  A distillation net holds a frozen teacher (layers without
-  the student prefix ``stu_``) and a student.  Caffe's ``copy_from`` silently
-  leaves a teacher layer at its random initialisation when the .caffemodel lacks
-  it, and aborts the process on a shape mismatch.  The driver compares the net's
-  parameter layers with the .caffemodel first and refuses, naming the layers.
-- **Atomic snapshots.**  Caffe writes snapshots in place, so a kill during a
-  write leaves a truncated .caffemodel that looks complete.  Here Caffe writes
-  into a temporary prefix inside OUT and the files are renamed into place (the
-  .solverstate last, with its ``learned_net`` pointing at the final .caffemodel),
-  so every snapshot in OUT is complete.
-- **Interrupts.**  SIGINT/SIGTERM set a flag that is checked between solver
-  iterations (the solver steps one iteration at a time); the run then saves a
-  snapshot and raises :class:`TrainingInterrupted` (a KeyboardInterrupt, so a
-  caller looping over runs stops too).  A second signal raises KeyboardInterrupt
-  at once, abandoning any snapshot in progress (OUT keeps only complete ones).
+- **Teacher weights** are compared with the net's parameter layers first, and refused
+  naming the layers: Caffe's ``copy_from`` silently leaves a layer the .caffemodel
+  lacks at its random initialisation, and aborts on a shape mismatch
+  (:mod:`~pyirg.train.weights`).
+- **Atomic snapshots.**  Caffe writes in place, so a kill leaves a truncated .caffemodel
+  that looks complete; every snapshot in OUT is complete (:mod:`~pyirg.train.folder`).
+- **Interrupts.**  SIGINT/SIGTERM set a flag checked between solver iterations; the
+  run then saves a snapshot and raises :class:`TrainingInterrupted`.  A second signal
+  raises KeyboardInterrupt at once, abandoning any snapshot in progress.
 - **Resume.**  ``resume=True`` restores the latest complete snapshot in OUT.  A
   solverstate holds the iteration and the update history but no data cursor and
   no RNG state, so a resumed run equals an uninterrupted one bit for bit only if
@@ -28,22 +22,22 @@ Why a driver instead of ``caffe train``:
   ``test_iter`` batches, with the student's and the teacher's accuracy for a
   distillation net; written as CSV and JSON and drawn to PNG in OUT.
 
-Caffe's own periodic testing and snapshotting are switched off in the solver the
-driver runs (written to OUT as ``solver.effective.prototxt``); the driver does
-both itself, at ``test_interval`` and ``snapshot`` (or the overrides given).
-
-Modules: :mod:`~pyirg.train.driver` (:func:`~pyirg.train.driver.train` and its
-:class:`~pyirg.train.driver.TrainSettings`), :mod:`~pyirg.train.loop` (the iteration
-loop and its signal handling), :mod:`~pyirg.train.weights` (teacher and initial
-weights), :mod:`~pyirg.train.folder` (what OUT holds) and :mod:`~pyirg.train.cli`.
-This module holds what they all share: what a run hands back and how it fails, plain
-data so that callers need neither pycaffe nor the loop.
+Modules: :mod:`~pyirg.train.driver` (:func:`~pyirg.train.driver.train`, its
+:class:`~pyirg.train.driver.TrainSettings`, and why Caffe's own tests and snapshots are
+off), :mod:`~pyirg.train.loop` (the iterations and signals), :mod:`~pyirg.train.weights`
+(teacher and initial weights), :mod:`~pyirg.train.folder` (what OUT holds),
+:mod:`~pyirg.train.multi_gpu` and :mod:`~pyirg.train.cli`. This module holds what they
+share: what a run hands back and how it fails, plain data so that callers need neither
+pycaffe nor the loop.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+#: The trained net's accuracy in the metrics: the student's in a distillation net.
+_ACCURACY_KEYS = ("student_accuracy", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -71,15 +65,12 @@ class TrainResult:
     @property
     def accuracy(self) -> float | None:
         """The last test accuracy of the trained net (the student's in a distillation net)."""
-        for key in ("student_accuracy", "accuracy"):
-            if key in self.metrics:
-                return self.metrics[key]
-        return None
+        return next((self.metrics[k] for k in _ACCURACY_KEYS if k in self.metrics), None)
 
     @property
     def accuracy_history(self) -> list[tuple[int, float]]:
         """(iteration, accuracy) of every test, for the key :attr:`accuracy` reports."""
-        for key in ("student_accuracy", "accuracy"):
+        for key in _ACCURACY_KEYS:
             rows = [(int(r["iter"]), r[key]) for r in self.test_history if key in r]
             if rows:
                 return rows

@@ -26,13 +26,11 @@ from pyirg.train.driver import TrainSettings, prepare_solver_param, train
 
 def input_batch_shapes(net_param: Any, phase: int) -> list[tuple[str, tuple[int, ...]]]:
     """(top, shape) of the Input layers of ``net_param`` that are active in ``phase``."""
+    from pyirg.check import included  # Caffe's own layer filter
+
     tops: list[tuple[str, tuple[int, ...]]] = []
     for layer in net_param.layer:
-        if layer.type != "Input":
-            continue
-        if layer.include and not any(r.phase == phase for r in layer.include):
-            continue
-        if any(r.HasField("phase") and r.phase == phase for r in layer.exclude):
+        if layer.type != "Input" or not included(layer, phase):
             continue
         shapes = list(layer.input_param.shape)
         for i, top in enumerate(layer.top):
@@ -68,34 +66,23 @@ def npy_batch_fns(
             )
         (data_blob, shape), (label_blob, _) = tops[0], tops[1]
         if phase == pb.TRAIN:
-            mean = pixel_mean(pad_images(split.train_images, pad))
-            fns.append(
-                array_batch_fn(
-                    split.train_images,
-                    split.train_labels,
-                    shape[0],
-                    seed=seed,
-                    pad=pad,
-                    mirror=mirror,
-                    mean=mean,
-                    scale=scale,
-                    data_blob=data_blob,
-                    label_blob=label_blob,
-                )
+            images, labels = split.train_images, split.train_labels
+            per_phase = dict(
+                seed=seed, pad=pad, mirror=mirror, mean=pixel_mean(pad_images(images, pad))
             )
         else:
-            fns.append(
-                array_batch_fn(
-                    split.test_images,
-                    split.test_labels,
-                    shape[0],
-                    shuffle=False,
-                    mean=pixel_mean(split.train_images),
-                    scale=scale,
-                    data_blob=data_blob,
-                    label_blob=label_blob,
-                )
-            )
+            images, labels = split.test_images, split.test_labels
+            per_phase = dict(shuffle=False, mean=pixel_mean(split.train_images))
+        batch_fn = array_batch_fn(
+            images,
+            labels,
+            shape[0],
+            scale=scale,
+            data_blob=data_blob,
+            label_blob=label_blob,
+            **per_phase,
+        )
+        fns.append(batch_fn)
     return fns[0], fns[1]
 
 
@@ -144,11 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.npy_data is not None:
             _, net_param, _ = prepare_solver_param(args.solver, args.net)
             scale = args.scale
-            if scale is not None and not math.isfinite(scale):
-                raise TrainError(f"--scale must be a finite number, got {scale}")
             if scale is None:
                 info = args.npy_data / "info.json"
                 scale = json.loads(info.read_text()).get("scale", 1.0) if info.is_file() else 1.0
+            elif not math.isfinite(scale):
+                raise TrainError(f"--scale must be a finite number, got {scale}")
             batch_fn, test_batch_fn = npy_batch_fns(
                 args.npy_data,
                 net_param,

@@ -38,18 +38,14 @@ from pyirg.options import option
 from pyirg.train import PreflightError, TrainError, TrainResult
 from pyirg.train.folder import (
     TMP_PREFIX,
-    check_resume_settings,
+    check_run_folder,
     claim_run_folder,
-    latest_snapshot,
     record_run,
-    remove_stale_tmp,
     run_settings,
     snapshot_name,
-    snapshot_pairs,
-    snapshot_problem,
 )
 from pyirg.train.loop import TrainingRun
-from pyirg.train.weights import load_init_weights, load_teacher, net_param_shapes
+from pyirg.train.weights import load_init_weights, load_teacher
 
 EFFECTIVE_SOLVER = "solver.effective.prototxt"
 #: Caffe tests when ``iter % test_interval == 0``; this interval is never reached.
@@ -116,18 +112,12 @@ def train(
     """Train the solver's net (or ``net``) into ``out_dir`` and return the final metrics.
 
     ``solver``: a solver .prototxt path or a SolverParameter; ``settings`` (or keyword
-    overrides of its fields, e.g. ``train(solver, out, seed=3)``): a
-    :class:`TrainSettings`, whose fields say what each does.
-    ``max_iter``/``test_interval``/``snapshot_interval`` override the solver's values
-    (0 disables periodic tests or snapshots; the end of training always tests and
-    snapshots). Snapshots are ``out_dir/<basename of the
-    solver's snapshot_prefix, default "snapshot">_iter_N.{caffemodel,solverstate}``.
-    Test outputs are averaged over ``test_iter`` batches of each test net, which shares
-    the train net's weights. ``init_weights``: a .caffemodel the trained layers start
-    from instead of their fillers (every one of them must be in it), so that runs of
-    several nets can start from identical weights; ignored when resuming. ``out_dir``
-    records the run's settings (``run.json``): a folder holding another run is refused,
-    and resumed only with the same settings; ``overwrite`` moves it aside first.
+    overrides of its fields, e.g. ``train(solver, out, seed=3)``): a :class:`TrainSettings`.
+    The end of training always tests and snapshots. Snapshots are ``out_dir/<basename of
+    the solver's snapshot_prefix, default "snapshot">_iter_N.{caffemodel,solverstate}``.
+    ``init_weights`` is ignored when resuming. ``out_dir`` records the run's settings
+    (``run.json``): a folder holding another run is refused, and resumed only with the
+    same settings.
 
     Raises :class:`TrainError` (or a subclass) before training when the setup is wrong,
     :class:`~pyirg.train.TrainingInterrupted` after saving a snapshot on SIGINT/SIGTERM.
@@ -148,38 +138,22 @@ def train(
             print(f"warning: {source}: {warning}", file=sys.stderr)
     s = _resolved(s, param)
     name = snapshot_name(param.snapshot_prefix)
-    record = run_settings(
-        param,
-        net_param,
-        seed=s.seed,
-        teacher_weights=None if s.teacher_weights is None else str(s.teacher_weights),
-        init_weights=None if s.init_weights is None or s.resume else str(s.init_weights),
-        student_prefix=s.student_prefix,
-    )
-    if s.resume and lead:
-        check_resume_settings(out, record)
-    existing = latest_snapshot(out, name)
-    if existing is not None and not s.resume:
-        raise TrainError(
-            f"{out} already holds snapshot {existing.solverstate.name}; "
-            "pass --resume to continue from it, or choose another --out"
-        )
-    if lead:
-        remove_stale_tmp(out)
+    record = run_settings(param, net_param, s)
+    existing = check_run_folder(out, name, record, resume=s.resume, lead=lead)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out if lead else None))
     try:
         csolver = _build_solver(caffe, param, s, out / EFFECTIVE_SOLVER, tmp / name)
         resuming = s.resume and existing is not None
         if s.init_weights is not None and not resuming:
             load_init_weights(csolver, s.init_weights, s.student_prefix)
-        distill, _ = load_teacher(
+        distill = load_teacher(
             csolver, s.teacher_weights, s.student_prefix, source, required=not resuming
         )
         _check_feeds(csolver, s, source)
         info = _run_info(solver, source, s, distill)
-        run = TrainingRun(csolver, param, out, tmp, name, s, distill, info, label_rules(net_param))
+        run = TrainingRun(csolver, param, out, tmp, name, s, distill, info, net_param)
         if resuming:
-            _restore(run, csolver, out, name, s.max_iter)
+            run.resume()
         elif s.resume and lead:
             print(
                 f"notice: {out} holds no snapshot '{name}_iter_*': starting at 0", file=sys.stderr
@@ -293,42 +267,6 @@ def run_preflight(
     if errors:
         raise PreflightError(f"{source}: pre-flight check failed:\n  " + "\n  ".join(errors))
     return [str(p) for p in problems if not p.is_error]
-
-
-def _restore(run: TrainingRun, csolver: Any, out: Path, name: str, max_iter: int) -> None:
-    """Continue from the newest complete snapshot, if it is not past ``max_iter``."""
-    run.restore(resumable_snapshot(out, name, net_param_shapes([csolver.net])))
-    if csolver.iter > max_iter:
-        raise TrainError(
-            f"{out} is already at iteration {csolver.iter}, past --max-iter {max_iter}: "
-            "nothing to resume"
-        )
-
-
-def label_rules(net_param: Any) -> dict[str, tuple[int, int | None]]:
-    """layer -> (class axis, ignore_label) of each SoftmaxWithLoss and Accuracy."""
-    rules: dict[str, tuple[int, int | None]] = {}
-    for layer in net_param.layer:
-        if layer.type == "SoftmaxWithLoss":
-            ignore = (
-                layer.loss_param.ignore_label if layer.loss_param.HasField("ignore_label") else None
-            )
-            rules[layer.name] = (layer.softmax_param.axis, ignore)
-        elif layer.type == "Accuracy":
-            ap = layer.accuracy_param
-            rules[layer.name] = (ap.axis, ap.ignore_label if ap.HasField("ignore_label") else None)
-    return rules
-
-
-def resumable_snapshot(out: Path, name: str, shapes: dict[str, list[tuple[int, ...]]]) -> Any:
-    """The newest complete snapshot pair in ``out``; older ones are fallen back to with a
-    notice when the newest is truncated (a kill while writing, a full disk)."""
-    for snap in snapshot_pairs(out, name):
-        problem = snapshot_problem(snap, shapes)
-        if problem is None:
-            return snap
-        print(f"notice: not resuming from iteration {snap.iteration}: {problem}", file=sys.stderr)
-    raise TrainError(f"{out}: no complete snapshot '{name}_iter_*' to resume from")
 
 
 # ----------------------------------------------------------------------------- the solver

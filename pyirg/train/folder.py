@@ -23,13 +23,18 @@ import math
 import os
 import re
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyirg.caffeio import PathLike, caffe_proto, to_text
 from pyirg.data.fsutil import atomic_output, atomic_write_text, fsync_file, regular_file
 from pyirg.train import Snapshot, TeacherWeightsError, TrainError
+from pyirg.train.weights import NetShapes, check_weights
+
+if TYPE_CHECKING:
+    from pyirg.train.driver import TrainSettings
 
 RUN_FILE = "run.json"
 #: Files whose presence makes a folder a run folder (older runs have no run.json).
@@ -43,7 +48,7 @@ _FREE_SOLVER_FIELDS = (
 )  # fmt: skip
 
 
-def _digest(path: str | None) -> str | None:
+def _digest(path: PathLike | None) -> str | None:
     if not path:
         return None
     try:
@@ -52,16 +57,9 @@ def _digest(path: str | None) -> str | None:
         raise TrainError(str(e)) from e
 
 
-def run_settings(
-    param: Any,
-    net_param: Any,
-    *,
-    seed: int,
-    teacher_weights: str | None,
-    init_weights: str | None,
-    student_prefix: str,
-) -> dict[str, Any]:
-    """The settings that decide what a run computes, as JSON-friendly values."""
+def run_settings(param: Any, net_param: Any, settings: TrainSettings) -> dict[str, Any]:
+    """The settings that decide what a run computes, as JSON-friendly values (a resumed
+    run's initial weights come from its snapshot, so they are not recorded then)."""
     solver = type(param)()
     solver.CopyFrom(param)
     for name in _FREE_SOLVER_FIELDS:
@@ -78,14 +76,15 @@ def run_settings(
         "solver": to_text(solver, as_one_line=True),
         "net_sha256": hashlib.sha256(net_text.encode()).hexdigest()[:16],
         "net_name": net_param.name,
-        "seed": seed,
-        "teacher_weights_sha256": _digest(teacher_weights),
-        "init_weights_sha256": _digest(init_weights),
-        "student_prefix": student_prefix,
+        "seed": settings.seed,
+        "teacher_weights_sha256": _digest(settings.teacher_weights),
+        "init_weights_sha256": None if settings.resume else _digest(settings.init_weights),
+        "student_prefix": settings.student_prefix,
     }
 
 
 def is_run_folder(out: Path) -> bool:
+    """Whether ``out`` holds a run (its record, or the metrics of a run from before it)."""
     return any((out / marker).is_file() for marker in RUN_MARKERS)
 
 
@@ -109,23 +108,35 @@ def claim_run_folder(out: Path, *, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def check_resume_settings(out: Path, settings: dict[str, Any]) -> None:
-    """Resuming: the stored settings must match. Weights not given again are not compared
-    (a resumed run takes them from its snapshot), and neither are the initial weights."""
+def check_run_folder(
+    out: Path, name: str, settings: dict[str, Any], *, resume: bool, lead: bool
+) -> Snapshot | None:
+    """The latest snapshot in ``out`` (None: start at 0), once a resumed run is found to
+    have the stored settings and a new one no snapshot; the lead process (the one that
+    writes OUT) also removes what a killed run left. Weights not given again are not
+    compared (a resumed run takes them from its snapshot), nor are the initial weights."""
     record = out / RUN_FILE
-    if not record.is_file():
-        return
-    try:
-        stored = json.loads(record.read_text())
-    except (OSError, ValueError) as e:
-        raise TrainError(f"{record}: unreadable run record ({e}); move the folder aside") from e
-    skip = {"init_weights_sha256"}
-    if settings.get("teacher_weights_sha256") is None:
-        skip.add("teacher_weights_sha256")
-    diff = [k for k in settings if k not in skip and stored.get(k) != settings[k]]
-    if diff:
-        details = "; ".join(f"{k}: {stored.get(k)!r} there, {settings[k]!r} now" for k in diff)
-        raise TrainError(f"{out} holds a run of other settings, not resumed ({details})")
+    if resume and lead and record.is_file():
+        try:
+            stored = json.loads(record.read_text())
+        except (OSError, ValueError) as e:
+            raise TrainError(f"{record}: unreadable run record ({e}); move the folder aside") from e
+        skip = {"init_weights_sha256"}
+        if settings.get("teacher_weights_sha256") is None:
+            skip.add("teacher_weights_sha256")
+        diff = [k for k in settings if k not in skip and stored.get(k) != settings[k]]
+        if diff:
+            details = "; ".join(f"{k}: {stored.get(k)!r} there, {settings[k]!r} now" for k in diff)
+            raise TrainError(f"{out} holds a run of other settings, not resumed ({details})")
+    existing = latest_snapshot(out, name)
+    if existing is not None and not resume:
+        raise TrainError(
+            f"{out} already holds snapshot {existing.solverstate.name}; "
+            "pass --resume to continue from it, or choose another --out"
+        )
+    if lead:
+        remove_stale_tmp(out)
+    return existing
 
 
 def record_run(out: Path, settings: dict[str, Any]) -> None:
@@ -148,9 +159,8 @@ def snapshot_pairs(out_dir: PathLike, name: str = "snapshot") -> list[Snapshot]:
     pairs = []
     for path in out.iterdir():
         m = pattern.match(path.name)
-        if m and (out / f"{name}_iter_{m.group(1)}.caffemodel").is_file():
-            it = int(m.group(1))
-            pairs.append(Snapshot(it, out / f"{name}_iter_{it}.caffemodel", path))
+        if m and path.with_suffix(".caffemodel").is_file():
+            pairs.append(Snapshot(int(m.group(1)), path.with_suffix(".caffemodel"), path))
     return sorted(pairs, key=lambda s: -s.iteration)
 
 
@@ -160,7 +170,7 @@ def latest_snapshot(out_dir: PathLike, name: str = "snapshot") -> Snapshot | Non
     return pairs[0] if pairs else None
 
 
-def snapshot_problem(snap: Snapshot, shapes: dict[str, list[tuple[int, ...]]]) -> str | None:
+def snapshot_problem(snap: Snapshot, shapes: NetShapes) -> str | None:
     """Why ``snap`` cannot be resumed from, or None when it is complete.
 
     Complete: the .caffemodel holds every layer with parameters with the net's shapes
@@ -170,8 +180,6 @@ def snapshot_problem(snap: Snapshot, shapes: dict[str, list[tuple[int, ...]]]) -
     the history blobs), so a file cut anywhere after ``iter`` lacks it (Caffe would abort
     on the missing history).
     """
-    from pyirg.train.weights import check_weights
-
     try:
         check_weights(shapes, snap.caffemodel, required=list(shapes), role="net")
     except TeacherWeightsError as e:
@@ -185,6 +193,17 @@ def snapshot_problem(snap: Snapshot, shapes: dict[str, list[tuple[int, ...]]]) -
             f"{snap.solverstate}: incomplete (cut short after {len(state.history)} history blobs)"
         )
     return None
+
+
+def resumable_snapshot(out: Path, name: str, shapes: NetShapes) -> Snapshot:
+    """The newest complete snapshot pair in ``out``; older ones are fallen back to with a
+    notice when the newest is truncated (a kill while writing, a full disk)."""
+    for snap in snapshot_pairs(out, name):
+        problem = snapshot_problem(snap, shapes)
+        if problem is None:
+            return snap
+        print(f"notice: not resuming from iteration {snap.iteration}: {problem}", file=sys.stderr)
+    raise TrainError(f"{out}: no complete snapshot '{name}_iter_*' to resume from")
 
 
 def snapshot_name(prefix: str) -> str:
@@ -249,8 +268,8 @@ def write_csv(path: Path, rows: Rows) -> None:
 
 def plot_curves(
     path: Path,
-    train_rows: list[dict[str, float]],
-    test_rows: list[dict[str, float]],
+    train_rows: Rows,
+    test_rows: Rows,
     loss_names: Sequence[str],
     accuracy_names: Sequence[str],
 ) -> None:

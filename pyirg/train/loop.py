@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -26,9 +27,11 @@ from pyirg.train.folder import (
     final_metrics,
     load_history,
     restore_snapshot,
+    resumable_snapshot,
     save_snapshot,
     write_metrics,
 )
+from pyirg.train.weights import net_param_shapes
 
 if TYPE_CHECKING:
     from pyirg.train.driver import TrainSettings
@@ -47,30 +50,21 @@ class TrainingRun:
         settings: TrainSettings,
         distill: bool,
         run_info: dict[str, Any],
-        label_rules: Mapping[str, tuple[int, int | None]] | None = None,
+        net_param: Any,
     ) -> None:
-        s = settings
         self.solver = solver
         self.param = param
         self.out, self.tmp, self.name = out, tmp, name
-        self.batch_fn, self.test_batch_fn = s.batch_fn, s.test_batch_fn
-        self.max_iter = s.max_iter
-        self.test_interval = s.test_interval
-        self.snapshot_interval = s.snapshot_interval
-        self.prefix = s.student_prefix
-        self.distill = distill
-        self.progress = s.progress
+        #: Resolved (no None left in max_iter, test_interval, snapshot_interval).
+        self.settings = settings
         #: Under pyirg.train.multi_gpu only rank 0 tests and writes; the others train.
-        self.lead = s.solver_rank == 0
+        self.lead = settings.solver_rank == 0
         self.nccl: Any = None  # the NCCL session, kept alive with the run
         self.run_info = run_info
-        self.on_iteration = s.on_iteration
-        self._ranges: dict[int, dict[str, tuple[str, int, int | None]]] = {}
-        #: layer -> (class axis, ignore_label) of the losses and accuracies (from the net).
-        self.label_rules = dict(label_rules or {})
+        self._feed = BatchFeeder(net_param)
         #: Keep the weights before each step and the update norm (one copy per step: on a
         #: GPU two host transfers, so there only the loss is watched).
-        self.track_finite = s.gpu is None
+        self.track_finite = settings.gpu is None
         self.train_rows: list[dict[str, float]] = []
         # The weights before the current step, so a diverged run can still save them.
         # The param blobs once: pycaffe rebuilds ``net.params`` on every access.
@@ -89,6 +83,17 @@ class TrainingRun:
         batch = next(iter(net.blobs.values())).shape[0] if len(net.blobs) else 0
         self.images_per_iter = batch * max(1, param.iter_size)
         self.accuracy_blobs = self._accuracy_blobs()
+        if distill:
+            prefix = settings.student_prefix
+            student = [b for b in self.accuracy_blobs if b.startswith(prefix)]
+            teacher = [b for b in self.accuracy_blobs if not b.startswith(prefix)]
+            sides = {"student_accuracy": student, "teacher_accuracy": teacher}
+        else:
+            sides = {"accuracy": self.accuracy_blobs}
+        #: The headline accuracies: the student's and teacher's apart in a distillation net.
+        self.summary_accuracy_names = list(sides)
+        #: Headline accuracy -> the test output it reports (its side's first Accuracy).
+        self._headline = {name: blobs[0] for name, blobs in sides.items() if blobs}
 
     def _accuracy_blobs(self) -> list[str]:
         if not self.solver.test_nets:
@@ -100,66 +105,13 @@ class TrainingRun:
             if layer.type == "Accuracy" and tnet.top_names[lname]
         ]
 
-    @property
-    def summary_accuracy_names(self) -> list[str]:
-        """The headline accuracies: the student's and teacher's apart in a distillation net."""
-        return ["student_accuracy", "teacher_accuracy"] if self.distill else ["accuracy"]
-
-    # -- feeding -----------------------------------------------------------------------
-    def _label_ranges(self, net: Any) -> dict[str, tuple[str, int, int | None]]:
-        """label blob -> (layer, classes) for the losses and accuracies that index by label.
-
-        SoftmaxWithLoss reads scores[label] unchecked in a release build: a label past the
-        net's class count corrupts memory (glibc then aborts with "double free")."""
-        ranges: dict[str, tuple[str, int, int | None]] = {}
-        bottom_names = net.bottom_names
-        for name, layer in zip(net._layer_names, net.layers):
-            bottoms = bottom_names[name]
-            if layer.type in ("SoftmaxWithLoss", "Accuracy") and len(bottoms) >= 2:
-                axis, ignore = self.label_rules.get(name, (1, None))
-                scores = net.blobs[bottoms[0]].data
-                if -scores.ndim <= axis < scores.ndim:
-                    classes = int(scores.shape[axis])
-                    ranges.setdefault(bottoms[1], (name, classes, ignore))
-        return ranges
-
-    def _check_labels(self, net: Any, batch: Mapping[str, np.ndarray], what: str) -> None:
-        if id(net) not in self._ranges:
-            self._ranges[id(net)] = self._label_ranges(net)
-        for blob, (layer, classes, ignore) in self._ranges[id(net)].items():
-            if blob not in batch:
-                continue
-            labels = np.asarray(batch[blob])
-            if ignore is not None:
-                labels = labels[labels != ignore]  # Caffe skips these
-            if labels.size and (labels.min() < 0 or labels.max() >= classes):
-                raise TrainError(
-                    f"{what}: labels in '{blob}' span {labels.min():g}..{labels.max():g}, but "
-                    f"layer '{layer}' scores {classes} classes (0..{classes - 1}): the data "
-                    "has more classes than the net (check --num-classes)"
-                )
-
-    def _feed(self, net: Any, batch: Mapping[str, np.ndarray], what: str) -> None:
-        missing = [b for b in net.inputs if b not in batch]
-        if missing:
-            raise TrainError(f"{what} gave no array for input blob(s) {', '.join(missing)}")
-        for name, value in batch.items():
-            if name not in net.blobs:
-                raise TrainError(f"{what} gave an array for '{name}', which the net does not have")
-            array = np.asarray(value, dtype=np.float32)
-            blob = net.blobs[name]
-            if array.shape != blob.data.shape:
-                blob.reshape(*array.shape)
-            blob.data[...] = array
-        self._check_labels(net, batch, what)
-
     # -- one iteration ----------------------------------------------------------------
     def _train_one(self, bar: tqdm) -> None:
         solver, net = self.solver, self.solver.net
         it = solver.iter
         start = time.perf_counter()
-        if self.batch_fn is not None:
-            self._feed(net, self.batch_fn(it), f"batch_fn({it})")
+        if self.settings.batch_fn is not None:
+            self._feed(net, self.settings.batch_fn(it), f"batch_fn({it})")
         lr = float(solver.lr) if hasattr(solver, "lr") else math.nan
         params = self._params
         if self.track_finite:
@@ -188,8 +140,8 @@ class TrainingRun:
         postfix["img/s"] = f"{row['images_per_s']:.0f}"
         bar.set_postfix(postfix, refresh=False)
         bar.update(1)
-        if self.on_iteration is not None:
-            self.on_iteration(solver.iter, net)
+        if self.settings.on_iteration is not None:
+            self.settings.on_iteration(solver.iter, net)
 
     def _diverged(self, row: dict[str, float], it: int) -> None:
         """Save the weights before the step that diverged, write the metrics, raise."""
@@ -215,7 +167,7 @@ class TrainingRun:
         )
 
     # -- testing ------------------------------------------------------------------------
-    def _test(self, bar: tqdm | None) -> None:
+    def _test(self) -> None:
         if not self.lead:
             return
         row: dict[str, float] = {"iter": self.solver.iter}
@@ -226,8 +178,8 @@ class TrainingRun:
             sums = dict.fromkeys(scalars, 0.0)
             for i in range(n):
                 if tnet.inputs:
-                    assert self.test_batch_fn is not None  # checked before training
-                    self._feed(tnet, self.test_batch_fn(i), f"test_batch_fn({i})")
+                    assert self.settings.test_batch_fn is not None  # checked before training
+                    self._feed(tnet, self.settings.test_batch_fn(i), f"test_batch_fn({i})")
                 tnet.forward()
                 for b in scalars:
                     sums[b] += float(tnet.blobs[b].data.flat[0])
@@ -239,41 +191,40 @@ class TrainingRun:
                     f"test net {k} output(s) {', '.join(bad)} are not finite at iteration "
                     f"{self.solver.iter}: the weights or the test data hold NaN/inf"
                 )
-        student = [b for b in self.accuracy_blobs if b.startswith(self.prefix)]
-        teacher = [b for b in self.accuracy_blobs if not b.startswith(self.prefix)]
-        if self.distill:
-            if student:
-                row["student_accuracy"] = row[student[0]]
-            if teacher:
-                row["teacher_accuracy"] = row[teacher[0]]
-        elif self.accuracy_blobs:
-            row["accuracy"] = row[self.accuracy_blobs[0]]
+        row.update({name: row[blob] for name, blob in self._headline.items()})
         self.test_rows.append(row)
         shown = {k: row[k] for k in self.summary_accuracy_names if k in row} or {
             k: v for k, v in row.items() if k != "iter"
         }
         text = ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
-        if self.progress:
+        if self.settings.progress:
             tqdm.write(f"[test] iteration {row['iter']}: {text}", file=sys.stderr)
         self.write_metrics(plot=False)
 
     # -- snapshots ----------------------------------------------------------------------
-    def snapshot(self) -> Snapshot | None:
+    def snapshot(self) -> None:
         """Save a snapshot at the current iteration, unless one was just saved there."""
-        it = self.solver.iter
-        if not self.lead or (self.last_snapshot is not None and self.last_snapshot.iteration == it):
-            return self.last_snapshot
-        self.last_snapshot = save_snapshot(self.solver, self.tmp, self.out, self.name)
-        self.write_metrics(plot=False)
-        return self.last_snapshot
+        last = self.last_snapshot
+        if self.lead and (last is None or last.iteration != self.solver.iter):
+            self.last_snapshot = save_snapshot(self.solver, self.tmp, self.out, self.name)
+            self.write_metrics(plot=False)
 
-    def restore(self, snap: Snapshot) -> None:
-        """Continue from ``snap``, with the metric histories it had seen."""
+    def resume(self) -> None:
+        """Continue from the newest complete snapshot in OUT, with the metric histories it
+        had seen, if it is not past ``max_iter``."""
+        shapes = net_param_shapes([self.solver.net])
+        snap = resumable_snapshot(self.out, self.name, shapes)
         restore_snapshot(self.solver, snap, self.tmp)
         self.last_snapshot = snap
         history = load_history(self.out, snap.iteration)
         if history is not None:
             self.train_rows, self.test_rows = history
+        max_iter = self.settings.max_iter
+        if self.solver.iter > max_iter:
+            raise TrainError(
+                f"{self.out} is already at iteration {self.solver.iter}, past --max-iter "
+                f"{max_iter}: nothing to resume"
+            )
 
     # -- outputs ------------------------------------------------------------------------
     def final_metrics(self) -> dict[str, float]:
@@ -314,26 +265,25 @@ class TrainingRun:
     # -- the loop -----------------------------------------------------------------------
     def run(self) -> TrainResult:
         """Train to ``max_iter``, then test and snapshot; on a signal, snapshot and raise."""
-        solver = self.solver
-        stop = StopRequest()
+        solver, s = self.solver, self.settings
         bar = tqdm(
-            total=self.max_iter,
+            total=s.max_iter,
             initial=solver.iter,
-            disable=not self.progress,
+            disable=not s.progress,
             desc=self.out.name,
             unit="it",
             dynamic_ncols=True,
         )
-        if self.on_iteration is not None:
-            self.on_iteration(solver.iter, solver.net)
-        with stop_on_signals(stop), bar:
+        if s.on_iteration is not None:
+            s.on_iteration(solver.iter, solver.net)
+        with stop_on_signals() as stop, bar:
             try:
-                while solver.iter < self.max_iter and stop.signum is None:
+                while solver.iter < s.max_iter and stop.signum is None:
                     self._train_one(bar)
                     it = solver.iter
-                    if self.test_interval and solver.test_nets and it % self.test_interval == 0:
-                        self._test(bar)
-                    if self.snapshot_interval and it % self.snapshot_interval == 0:
+                    if s.test_interval and solver.test_nets and it % s.test_interval == 0:
+                        self._test()
+                    if s.snapshot_interval and it % s.snapshot_interval == 0:
                         self.snapshot()
             except KeyboardInterrupt:
                 if stop.signum is not None:  # a second signal: stop now, no snapshot
@@ -345,24 +295,84 @@ class TrainingRun:
                 raise TrainingInterrupted(self.result(interrupted=True), stop.signum)
             tested = bool(self.test_rows) and self.test_rows[-1]["iter"] == solver.iter
             if solver.test_nets and not tested:
-                self._test(bar)
+                self._test()
             self.snapshot()
             self.write_metrics(plot=True)
         return self.result(interrupted=False)
 
 
+class BatchFeeder:
+    """Puts ``{blob: array}`` batches into pycaffe nets, checking what Caffe would not.
+
+    SoftmaxWithLoss reads scores[label] unchecked in a release build: a label past the
+    net's class count corrupts memory (glibc then aborts with "double free"), so the
+    labels of each loss and accuracy are checked against its class count.
+    """
+
+    def __init__(self, net_param: Any) -> None:
+        #: layer -> (class axis, ignore_label) of the losses and accuracies (from the net).
+        self.label_rules = label_rules(net_param)
+        self._ranges: dict[int, dict[str, tuple[str, int, int | None]]] = {}
+
+    def __call__(self, net: Any, batch: Mapping[str, np.ndarray], what: str) -> None:
+        """Copy ``batch`` into ``net``'s blobs (reshaped to it); ``what`` names it in errors."""
+        missing = [b for b in net.inputs if b not in batch]
+        if missing:
+            raise TrainError(f"{what} gave no array for input blob(s) {', '.join(missing)}")
+        for name, value in batch.items():
+            if name not in net.blobs:
+                raise TrainError(f"{what} gave an array for '{name}', which the net does not have")
+            array = np.asarray(value, dtype=np.float32)
+            blob = net.blobs[name]
+            if array.shape != blob.data.shape:
+                blob.reshape(*array.shape)
+            blob.data[...] = array
+        self._check_labels(net, batch, what)
+
+    def _label_ranges(self, net: Any) -> dict[str, tuple[str, int, int | None]]:
+        """label blob -> (layer, classes, ignore_label) for the layers that index by label."""
+        ranges: dict[str, tuple[str, int, int | None]] = {}
+        bottom_names = net.bottom_names
+        for name, layer in zip(net._layer_names, net.layers):
+            bottoms = bottom_names[name]
+            if layer.type in ("SoftmaxWithLoss", "Accuracy") and len(bottoms) >= 2:
+                axis, ignore = self.label_rules.get(name, (1, None))
+                scores = net.blobs[bottoms[0]].data
+                if -scores.ndim <= axis < scores.ndim:
+                    classes = int(scores.shape[axis])
+                    ranges.setdefault(bottoms[1], (name, classes, ignore))
+        return ranges
+
+    def _check_labels(self, net: Any, batch: Mapping[str, np.ndarray], what: str) -> None:
+        if id(net) not in self._ranges:
+            self._ranges[id(net)] = self._label_ranges(net)
+        for blob, (layer, classes, ignore) in self._ranges[id(net)].items():
+            if blob not in batch:
+                continue
+            labels = np.asarray(batch[blob])
+            if ignore is not None:
+                labels = labels[labels != ignore]  # Caffe skips these
+            if labels.size and (labels.min() < 0 or labels.max() >= classes):
+                raise TrainError(
+                    f"{what}: labels in '{blob}' span {labels.min():g}..{labels.max():g}, but "
+                    f"layer '{layer}' scores {classes} classes (0..{classes - 1}): the data "
+                    "has more classes than the net (check --num-classes)"
+                )
+
+
+@dataclass
 class StopRequest:
     """The signal that asked the run to stop, or None while none has."""
 
-    def __init__(self) -> None:
-        self.signum: int | None = None
+    signum: int | None = None
 
 
 @contextmanager
-def stop_on_signals(stop: StopRequest) -> Iterator[None]:
+def stop_on_signals() -> Iterator[StopRequest]:
     """First SIGINT/SIGTERM: ask the loop to stop; second: stop now (KeyboardInterrupt)."""
+    stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be installed from the main thread
+        yield stop  # signal handlers can only be installed from the main thread
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -372,7 +382,22 @@ def stop_on_signals(stop: StopRequest) -> Iterator[None]:
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stop
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def label_rules(net_param: Any) -> dict[str, tuple[int, int | None]]:
+    """layer -> (class axis, ignore_label) of each SoftmaxWithLoss and Accuracy."""
+    rules: dict[str, tuple[int, int | None]] = {}
+    for layer in net_param.layer:
+        if layer.type == "SoftmaxWithLoss":
+            ignore = (
+                layer.loss_param.ignore_label if layer.loss_param.HasField("ignore_label") else None
+            )
+            rules[layer.name] = (layer.softmax_param.axis, ignore)
+        elif layer.type == "Accuracy":
+            ap = layer.accuracy_param
+            rules[layer.name] = (ap.axis, ap.ignore_label if ap.HasField("ignore_label") else None)
+    return rules

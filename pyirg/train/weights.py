@@ -7,7 +7,7 @@ checks refuse such weights first, naming the layers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ from pyirg.train import TeacherWeightsError
 
 #: Per layer, each parameter blob's shape and whether it uses the legacy 4-axis form.
 BlobShapes = dict[str, list[tuple[tuple[int, ...], bool]]]
+#: Per layer of a net, the shapes of its parameter blobs.
+NetShapes = dict[str, list[tuple[int, ...]]]
 
 
 def _weights_blobs(path: PathLike) -> BlobShapes:
@@ -46,9 +48,9 @@ def _weights_blobs(path: PathLike) -> BlobShapes:
     return {layer.name: [blob_shape(b) for b in layer.blobs] for layer in all_layers(param)}
 
 
-def net_param_shapes(nets: Sequence[Any]) -> dict[str, list[tuple[int, ...]]]:
+def net_param_shapes(nets: Sequence[Any]) -> NetShapes:
     """Layer name -> parameter blob shapes over the given pycaffe nets (first wins)."""
-    shapes: dict[str, list[tuple[int, ...]]] = {}
+    shapes: NetShapes = {}
     for net in nets:
         for name, blobs in net.params.items():
             shapes.setdefault(name, [tuple(b.data.shape) for b in blobs])
@@ -56,7 +58,7 @@ def net_param_shapes(nets: Sequence[Any]) -> dict[str, list[tuple[int, ...]]]:
 
 
 def check_weights(
-    net_shapes: Mapping[str, list[tuple[int, ...]]],
+    net_shapes: NetShapes,
     weights: PathLike,
     *,
     required: Sequence[str] = (),
@@ -106,9 +108,7 @@ def require_finite(net: Any, layers: Sequence[str], source: PathLike) -> None:
         )
 
 
-def teacher_layers(
-    net_shapes: Mapping[str, list[tuple[int, ...]]], student_prefix: str
-) -> list[str]:
+def teacher_layers(net_shapes: NetShapes, student_prefix: str) -> list[str]:
     """Layers with parameters that belong to the teacher (no student prefix)."""
     return [name for name in net_shapes if not name.startswith(student_prefix)]
 
@@ -120,8 +120,8 @@ def load_teacher(
     source: str,
     *,
     required: bool,
-) -> tuple[bool, dict[str, list[tuple[int, ...]]]]:
-    """Check and load teacher weights; return (is a distillation net, parameter shapes).
+) -> bool:
+    """Check and load teacher weights; return whether the net is a distillation net.
 
     A net is a distillation net when some layer carries the student prefix; its
     other layers with parameters are the teacher's, and must all come from
@@ -146,7 +146,7 @@ def load_teacher(
             f"{source}: teacher layer(s) {', '.join(teacher)} have parameters "
             "but no teacher weights were given (--teacher-weights)"
         )
-    return distill, shapes
+    return distill
 
 
 def load_init_weights(solver: Any, weights: PathLike, student_prefix: str) -> None:
