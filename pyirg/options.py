@@ -67,6 +67,12 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
         target.add_argument(flag, dest=f.name, **kwargs)
 
 
+def _is_tuple(hint: Any) -> bool:
+    """Whether a field's type is a tuple, or a tuple or None."""
+    kinds = typing.get_args(hint) if typing.get_origin(hint) in _UNIONS else (hint,)
+    return any(typing.get_origin(k) is tuple for k in kinds)
+
+
 def from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
     """The dataclass from parsed options (tuples restored), with ``overrides`` applied."""
     hints = typing.get_type_hints(cls)
@@ -75,7 +81,7 @@ def from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
         if not hasattr(args, f.name):
             continue
         value = getattr(args, f.name)
-        if typing.get_origin(hints[f.name]) is tuple and value is not None:
+        if _is_tuple(hints[f.name]) and value is not None:
             value = tuple(value)
         values[f.name] = value
     values.update(overrides)
