@@ -210,6 +210,30 @@ def blob_channels(spec: ResNetSpec) -> dict[str, int]:
     return out
 
 
+def add_bn_scale(
+    ns: NetSpec, bn: str, scale: str, bottom: Top, frozen: bool, in_place: bool = True
+) -> Top:
+    """BatchNorm (in place on ``bottom`` or a new blob) + Scale with bias in place on it,
+    with the parameter blocks of the module docstring (a frozen pair keeps its statistics
+    and its scale)."""
+    bn_extra = {"use_global_stats": True} if frozen else {}
+    ns[bn] = top = L.BatchNorm(bottom, in_place=in_place, param=list(BN_STATS), **bn_extra)
+    scale_extra = {"param": list(FROZEN_PAIR)} if frozen else {}
+    ns[scale] = top = L.Scale(top, in_place=True, bias_term=True, **scale_extra)
+    return top
+
+
+def inner_product(bottom: Top, num_output: int, frozen: bool) -> Top:
+    """A classifier InnerProduct: msra weights, zero bias, trainable or frozen param blocks."""
+    return L.InnerProduct(
+        bottom,
+        param=list(FROZEN_PAIR if frozen else FC_TRAINABLE),
+        num_output=num_output,
+        weight_filler=MSRA,
+        bias_filler=ZERO,
+    )
+
+
 def _conv_unit(ns: NetSpec, unit: ConvSpec, bottom: Top, prefix: str, frozen: bool) -> Top:
     """Convolution + BatchNorm + Scale (+ ReLU), the last three in place."""
     ns[prefix + unit.conv] = top = L.Convolution(
@@ -222,10 +246,7 @@ def _conv_unit(ns: NetSpec, unit: ConvSpec, bottom: Top, prefix: str, frozen: bo
         weight_filler=MSRA,
         bias_filler=ZERO,
     )
-    bn_extra = {"use_global_stats": True} if frozen else {}
-    ns[prefix + unit.bn] = top = L.BatchNorm(top, in_place=True, param=list(BN_STATS), **bn_extra)
-    scale_extra = {"param": list(FROZEN_PAIR)} if frozen else {}
-    ns[prefix + unit.scale] = top = L.Scale(top, in_place=True, bias_term=True, **scale_extra)
+    top = add_bn_scale(ns, prefix + unit.bn, prefix + unit.scale, top, frozen)
     if unit.relu is not None:
         ns[prefix + unit.relu] = top = L.ReLU(top, in_place=True)
     return top
@@ -267,13 +288,7 @@ def add_classifier(
 
     ``loss_weight`` is written only when given, so a plain net reads like the authors'.
     """
-    ns[prefix + spec.fc] = logits = L.InnerProduct(
-        pooled,
-        param=list(FROZEN_PAIR if frozen else FC_TRAINABLE),
-        num_output=spec.num_classes,
-        weight_filler=MSRA,
-        bias_filler=ZERO,
-    )
+    ns[prefix + spec.fc] = logits = inner_product(pooled, spec.num_classes, frozen)
     if label is not None:
         weight = {} if loss_weight is None else {"loss_weight": loss_weight}
         ns[prefix + "SoftmaxWithLoss1"] = L.SoftmaxWithLoss(logits, label, **weight)
@@ -318,11 +333,12 @@ def batchnorm_memory(net: caffe_pb2.NetParameter, fraction: float) -> caffe_pb2.
     return net
 
 
-def _check_channels(spec: ResNetSpec, channels: int, what: str) -> None:
+def check_channels(spec: ResNetSpec, channels: int, what: str, role: str = "") -> None:
+    """Refuse ``channels``-channel input (from ``what``) to ``spec``, the ``role`` net."""
     if spec.in_channels != channels:
+        net = f"{role} {spec_label(spec)}" if role else spec_label(spec)
         raise ValueError(
-            f"{spec_label(spec)} takes {spec.in_channels}-channel input but {what} has "
-            f"{channels} channels"
+            f"{net} takes {spec.in_channels}-channel input but {what} has {channels} channels"
         )
 
 
@@ -335,7 +351,7 @@ def train_net(
 ) -> caffe_pb2.NetParameter:
     """One ResNet trained on the ground truth alone (a teacher, or a baseline student)."""
     data = data or DataConfig(train_batch=128, test_batch=100)
-    _check_channels(spec, data.dataset.channels, f"data set {data.dataset.name!r}")
+    check_channels(spec, data.dataset.channels, f"data set {data.dataset.name!r}")
     ns = NetSpec()
     images, labels = add_data(ns, data)
     add_resnet(ns, spec, images, prefix, frozen, labels)
@@ -357,7 +373,7 @@ def deploy_net(
     out so exporters need not infer the phase.
     """
     channels = spec.in_channels if channels is None else channels
-    _check_channels(spec, channels, "the deploy input")
+    check_channels(spec, channels, "the deploy input")
     if min(batch, height, width) < 1:
         raise ValueError(f"deploy input {batch}x{channels}x{height}x{width} must be positive")
     ns = NetSpec()
