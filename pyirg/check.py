@@ -98,7 +98,7 @@ _KEEP_SHAPE = frozenset(
 _KEEP_N = _KEEP_SHAPE | set(
     "Convolution Deconvolution Embed Im2col LRN MVN Pooling Softmax SPP ArgMax".split()
 )
-#: Types that keep N unless their ``axis`` is 0.
+#: Types that keep N unless their ``axis`` (the proto's default when unset) is 0.
 _KEEP_N_UNLESS_AXIS0 = {
     "InnerProduct": "inner_product_param",
     "Concat": "concat_param",
@@ -106,6 +106,7 @@ _KEEP_N_UNLESS_AXIS0 = {
     "Flatten": "flatten_param",
     "Tile": "tile_param",
     "Reduction": "reduction_param",
+    "Crop": "crop_param",
 }
 
 
@@ -223,17 +224,10 @@ def _keeps_n(layer: caffe_pb2.LayerParameter) -> bool:
     if t in _KEEP_N:
         return True
     if t in _KEEP_N_UNLESS_AXIS0:
-        param = getattr(layer, _KEEP_N_UNLESS_AXIS0[t])
-        default = 0 if t == "Reduction" else 1
-        axis = param.axis if param.HasField("axis") else default
-        return axis != 0
-    if t == "Reshape":
+        return getattr(layer, _KEEP_N_UNLESS_AXIS0[t]).axis != 0
+    if t == "Reshape":  # along axis 0 it keeps N where its shape's first dim is 0 ("copy")
         rp = layer.reshape_param
-        if rp.axis != 0:
-            return True
-        return bool(rp.shape.dim) and rp.shape.dim[0] == 0
-    if t == "Crop":
-        return layer.crop_param.axis != 0
+        return rp.axis != 0 or list(rp.shape.dim[:1]) == [0]
     return False
 
 
