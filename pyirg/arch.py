@@ -159,17 +159,14 @@ def cifar_resnet(
         kept_blocks = AUTHORS_RESNET14_IN_20 if (n, ref_n) == (2, 3) else first_n
     kept = _checked_kept(kept_blocks, n, ref_n)
     widths = stage_widths(width)
-    conv_no, relu_no, elt_no = 1, 1, 1
-
-    stem = _unit(in_channels, widths[0], 3, 1, conv_no, relu_no)
-    conv_no, relu_no = conv_no + 1, relu_no + 1
+    stem = _unit(in_channels, widths[0], 3, 1, number=1, relu=1)
+    conv_no, relu_no, elt_no = 2, 2, 1  # the numbers the next block takes
     blocks = []
     cin = widths[0]
     for stage in range(3):
         cout = widths[stage]
         for ref_index in range(ref_n):
-            first = ref_index == 0
-            has_proj = first and stage > 0
+            has_proj = ref_index == 0 and stage > 0
             stride = 2 if has_proj else 1
             if ref_index in kept[stage]:
                 proj = _unit(cin, cout, 1, stride, conv_no, None) if has_proj else None

@@ -243,9 +243,8 @@ def custom_files(req: NetRequest, net_dir: str) -> dict[str, Message]:
     dataset = DATASETS[req.dataset]
     classes = req.num_classes or dataset.num_classes
     teacher = cifar_resnet(req.teacher_depth, req.teacher_width, classes, dataset.channels)
-    numbering = req.teacher_depth if req.student_numbering == "teacher" else None
-    if numbering is not None and numbering <= req.student_depth:
-        numbering = None
+    own = req.student_numbering == "own" or req.teacher_depth <= req.student_depth
+    numbering = None if own else req.teacher_depth
     student = cifar_resnet(
         req.student_depth, req.student_width, classes, dataset.channels, numbering
     )
@@ -288,13 +287,11 @@ def custom_files(req: NetRequest, net_dir: str) -> dict[str, Message]:
 
 
 def write_files(files: dict[str, Message], out: Path) -> list[Path]:
+    """Write each message into ``out`` under the do-not-edit header; the paths written."""
     out.mkdir(parents=True, exist_ok=True)
-    written = []
     for name, message in files.items():
-        path = out / name
-        write_text(path, message, HEADER)
-        written.append(path)
-    return written
+        write_text(out / name, message, HEADER)
+    return [out / name for name in files]
 
 
 #: Options that only a net with that term uses: (term, options).
