@@ -296,28 +296,6 @@ def add_classifier(
     return logits
 
 
-def add_resnet(
-    ns: NetSpec,
-    spec: ResNetSpec,
-    bottom: Top,
-    prefix: str = "",
-    frozen: bool = False,
-    label: Top | None = None,
-    loss_weight: float | None = None,
-) -> dict[str, Top]:
-    """The whole ResNet (features + classifier [+ loss and TEST accuracy given a label]).
-
-    A frozen net is a distillation teacher: with a label its loss gets weight 0 unless
-    ``loss_weight`` says otherwise (it is logged, never trained). Returns the blob tops
-    of :func:`add_features` plus ``InnerProduct1``.
-    """
-    if frozen and loss_weight is None:
-        loss_weight = 0.0
-    tops = add_features(ns, spec, bottom, prefix, frozen)
-    tops[spec.fc] = add_classifier(ns, spec, tops[spec.pool], prefix, frozen, label, loss_weight)
-    return tops
-
-
 def batchnorm_memory(net: caffe_pb2.NetParameter, fraction: float) -> caffe_pb2.NetParameter:
     """Give the trained BatchNorm layers a memory of ``fraction`` for their test statistics.
 
@@ -349,12 +327,16 @@ def train_net(
     prefix: str = "",
     frozen: bool = False,
 ) -> caffe_pb2.NetParameter:
-    """One ResNet trained on the ground truth alone (a teacher, or a baseline student)."""
+    """One ResNet trained on the ground truth alone (a teacher, or a baseline student).
+
+    A frozen net is a distillation teacher: its loss gets weight 0 (logged, never trained).
+    """
     data = data or DataConfig(train_batch=128, test_batch=100)
     check_channels(spec, data.dataset.channels, f"data set {data.dataset.name!r}")
     ns = NetSpec()
     images, labels = add_data(ns, data)
-    add_resnet(ns, spec, images, prefix, frozen, labels)
+    pooled = add_features(ns, spec, images, prefix, frozen)[spec.pool]
+    add_classifier(ns, spec, pooled, prefix, frozen, labels, 0.0 if frozen else None)
     return to_net(ns, name, data)
 
 
@@ -378,8 +360,8 @@ def deploy_net(
         raise ValueError(f"deploy input {batch}x{channels}x{height}x{width} must be positive")
     ns = NetSpec()
     ns[DEPLOY_INPUT] = L.Input(shape={"dim": [batch, channels, height, width]})
-    tops = add_resnet(ns, spec, ns[DEPLOY_INPUT], prefix, frozen=True)
-    ns[DEPLOY_OUTPUT] = L.Softmax(tops[spec.fc])
+    pooled = add_features(ns, spec, ns[DEPLOY_INPUT], prefix, frozen=True)[spec.pool]
+    ns[DEPLOY_OUTPUT] = L.Softmax(add_classifier(ns, spec, pooled, prefix, frozen=True))
     net = to_net(ns, f"{spec_label(spec)}_deploy")
     for layer in net.layer:
         layer.ClearField("param")
