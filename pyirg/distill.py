@@ -265,13 +265,10 @@ class DistillConfig:
                 "method 'baseline' trains the student alone, without a teacher: use "
                 "pyirg.netspec.train_net"
             )
-        known = {f.name for f in fields(cls)}
-        unknown = set(overrides) - known
+        unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"DistillConfig has no field(s) {sorted(unknown)}")
-        values: dict[str, object] = {w: 0.0 for w in WEIGHT_NAMES}
-        values.update(METHOD_WEIGHTS[method])
-        values.update(overrides)
+        values = {**dict.fromkeys(WEIGHT_NAMES, 0.0), **METHOD_WEIGHTS[method], **overrides}
         return cls(teacher=teacher, student=student, **values)  # type: ignore[arg-type]
 
 
