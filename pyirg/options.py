@@ -46,9 +46,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
         if f.name in skip or "help" not in f.metadata:
             continue
         title = f.metadata.get("group")
-        target = (
-            parser if title is None else groups.setdefault(title, parser.add_argument_group(title))
-        )
+        if title is not None and title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        target = parser if title is None else groups[title]
         kind = hints[f.name]
         kwargs: dict[str, Any] = {"default": f.default, "help": f.metadata["help"]}
         kwargs.update(f.metadata.get("argparse", {}))
