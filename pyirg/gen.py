@@ -30,6 +30,7 @@ import argparse
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from caffe.proto import caffe_pb2
 from google.protobuf.message import Message
@@ -132,6 +133,11 @@ WEIGHTS = "loss weights (else the method's: pyirg.distill.METHOD_WEIGHTS)"
 SOLVER = "solver (else He et al. 2016 for CIFAR, scaled for digits)"
 
 
+def _weight_option(term: str) -> Any:
+    """The ``--<term>-weight`` option: unset means the method's weight."""
+    return option(None, f"weight of the {WEIGHT_HELP[term]}", WEIGHTS, metavar="W")
+
+
 @dataclass(frozen=True)
 class NetRequest:
     """One net that ``gen --method`` writes, with its solver and deploy net.
@@ -161,18 +167,10 @@ class NetRequest:
     num_classes: int | None = option(
         None, "override the data set's (e.g. 20: CIFAR-100 coarse)", NETWORKS
     )
-    gt_weight: float | None = option(
-        None, f"weight of the {WEIGHT_HELP['gt']}", WEIGHTS, metavar="W"
-    )
-    logits_weight: float | None = option(
-        None, f"weight of the {WEIGHT_HELP['logits']}", WEIGHTS, metavar="W"
-    )
-    edge_weight: float | None = option(
-        None, f"weight of the {WEIGHT_HELP['edges']}", WEIGHTS, metavar="W"
-    )
-    transform_weight: float | None = option(
-        None, f"weight of the {WEIGHT_HELP['transform']}", WEIGHTS, metavar="W"
-    )
+    gt_weight: float | None = _weight_option("gt")
+    logits_weight: float | None = _weight_option("logits")
+    edge_weight: float | None = _weight_option("edges")
+    transform_weight: float | None = _weight_option("transform")
     edge_layers: tuple[str, ...] = option(
         ("Pooling1",), "layers whose IRG edges (BatchEuclideanMap) are matched", TERMS,
         metavar="LAYER",
