@@ -276,14 +276,15 @@ def _check_frozen(layer: caffe_pb2.LayerParameter, out: _Collector) -> None:
     blobs = _learnable_blobs(layer)
     if not blobs:
         return
-    bad = []
-    for i in range(max(blobs, len(layer.param))):
-        if i >= len(layer.param):
-            bad.append(f"blob {i}: no param block (lr_mult 1, decay_mult 1)")
-            continue
-        p = layer.param[i]
-        if p.lr_mult != 0 or p.decay_mult != 0:
-            bad.append(f"blob {i}: lr_mult {p.lr_mult:g}, decay_mult {p.decay_mult:g}")
+    bad = [
+        f"blob {i}: lr_mult {p.lr_mult:g}, decay_mult {p.decay_mult:g}"
+        for i, p in enumerate(layer.param)
+        if p.lr_mult != 0 or p.decay_mult != 0
+    ]
+    bad += [
+        f"blob {i}: no param block (lr_mult 1, decay_mult 1)"
+        for i in range(len(layer.param), blobs)
+    ]
     if bad:
         out.add(
             "teacher-not-frozen",
