@@ -30,11 +30,11 @@ from caffe import layers as L
 from caffe import params as P
 from caffe.net_spec import NetSpec, Top
 
-from pyirg.netspec import MSRA, add_bn_scale, inner_product
+from pyirg.netspec import CONV_TRAINABLE, FROZEN, MSRA, add_bn_scale, inner_product
 
 #: Trainable convolutions without a bias (BatchNorm + Scale follow every one).
-CONV_NO_BIAS = ({"lr_mult": 1, "decay_mult": 1},)
-FROZEN_ONE = ({"lr_mult": 0, "decay_mult": 0},)
+CONV_NO_BIAS = CONV_TRAINABLE[:1]
+FROZEN_ONE = (FROZEN,)
 #: MobileNet-v1's depthwise-separable units: (pointwise output channels, stride).
 MOBILENET_UNITS = (
     (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),

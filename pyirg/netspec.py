@@ -48,8 +48,9 @@ DEPLOY_OUTPUT = "prob"
 
 CONV_TRAINABLE = ({"lr_mult": 1, "decay_mult": 1}, {"lr_mult": 2, "decay_mult": 0})
 FC_TRAINABLE = ({"lr_mult": 1, "decay_mult": 1}, {"lr_mult": 2, "decay_mult": 1})
-FROZEN_PAIR = ({"lr_mult": 0, "decay_mult": 0}, {"lr_mult": 0, "decay_mult": 0})
-BN_STATS = ({"lr_mult": 0, "decay_mult": 0},) * 3
+FROZEN = {"lr_mult": 0, "decay_mult": 0}
+FROZEN_PAIR = (FROZEN,) * 2
+BN_STATS = (FROZEN,) * 3
 MSRA = {"type": "msra"}
 ZERO = {"type": "constant", "value": 0}
 
