@@ -91,14 +91,6 @@ class ResNetSpec:
             out.extend(u for u in (block.proj, block.conv_a, block.conv_b) if u is not None)
         return out
 
-    def block_output(self, eltwise_number: int) -> str:
-        """Name of the Eltwise whose number is given (e.g. 3 -> 'Eltwise3'), checked."""
-        name = f"Eltwise{eltwise_number}"
-        if name not in {b.eltwise for b in self.blocks}:
-            have = ", ".join(b.eltwise for b in self.blocks)
-            raise ValueError(f"ResNet-{self.depth} has no {name} (it has {have})")
-        return name
-
 
 def blocks_per_stage(depth: int) -> int:
     """n in depth = 6n + 2, with a clear error for depths outside the family."""
@@ -117,12 +109,6 @@ def stage_widths(width: float) -> tuple[int, int, int]:
     if min(widths) < 1:
         raise ValueError(f"width multiplier {width} leaves a stage with no channels")
     return widths  # type: ignore[return-value]
-
-
-def _default_kept(n: int, ref_n: int) -> tuple[tuple[int, ...], ...]:
-    if (n, ref_n) == (2, 3):
-        return AUTHORS_RESNET14_IN_20
-    return tuple(tuple(range(n)) for _ in range(3))
 
 
 def _checked_kept(
@@ -168,19 +154,19 @@ def cifar_resnet(
     ref_n = blocks_per_stage(numbering_depth or depth)
     if ref_n < n:
         raise ValueError(f"cannot number ResNet-{depth} as the shallower ResNet-{numbering_depth}")
-    kept = _checked_kept(kept_blocks or _default_kept(n, ref_n), n, ref_n)
+    if not kept_blocks:
+        first_n = tuple(tuple(range(n)) for _ in range(3))
+        kept_blocks = AUTHORS_RESNET14_IN_20 if (n, ref_n) == (2, 3) else first_n
+    kept = _checked_kept(kept_blocks, n, ref_n)
     widths = stage_widths(width)
-    conv_no, relu_no, elt_no = 1, 1, 1
-
-    stem = _unit(in_channels, widths[0], 3, 1, conv_no, relu_no)
-    conv_no, relu_no = conv_no + 1, relu_no + 1
+    stem = _unit(in_channels, widths[0], 3, 1, number=1, relu=1)
+    conv_no, relu_no, elt_no = 2, 2, 1  # the numbers the next block takes
     blocks = []
     cin = widths[0]
     for stage in range(3):
         cout = widths[stage]
         for ref_index in range(ref_n):
-            first = ref_index == 0
-            has_proj = first and stage > 0
+            has_proj = ref_index == 0 and stage > 0
             stride = 2 if has_proj else 1
             if ref_index in kept[stage]:
                 proj = _unit(cin, cout, 1, stride, conv_no, None) if has_proj else None

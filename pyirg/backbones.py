@@ -30,11 +30,11 @@ from caffe import layers as L
 from caffe import params as P
 from caffe.net_spec import NetSpec, Top
 
-from pyirg.netspec import BN_STATS, FC_TRAINABLE, FROZEN_PAIR, MSRA, ZERO
+from pyirg.netspec import CONV_TRAINABLE, FROZEN, MSRA, add_bn_scale, inner_product
 
 #: Trainable convolutions without a bias (BatchNorm + Scale follow every one).
-CONV_NO_BIAS = ({"lr_mult": 1, "decay_mult": 1},)
-FROZEN_ONE = ({"lr_mult": 0, "decay_mult": 0},)
+CONV_NO_BIAS = CONV_TRAINABLE[:1]
+FROZEN_ONE = (FROZEN,)
 #: MobileNet-v1's depthwise-separable units: (pointwise output channels, stride).
 MOBILENET_UNITS = (
     (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -110,10 +110,7 @@ Backbone = WideResNetSpec | MobileNetSpec
 
 def _bn_relu(ns: NetSpec, name: str, bottom: Top, frozen: bool, *, in_place: bool) -> Top:
     """BatchNorm + Scale + ReLU; in place on ``bottom`` or (pre-activation) as a new blob."""
-    extra = {"use_global_stats": True} if frozen else {}
-    ns[name + "_bn"] = top = L.BatchNorm(bottom, in_place=in_place, param=list(BN_STATS), **extra)
-    scale = {"param": list(FROZEN_PAIR)} if frozen else {}
-    ns[name + "_scale"] = top = L.Scale(top, in_place=True, bias_term=True, **scale)
+    top = add_bn_scale(ns, name + "_bn", name + "_scale", bottom, frozen, in_place)
     ns[name + "_relu"] = top = L.ReLU(top, in_place=True)
     return top
 
@@ -188,13 +185,7 @@ def add_logits(
     ns: NetSpec, spec: Backbone, pooled: Top, prefix: str = "", frozen: bool = False
 ) -> Top:
     """The classifier ``fc`` on the embedding."""
-    ns[prefix + LOGITS] = logits = L.InnerProduct(
-        pooled,
-        param=list(FROZEN_PAIR if frozen else FC_TRAINABLE),
-        num_output=spec.num_classes,
-        weight_filler=MSRA,
-        bias_filler=ZERO,
-    )
+    ns[prefix + LOGITS] = logits = inner_product(pooled, spec.num_classes, frozen)
     return logits
 
 

@@ -14,8 +14,8 @@ in milliseconds, without data, and lists every problem with the layer and blob n
 - ``batch-mismatch``: inputs of one IRG comparison that describe different numbers of
   instances N (e.g. a teacher and a student fed by data layers of different batch size).
   N is taken from data/Input layers and carried along the first axis through the
-  standard layers; a layer this bookkeeping does not know makes its tops' N unknown,
-  which is never reported;
+  standard layers (summed by a Concat, split by a Slice along axis 0); a layer this
+  bookkeeping does not know makes its tops' N unknown, which is never reported;
 - ``irg-bottoms``: wrong bottom/top counts (or in-place use) of BatchEuclideanMap (one
   bottom) and BatchEuclideanVector (two);
 - ``teacher-not-frozen``: a teacher layer with learnable blobs whose param blocks are
@@ -52,9 +52,6 @@ in milliseconds, without data, and lists every problem with the layer and blob n
 - ``missing-file``: a Data/ImageData/HDF5Data source or a mean file that does not exist
   (relative paths are taken from the current folder, as Caffe does).
 
-N is also followed through Concat and Slice along axis 0 (the sum of the bottoms', or
-the slice sizes), so an N changed there is reported as a ``batch-mismatch``.
-
 Problems are errors unless marked as warnings; the command exits 1 on any error.
 """
 
@@ -84,13 +81,24 @@ MAX_PAIR_N = 46340
 DATA_TYPES = ("Data", "ImageData", "HDF5Data", "Input", "DummyData", "MemoryData", "WindowData")
 TEACHER, STUDENT, DATA = "teacher", "student", "data"
 
-#: Layer types whose every top keeps the first axis (N) of bottom 0, whatever their params.
-_KEEP_N = frozenset(
-    "AbsVal BatchNorm Bias BNLL Clip Convolution Deconvolution Dropout ELU Eltwise Embed Exp "
-    "Im2col Log LRN MVN Pooling Power PReLU ReLU Scale Sigmoid Softmax Split SPP Swish TanH "
-    "Threshold ArgMax".split()
+#: The parameter message of each data layer that has a ``batch_size``.
+_DATA_PARAMS = {
+    "Data": "data_param",
+    "ImageData": "image_data_param",
+    "HDF5Data": "hdf5_data_param",
+    "MemoryData": "memory_data_param",
+    "WindowData": "window_data_param",
+}
+#: Layers whose tops keep their first bottom's channels and per-instance size.
+_KEEP_SHAPE = frozenset(
+    "AbsVal BatchNorm Bias BNLL Clip Dropout ELU Eltwise Exp Log Power PReLU ReLU Scale "
+    "Sigmoid Split Swish TanH Threshold".split()
 )
-#: Types that keep N unless their ``axis`` is 0.
+#: Layer types whose every top keeps the first axis (N) of bottom 0, whatever their params.
+_KEEP_N = _KEEP_SHAPE | set(
+    "Convolution Deconvolution Embed Im2col LRN MVN Pooling Softmax SPP ArgMax".split()
+)
+#: Types that keep N unless their ``axis`` (the proto's default when unset) is 0.
 _KEEP_N_UNLESS_AXIS0 = {
     "InnerProduct": "inner_product_param",
     "Concat": "concat_param",
@@ -98,6 +106,7 @@ _KEEP_N_UNLESS_AXIS0 = {
     "Flatten": "flatten_param",
     "Tile": "tile_param",
     "Reduction": "reduction_param",
+    "Crop": "crop_param",
 }
 
 
@@ -156,7 +165,9 @@ class _Prefixes:
 class _Collector:
     problems: dict[tuple[str, str, str, str], list[str]] = field(default_factory=dict)
 
-    def add(self, severity: str, kind: str, layer: str, message: str, phase: str = "") -> None:
+    def add(
+        self, kind: str, layer: str, message: str, phase: str = "", severity: str = ERROR
+    ) -> None:
         phases = self.problems.setdefault((severity, kind, layer, message), [])
         if phase and phase not in phases:
             phases.append(phase)
@@ -195,15 +206,8 @@ def _data_batches(layer: caffe_pb2.LayerParameter) -> list[int | None]:
     """First axis of each top of a data layer, from its parameters."""
     ntop = len(layer.top)
     t = layer.type
-    batch = {
-        "Data": layer.data_param.batch_size,
-        "ImageData": layer.image_data_param.batch_size,
-        "HDF5Data": layer.hdf5_data_param.batch_size,
-        "MemoryData": layer.memory_data_param.batch_size,
-        "WindowData": layer.window_data_param.batch_size,
-    }.get(t)
-    if batch is not None:
-        return [batch or None] * ntop
+    if t in _DATA_PARAMS:
+        return [getattr(layer, _DATA_PARAMS[t]).batch_size or None] * ntop
     shapes = layer.input_param.shape if t == "Input" else layer.dummy_data_param.shape
     if t == "DummyData" and not shapes:
         nums = list(layer.dummy_data_param.num)
@@ -220,17 +224,10 @@ def _keeps_n(layer: caffe_pb2.LayerParameter) -> bool:
     if t in _KEEP_N:
         return True
     if t in _KEEP_N_UNLESS_AXIS0:
-        param = getattr(layer, _KEEP_N_UNLESS_AXIS0[t])
-        default = 0 if t == "Reduction" else 1
-        axis = param.axis if param.HasField("axis") else default
-        return axis != 0
-    if t == "Reshape":
+        return getattr(layer, _KEEP_N_UNLESS_AXIS0[t]).axis != 0
+    if t == "Reshape":  # along axis 0 it keeps N where its shape's first dim is 0 ("copy")
         rp = layer.reshape_param
-        if rp.axis != 0:
-            return True
-        return bool(rp.shape.dim) and rp.shape.dim[0] == 0
-    if t == "Crop":
-        return layer.crop_param.axis != 0
+        return rp.axis != 0 or list(rp.shape.dim[:1]) == [0]
     return False
 
 
@@ -241,20 +238,25 @@ def _is_loss(layer_type: str) -> bool:
     return layer_type.endswith("Loss")
 
 
+#: Layers with a weight blob and, if their ``bias_term`` says so, a bias blob.
+_WEIGHT_AND_BIAS = {
+    "Convolution": "convolution_param",
+    "Deconvolution": "convolution_param",
+    "InnerProduct": "inner_product_param",
+    "Embed": "embed_param",
+}
+
+
 def _learnable_blobs(layer: caffe_pb2.LayerParameter) -> int:
     t = layer.type
-    if t in ("Convolution", "Deconvolution"):
-        return 1 + int(layer.convolution_param.bias_term)
-    if t == "InnerProduct":
-        return 1 + int(layer.inner_product_param.bias_term)
+    if t in _WEIGHT_AND_BIAS:
+        return 1 + int(getattr(layer, _WEIGHT_AND_BIAS[t]).bias_term)
     if t == "Scale":
         return int(len(layer.bottom) < 2) + int(layer.scale_param.bias_term)
     if t == "Bias":
         return int(len(layer.bottom) < 2)
     if t == "PReLU":
         return 1
-    if t == "Embed":
-        return 1 + int(layer.embed_param.bias_term)
     return len(layer.param)
 
 
@@ -264,7 +266,6 @@ def _check_frozen(layer: caffe_pb2.LayerParameter, out: _Collector) -> None:
         if not (bn.HasField("use_global_stats") and bn.use_global_stats):
             state = "false" if bn.HasField("use_global_stats") else "unset"
             out.add(
-                ERROR,
                 "teacher-not-frozen",
                 layer.name,
                 f"teacher BatchNorm has use_global_stats {state}: in TRAIN it normalizes with "
@@ -275,17 +276,17 @@ def _check_frozen(layer: caffe_pb2.LayerParameter, out: _Collector) -> None:
     blobs = _learnable_blobs(layer)
     if not blobs:
         return
-    bad = []
-    for i in range(max(blobs, len(layer.param))):
-        if i >= len(layer.param):
-            bad.append(f"blob {i}: no param block (lr_mult 1, decay_mult 1)")
-            continue
-        p = layer.param[i]
-        if p.lr_mult != 0 or p.decay_mult != 0:
-            bad.append(f"blob {i}: lr_mult {p.lr_mult:g}, decay_mult {p.decay_mult:g}")
+    bad = [
+        f"blob {i}: lr_mult {p.lr_mult:g}, decay_mult {p.decay_mult:g}"
+        for i, p in enumerate(layer.param)
+        if p.lr_mult != 0 or p.decay_mult != 0
+    ]
+    bad += [
+        f"blob {i}: no param block (lr_mult 1, decay_mult 1)"
+        for i in range(len(layer.param), blobs)
+    ]
     if bad:
         out.add(
-            ERROR,
             "teacher-not-frozen",
             layer.name,
             f"teacher {layer.type} would train ({'; '.join(bad)}); every param block of a "
@@ -300,7 +301,6 @@ def _check_layer_static(layer: caffe_pb2.LayerParameter, out: _Collector) -> Non
         for i, p in enumerate(layer.param):
             if p.lr_mult != 0:
                 out.add(
-                    ERROR,
                     "bn-param",
                     name,
                     f"BatchNorm param {i} has lr_mult {p.lr_mult:g}; its blobs are statistics "
@@ -316,14 +316,12 @@ def _check_layer_static(layer: caffe_pb2.LayerParameter, out: _Collector) -> Non
                 else "it has no effect here and was probably meant for a loss layer"
             )
             out.add(
-                ERROR,
                 "loss-weight",
                 name,
                 f"loss_weight {weights} on a layer of type {t}, which is not a loss: {effect}",
             )
         if len(layer.loss_weight) > len(layer.top):
             out.add(
-                ERROR,
                 "loss-weight",
                 name,
                 f"{len(layer.loss_weight)} loss_weight values for {len(layer.top)} top(s)",
@@ -333,11 +331,11 @@ def _check_layer_static(layer: caffe_pb2.LayerParameter, out: _Collector) -> Non
         shapes = "one bottom (N x ...)" if want == 1 else "two bottoms (x and y, both N x ...)"
         if len(layer.bottom) != want:
             got = ", ".join(repr(b) for b in layer.bottom) or "none"
-            out.add(ERROR, "irg-bottoms", name, f"{t} takes exactly {shapes}, got {got}")
+            out.add("irg-bottoms", name, f"{t} takes exactly {shapes}, got {got}")
         if len(layer.top) != 1:
-            out.add(ERROR, "irg-bottoms", name, f"{t} has one top, got {len(layer.top)}")
+            out.add("irg-bottoms", name, f"{t} has one top, got {len(layer.top)}")
         elif layer.top[0] in layer.bottom:
-            out.add(ERROR, "irg-bottoms", name, f"{t} cannot run in place ({layer.top[0]!r})")
+            out.add("irg-bottoms", name, f"{t} cannot run in place ({layer.top[0]!r})")
 
 
 def _unknown_bottom_hint(
@@ -374,7 +372,6 @@ def _check_phase(
             if b not in blobs:
                 hint = _unknown_bottom_hint(b, index, net, phase, blobs)
                 out.add(
-                    ERROR,
                     "unknown-bottom",
                     layer.name,
                     f"bottom {b!r} is not produced by any earlier layer{hint}",
@@ -435,7 +432,6 @@ def _add_tops(
         in_place = j < len(layer.bottom) and layer.bottom[j] == top
         if in_place and top in blobs and blobs[top].readers:
             out.add(
-                ERROR,
                 "in-place-shared",
                 layer.name,
                 f"{layer.type} runs in place on {top!r}, which {blobs[top].readers[0]!r} "
@@ -445,7 +441,6 @@ def _add_tops(
             )
         if top in blobs and not in_place:
             out.add(
-                ERROR,
                 "duplicate-top",
                 layer.name,
                 f"top {top!r} is already produced by {blobs[top].producer!r} and this "
@@ -476,22 +471,11 @@ def _axis0_batches(
     return None
 
 
-#: Layers whose tops keep their first bottom's channels and per-instance size.
-_KEEP_SHAPE = frozenset(
-    "AbsVal BatchNorm Bias BNLL Clip Dropout ELU Eltwise Exp Log Power PReLU ReLU Scale "
-    "Sigmoid Split Swish TanH Threshold".split()
-)
-
-
 def _instance_sizes(
     layer: caffe_pb2.LayerParameter, known: list[_Blob | None]
 ) -> list[tuple[int | None, int | None]]:
-    """(channels, per-instance size) of each top, where the layer makes them known.
-
-    Enough to follow pooled features to an IRG vector layer: Input shapes, InnerProduct,
-    global Pooling and Reduction to N x C, Concat and Slice along the channels, and the
-    element-wise layers; anything else is unknown, and unknown is never reported.
-    """
+    """(channels, per-instance size) of each top, where the layer makes them known: just
+    enough to follow pooled features to an IRG vector layer (see ``vector-size``)."""
     t, n = layer.type, len(layer.top)
     first = known[0] if known else None
     c0, d0 = (first.channels, first.size) if first is not None else (None, None)
@@ -532,7 +516,6 @@ def _check_irg_use(
     for j, (bottom, k) in enumerate(zip(layer.bottom, known)):
         if k is not None and k.irg_top and j < len(layer.top) and layer.top[j] == bottom:
             out.add(
-                ERROR,
                 "irg-in-place",
                 layer.name,
                 f"{layer.type} runs in place on {bottom!r}, the top of {k.irg_top!r}; the IRG "
@@ -545,33 +528,21 @@ def _check_irg_use(
         irg.normalize == caffe_pb2.IRGParameter.NONE
         or irg.backward == caffe_pb2.IRGParameter.RELEASED
     )  # with N = 1 a normalized vector is 1 and its exact gradient 0, else it trains
-    if (
-        layer.type in IRG_TYPES
-        and not vector_trains
-        and known
-        and known[0] is not None
-        and known[0].n == 1
-    ):
+    first = known[0] if known else None
+    n, n_from = (first.n, first.n_from) if first is not None else (None, "")
+    if layer.type in IRG_TYPES and not vector_trains and n == 1:
         out.add(
-            ERROR,
             "irg-batch-1",
             layer.name,
-            f"{layer.type} gets a batch of N=1 (from {known[0].n_from}): a graph of one "
+            f"{layer.type} gets a batch of N=1 (from {n_from}): a graph of one "
             "instance has no edges, its term is always 0 and trains nothing",
             phase,
         )
-    if (
-        layer.type in PAIR_MATRIX_TYPES
-        and known
-        and known[0] is not None
-        and known[0].n is not None
-        and known[0].n > MAX_PAIR_N
-    ):
+    if layer.type in PAIR_MATRIX_TYPES and n is not None and n > MAX_PAIR_N:
         out.add(
-            ERROR,
             "irg-batch-too-large",
             layer.name,
-            f"{layer.type} gets a batch of N={known[0].n} (from {known[0].n_from}): its "
+            f"{layer.type} gets a batch of N={n} (from {n_from}): its "
             f"N x N matrices would pass the {2**31 - 1} entries of a Caffe blob "
             f"(N <= {MAX_PAIR_N}), and the layer aborts",
             phase,
@@ -580,7 +551,6 @@ def _check_irg_use(
     if layer.type == IRG_VECTOR and len(sizes) == 2 and sizes[0][1] != sizes[1][1]:
         described = " and ".join(f"{b!r} ({d} per instance)" for b, d in sizes)
         out.add(
-            ERROR,
             "vector-size",
             layer.name,
             f"BatchEuclideanVector compares {described}: both bottoms need the same "
@@ -591,7 +561,6 @@ def _check_irg_use(
     if layer.type == "EuclideanLoss" and len({f for _, f in widths if f}) > 1:
         described = ", ".join(f"{b!r} ({f} outputs)" for b, f in widths)
         out.add(
-            ERROR,
             "class-mismatch",
             layer.name,
             f"EuclideanLoss between InnerProduct tops of different widths: {described}; "
@@ -603,32 +572,26 @@ def _check_irg_use(
 def _check_files(layer: caffe_pb2.LayerParameter, out: _Collector) -> None:
     """Data sources and mean files that Caffe would fail to open."""
     paths = []
-    if layer.type == "Data":
-        paths.append(("source", layer.data_param.source))
-    elif layer.type == "ImageData":
-        paths.append(("source", layer.image_data_param.source))
-    elif layer.type == "HDF5Data":
-        paths.append(("source", layer.hdf5_data_param.source))
-    if layer.transform_param.HasField("mean_file"):
-        paths.append(("mean_file", layer.transform_param.mean_file))
+    if layer.type in ("Data", "ImageData", "HDF5Data"):
+        paths.append(("source", getattr(layer, _DATA_PARAMS[layer.type]).source))
+    tp = layer.transform_param
+    if tp.HasField("mean_file"):
+        paths.append(("mean_file", tp.mean_file))
     missing = False
     for what, path in paths:
         if path and not Path(path).exists():
             missing = True
             out.add(
-                ERROR,
                 "missing-file",
                 layer.name,
                 f"{what} {path!r} does not exist (from {Path.cwd()}); prepare the data "
                 "(pyirg prepare-data) or fix the path",
             )
-    tp = layer.transform_param
     if layer.type == "Data" and tp.HasField("mean_file") and not missing:
         if layer.data_param.backend == caffe_pb2.DataParameter.LMDB:
             datum, mean = _lmdb_datum_shape(layer.data_param.source), _mean_shape(tp.mean_file)
             if datum and mean and datum != mean:
                 out.add(
-                    ERROR,
                     "mean-mismatch",
                     layer.name,
                     f"mean_file {tp.mean_file!r} is {'x'.join(map(str, mean))} but the images "
@@ -679,7 +642,6 @@ def _check_batches(
         f"{b!r} ({k.owner or 'unowned'}, N={k.n} from {k.n_from})" for b, k in sized
     )
     out.add(
-        ERROR,
         "batch-mismatch",
         layer.name,
         f"{layer.type} compares blobs of different batch size N: {described}; IRG terms "
@@ -705,12 +667,12 @@ def _check_teacher(
             weight = layer.loss_weight[0] if layer.loss_weight else 1.0
             if TEACHER in sources and sources <= {TEACHER, DATA} and weight != 0:
                 out.add(
-                    WARNING,
                     "teacher-loss",
                     layer.name,
                     f"teacher-only {layer.type} has loss weight {weight:g}: the frozen teacher "
                     "gets gradients that are thrown away and its loss is added to the "
                     "reported total; set loss_weight: 0",
+                    severity=WARNING,
                 )
 
 
@@ -740,20 +702,18 @@ def check_net(
     out = _Collector()
     if net.layers:
         out.add(
-            ERROR,
             "unsupported",
             net.layers[0].name,
             "V1 'layers' entries: upgrade the net first (Caffe's upgrade_net_proto_text)",
         )
     if not net.layer and not net.layers:
-        out.add(ERROR, "empty-net", net.name or "(net)", "the net has no layers")
+        out.add("empty-net", net.name or "(net)", "the net has no layers")
     known_types = _registered_types()
     for layer in net.layer:
         if known_types and layer.type not in known_types:
             close = difflib.get_close_matches(layer.type, sorted(known_types), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             out.add(
-                ERROR,
                 "unknown-type",
                 layer.name,
                 f"layer type {layer.type!r} is not registered in this Caffe{hint} (Caffe aborts)",
@@ -814,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: ERROR {exc}")
             failed = True
             continue
-        errors = sum(p.severity == ERROR for p in problems)
+        errors = sum(p.is_error for p in problems)
         for problem in problems:
             print(f"{path}: {problem}")
         print(f"{path}: {errors} error(s), {len(problems) - errors} warning(s)")

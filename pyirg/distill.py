@@ -67,6 +67,7 @@ from pyirg.netspec import (
     add_data,
     add_features,
     blob_channels,
+    check_channels,
     lookup,
     spec_label,
     to_net,
@@ -173,23 +174,19 @@ class DistillConfig:
                 "DistillConfig: logits, edges and transform weights are all 0, so the teacher "
                 "teaches nothing; use pyirg.netspec.train_net for the baseline"
             )
-        if self.normalize not in NORMALIZE:
-            raise ValueError(f"normalize must be one of {NORMALIZE}, got {self.normalize!r}")
-        if self.transform_pool not in TRANSFORM_POOLS:
-            raise ValueError(
-                f"transform_pool must be one of {TRANSFORM_POOLS}, got {self.transform_pool!r}"
-            )
-        if self.backward not in BACKWARD:
-            raise ValueError(f"backward must be one of {BACKWARD}, got {self.backward!r}")
+        for name, choices in (
+            ("normalize", NORMALIZE),
+            ("transform_pool", TRANSFORM_POOLS),
+            ("backward", BACKWARD),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if not self.student_prefix:
             raise ValueError("student_prefix must be non-empty: teacher layers have no prefix")
         t, s = self.teacher, self.student
+        dataset = self.data.dataset
         for spec, role in ((t, "teacher"), (s, "student")):
-            if spec.in_channels != self.data.dataset.channels:
-                raise ValueError(
-                    f"{role} {spec_label(spec)} takes {spec.in_channels}-channel input but data "
-                    f"set {self.data.dataset.name!r} has {self.data.dataset.channels} channels"
-                )
+            check_channels(spec, dataset.channels, f"data set {dataset.name!r}", role)
         if t.num_classes != s.num_classes:
             raise ValueError(
                 f"teacher has {t.num_classes} classes and student {s.num_classes}: they must "
@@ -268,13 +265,10 @@ class DistillConfig:
                 "method 'baseline' trains the student alone, without a teacher: use "
                 "pyirg.netspec.train_net"
             )
-        known = {f.name for f in fields(cls)}
-        unknown = set(overrides) - known
+        unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"DistillConfig has no field(s) {sorted(unknown)}")
-        values: dict[str, object] = {w: 0.0 for w in WEIGHT_NAMES}
-        values.update(METHOD_WEIGHTS[method])
-        values.update(overrides)
+        values = {**dict.fromkeys(WEIGHT_NAMES, 0.0), **METHOD_WEIGHTS[method], **overrides}
         return cls(teacher=teacher, student=student, **values)  # type: ignore[arg-type]
 
 
@@ -301,18 +295,18 @@ def edge_names(layers: Sequence[str], layer: str) -> tuple[str, str]:
     return stem, f"{stem}_loss"
 
 
-def _train_only() -> dict[str, object]:
-    return {"include": {"phase": TRAIN}}
+#: The keywords of a layer that only TRAIN runs (the IRG-t chain: TEST has no loss for it).
+_TRAIN_ONLY = {"include": {"phase": TRAIN}}
 
 
 def _zero_pad(ns: NetSpec, base: str, side: str, narrow: Top, wide: Top, missing: int) -> Top:
     """``narrow`` (N x c) followed by ``missing`` zero channels taken from ``wide``'s shape."""
-    ns[f"{base}_zeros"] = zeros = L.Power(wide, scale=0, **_train_only())
+    ns[f"{base}_zeros"] = zeros = L.Power(wide, scale=0, **_TRAIN_ONLY)
     ns[f"{base}_pad"], ns[f"{base}_pad_unused"] = L.Slice(
-        zeros, ntop=2, axis=1, slice_point=[missing], **_train_only()
+        zeros, ntop=2, axis=1, slice_point=[missing], **_TRAIN_ONLY
     )
-    ns[f"{base}_silence"] = L.Silence(ns[f"{base}_pad_unused"], ntop=0, **_train_only())
-    ns[f"{base}_{side}"] = padded = L.Concat(narrow, ns[f"{base}_pad"], axis=1, **_train_only())
+    ns[f"{base}_silence"] = L.Silence(ns[f"{base}_pad_unused"], ntop=0, **_TRAIN_ONLY)
+    ns[f"{base}_{side}"] = padded = L.Concat(narrow, ns[f"{base}_pad"], axis=1, **_TRAIN_ONLY)
     return padded
 
 
@@ -323,7 +317,7 @@ def _add_vectors(
     pairs: Sequence[Pair],
     names: Sequence[str],
     prefix: str,
-    irg: dict[str, object],
+    irg_kw: dict[str, object],
     pool_type: str = "Pooling",
 ) -> list[Top]:
     """TRAIN-only pooling of every paired layer, then one BatchEuclideanVector per pair."""
@@ -335,11 +329,9 @@ def _add_vectors(
             pooled[layer] = tops[layer]
         else:
             if pool_type == "Reduction":
-                top = L.Reduction(tops[layer], operation=P.Reduction.MEAN, axis=2, **_train_only())
+                top = L.Reduction(tops[layer], operation=P.Reduction.MEAN, axis=2, **_TRAIN_ONLY)
             else:
-                top = L.Pooling(
-                    tops[layer], pool=P.Pooling.AVE, global_pooling=True, **_train_only()
-                )
+                top = L.Pooling(tops[layer], pool=P.Pooling.AVE, global_pooling=True, **_TRAIN_ONLY)
             ns[f"{prefix}pool_{layer.lower()}"] = pooled[layer] = top
     out = []
     for (a, b), name in zip(pairs, names):
@@ -350,8 +342,7 @@ def _add_vectors(
             xa = _zero_pad(ns, base, "a", xa, xb, cb - ca)
         elif cb < ca:
             xb = _zero_pad(ns, base, "b", xb, xa, ca - cb)
-        extra = {"irg_param": irg} if irg else {}
-        ns[base] = top = L.BatchEuclideanVector(xa, xb, **extra, **_train_only())
+        ns[base] = top = L.BatchEuclideanVector(xa, xb, **irg_kw, **_TRAIN_ONLY)
         out.append(top)
     return out
 
@@ -359,8 +350,7 @@ def _add_vectors(
 def distill_net(cfg: DistillConfig) -> caffe_pb2.NetParameter:
     """The whole training net of ``cfg`` (layer order as in the authors' files)."""
     t_spec, s_spec, sp = cfg.teacher, cfg.student, cfg.student_prefix
-    irg = cfg.irg_param
-    irg_kw = {"irg_param": irg} if irg else {}
+    irg_kw = {"irg_param": cfg.irg_param} if cfg.irg_param else {}
     edge_layers = cfg.edge_layers if cfg.edges else ()
     ns = NetSpec()
     images, labels = add_data(ns, cfg.data)
@@ -397,8 +387,8 @@ def distill_net(cfg: DistillConfig) -> caffe_pb2.NetParameter:
     if cfg.transform:
         t_pairs, s_pairs = cfg.pairs()
         names = [vector_name(t_spec, a, b) for a, b in t_pairs]
-        t_vec = _add_vectors(ns, t_spec, t, t_pairs, names, "", irg, cfg.transform_pool)
-        s_vec = _add_vectors(ns, s_spec, s, s_pairs, names, sp, irg, cfg.transform_pool)
+        t_vec = _add_vectors(ns, t_spec, t, t_pairs, names, "", irg_kw, cfg.transform_pool)
+        s_vec = _add_vectors(ns, s_spec, s, s_pairs, names, sp, irg_kw, cfg.transform_pool)
         for name, tv, sv in zip(names, t_vec, s_vec):
-            ns[f"{name}_loss"] = L.EuclideanLoss(tv, sv, loss_weight=cfg.transform, **_train_only())
+            ns[f"{name}_loss"] = L.EuclideanLoss(tv, sv, loss_weight=cfg.transform, **_TRAIN_ONLY)
     return to_net(ns, cfg.name, cfg.data)

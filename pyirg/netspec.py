@@ -48,8 +48,9 @@ DEPLOY_OUTPUT = "prob"
 
 CONV_TRAINABLE = ({"lr_mult": 1, "decay_mult": 1}, {"lr_mult": 2, "decay_mult": 0})
 FC_TRAINABLE = ({"lr_mult": 1, "decay_mult": 1}, {"lr_mult": 2, "decay_mult": 1})
-FROZEN_PAIR = ({"lr_mult": 0, "decay_mult": 0}, {"lr_mult": 0, "decay_mult": 0})
-BN_STATS = ({"lr_mult": 0, "decay_mult": 0},) * 3
+FROZEN = {"lr_mult": 0, "decay_mult": 0}
+FROZEN_PAIR = (FROZEN,) * 2
+BN_STATS = (FROZEN,) * 3
 MSRA = {"type": "msra"}
 ZERO = {"type": "constant", "value": 0}
 
@@ -210,6 +211,30 @@ def blob_channels(spec: ResNetSpec) -> dict[str, int]:
     return out
 
 
+def add_bn_scale(
+    ns: NetSpec, bn: str, scale: str, bottom: Top, frozen: bool, in_place: bool = True
+) -> Top:
+    """BatchNorm (in place on ``bottom`` or a new blob) + Scale with bias in place on it,
+    with the parameter blocks of the module docstring (a frozen pair keeps its statistics
+    and its scale)."""
+    bn_extra = {"use_global_stats": True} if frozen else {}
+    ns[bn] = top = L.BatchNorm(bottom, in_place=in_place, param=list(BN_STATS), **bn_extra)
+    scale_extra = {"param": list(FROZEN_PAIR)} if frozen else {}
+    ns[scale] = top = L.Scale(top, in_place=True, bias_term=True, **scale_extra)
+    return top
+
+
+def inner_product(bottom: Top, num_output: int, frozen: bool) -> Top:
+    """A classifier InnerProduct: msra weights, zero bias, trainable or frozen param blocks."""
+    return L.InnerProduct(
+        bottom,
+        param=list(FROZEN_PAIR if frozen else FC_TRAINABLE),
+        num_output=num_output,
+        weight_filler=MSRA,
+        bias_filler=ZERO,
+    )
+
+
 def _conv_unit(ns: NetSpec, unit: ConvSpec, bottom: Top, prefix: str, frozen: bool) -> Top:
     """Convolution + BatchNorm + Scale (+ ReLU), the last three in place."""
     ns[prefix + unit.conv] = top = L.Convolution(
@@ -222,10 +247,7 @@ def _conv_unit(ns: NetSpec, unit: ConvSpec, bottom: Top, prefix: str, frozen: bo
         weight_filler=MSRA,
         bias_filler=ZERO,
     )
-    bn_extra = {"use_global_stats": True} if frozen else {}
-    ns[prefix + unit.bn] = top = L.BatchNorm(top, in_place=True, param=list(BN_STATS), **bn_extra)
-    scale_extra = {"param": list(FROZEN_PAIR)} if frozen else {}
-    ns[prefix + unit.scale] = top = L.Scale(top, in_place=True, bias_term=True, **scale_extra)
+    top = add_bn_scale(ns, prefix + unit.bn, prefix + unit.scale, top, frozen)
     if unit.relu is not None:
         ns[prefix + unit.relu] = top = L.ReLU(top, in_place=True)
     return top
@@ -267,40 +289,12 @@ def add_classifier(
 
     ``loss_weight`` is written only when given, so a plain net reads like the authors'.
     """
-    ns[prefix + spec.fc] = logits = L.InnerProduct(
-        pooled,
-        param=list(FROZEN_PAIR if frozen else FC_TRAINABLE),
-        num_output=spec.num_classes,
-        weight_filler=MSRA,
-        bias_filler=ZERO,
-    )
+    ns[prefix + spec.fc] = logits = inner_product(pooled, spec.num_classes, frozen)
     if label is not None:
         weight = {} if loss_weight is None else {"loss_weight": loss_weight}
         ns[prefix + "SoftmaxWithLoss1"] = L.SoftmaxWithLoss(logits, label, **weight)
         ns[prefix + "Accuracy1"] = L.Accuracy(logits, label, include={"phase": TEST})
     return logits
-
-
-def add_resnet(
-    ns: NetSpec,
-    spec: ResNetSpec,
-    bottom: Top,
-    prefix: str = "",
-    frozen: bool = False,
-    label: Top | None = None,
-    loss_weight: float | None = None,
-) -> dict[str, Top]:
-    """The whole ResNet (features + classifier [+ loss and TEST accuracy given a label]).
-
-    A frozen net is a distillation teacher: with a label its loss gets weight 0 unless
-    ``loss_weight`` says otherwise (it is logged, never trained). Returns the blob tops
-    of :func:`add_features` plus ``InnerProduct1``.
-    """
-    if frozen and loss_weight is None:
-        loss_weight = 0.0
-    tops = add_features(ns, spec, bottom, prefix, frozen)
-    tops[spec.fc] = add_classifier(ns, spec, tops[spec.pool], prefix, frozen, label, loss_weight)
-    return tops
 
 
 def batchnorm_memory(net: caffe_pb2.NetParameter, fraction: float) -> caffe_pb2.NetParameter:
@@ -318,11 +312,12 @@ def batchnorm_memory(net: caffe_pb2.NetParameter, fraction: float) -> caffe_pb2.
     return net
 
 
-def _check_channels(spec: ResNetSpec, channels: int, what: str) -> None:
+def check_channels(spec: ResNetSpec, channels: int, what: str, role: str = "") -> None:
+    """Refuse ``channels``-channel input (from ``what``) to ``spec``, the ``role`` net."""
     if spec.in_channels != channels:
+        net = f"{role} {spec_label(spec)}" if role else spec_label(spec)
         raise ValueError(
-            f"{spec_label(spec)} takes {spec.in_channels}-channel input but {what} has "
-            f"{channels} channels"
+            f"{net} takes {spec.in_channels}-channel input but {what} has {channels} channels"
         )
 
 
@@ -333,12 +328,16 @@ def train_net(
     prefix: str = "",
     frozen: bool = False,
 ) -> caffe_pb2.NetParameter:
-    """One ResNet trained on the ground truth alone (a teacher, or a baseline student)."""
+    """One ResNet trained on the ground truth alone (a teacher, or a baseline student).
+
+    A frozen net is a distillation teacher: its loss gets weight 0 (logged, never trained).
+    """
     data = data or DataConfig(train_batch=128, test_batch=100)
-    _check_channels(spec, data.dataset.channels, f"data set {data.dataset.name!r}")
+    check_channels(spec, data.dataset.channels, f"data set {data.dataset.name!r}")
     ns = NetSpec()
     images, labels = add_data(ns, data)
-    add_resnet(ns, spec, images, prefix, frozen, labels)
+    pooled = add_features(ns, spec, images, prefix, frozen)[spec.pool]
+    add_classifier(ns, spec, pooled, prefix, frozen, labels, 0.0 if frozen else None)
     return to_net(ns, name, data)
 
 
@@ -357,13 +356,13 @@ def deploy_net(
     out so exporters need not infer the phase.
     """
     channels = spec.in_channels if channels is None else channels
-    _check_channels(spec, channels, "the deploy input")
+    check_channels(spec, channels, "the deploy input")
     if min(batch, height, width) < 1:
         raise ValueError(f"deploy input {batch}x{channels}x{height}x{width} must be positive")
     ns = NetSpec()
     ns[DEPLOY_INPUT] = L.Input(shape={"dim": [batch, channels, height, width]})
-    tops = add_resnet(ns, spec, ns[DEPLOY_INPUT], prefix, frozen=True)
-    ns[DEPLOY_OUTPUT] = L.Softmax(tops[spec.fc])
+    pooled = add_features(ns, spec, ns[DEPLOY_INPUT], prefix, frozen=True)[spec.pool]
+    ns[DEPLOY_OUTPUT] = L.Softmax(add_classifier(ns, spec, pooled, prefix, frozen=True))
     net = to_net(ns, f"{spec_label(spec)}_deploy")
     for layer in net.layer:
         layer.ClearField("param")

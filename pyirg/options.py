@@ -46,9 +46,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
         if f.name in skip or "help" not in f.metadata:
             continue
         title = f.metadata.get("group")
-        target = (
-            parser if title is None else groups.setdefault(title, parser.add_argument_group(title))
-        )
+        if title is not None and title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        target = parser if title is None else groups[title]
         kind = hints[f.name]
         kwargs: dict[str, Any] = {"default": f.default, "help": f.metadata["help"]}
         kwargs.update(f.metadata.get("argparse", {}))
@@ -67,6 +67,12 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
         target.add_argument(flag, dest=f.name, **kwargs)
 
 
+def _is_tuple(hint: Any) -> bool:
+    """Whether a field's type is a tuple, or a tuple or None."""
+    kinds = typing.get_args(hint) if typing.get_origin(hint) in _UNIONS else (hint,)
+    return any(typing.get_origin(k) is tuple for k in kinds)
+
+
 def from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
     """The dataclass from parsed options (tuples restored), with ``overrides`` applied."""
     hints = typing.get_type_hints(cls)
@@ -75,7 +81,7 @@ def from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
         if not hasattr(args, f.name):
             continue
         value = getattr(args, f.name)
-        if typing.get_origin(hints[f.name]) is tuple and value is not None:
+        if _is_tuple(hints[f.name]) and value is not None:
             value = tuple(value)
         values[f.name] = value
     values.update(overrides)
