@@ -70,7 +70,7 @@ from caffe.proto import caffe_pb2
 
 from pyirg.caffeio import blob_shape, read_net
 from pyirg.distill import IRG_TYPES, STUDENT_PREFIX
-from pyirg.options import ArgumentParser, HelpFormatter
+from pyirg.options import ArgumentParser
 
 ERROR, WARNING = "error", "warning"
 IRG_MAP, IRG_VECTOR = IRG_TYPES
@@ -736,7 +736,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="check_net",
         description="Pre-flight checks of Caffe (IRG distillation) nets.",
-        formatter_class=HelpFormatter,
     )
     parser.add_argument("nets", nargs="+", metavar="NET.prototxt", help="net prototxts to check")
     parser.add_argument(

@@ -72,6 +72,15 @@ def debugging() -> bool:
     return os.environ.get("PYIRG_DEBUG") == "1"
 
 
+def one_line_error(prog: str, error: BaseException) -> int:
+    """``prog: error: ...`` on stderr and exit status 2 for a failure the user can fix, or
+    the traceback under ``--debug``: what every command's ``main`` does with its errors."""
+    if debugging():
+        raise error
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return 2
+
+
 def _fix_for_import(error: ImportError) -> str:
     import importlib.util
 

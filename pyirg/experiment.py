@@ -46,7 +46,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ import numpy as np
 
 from pyirg.arch import ResNetSpec, cifar_resnet
 from pyirg.caffeio import caffe_net, filler_weights, write_text
-from pyirg.cli import debugging
+from pyirg.cli import one_line_error
 from pyirg.data.core import DATASETS, Dataset
 from pyirg.data.digits import load_digits_split
 from pyirg.data.feed import FedSplit
@@ -62,13 +62,12 @@ from pyirg.distill import METHOD_WEIGHTS, STUDENT_PREFIX, DistillConfig, distill
 from pyirg.distill import WEIGHT_OPTIONS as DISTILL_WEIGHT_OPTIONS
 from pyirg.netspec import DataConfig, batchnorm_memory, deploy_net, train_net
 from pyirg.options import (
-    ArgumentParser,
-    HelpFormatter,
-    add_options,
+    config_record,
     from_args,
     given_options,
     number_problem,
     option,
+    parser_for,
 )
 from pyirg.solver import Schedule, make_solver
 
@@ -167,11 +166,6 @@ class ExperimentConfig:
     def workers(self) -> int:
         """Processes to run: ``jobs``, or one per usable core."""
         return self.jobs or usable_cores()
-
-
-def config_record(cfg: Any) -> dict[str, Any]:
-    """A job's options dataclass as its JSON records hold it (paths as strings)."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
 
 
 def load_data(train_per_class: int) -> FedSplit:
@@ -774,12 +768,7 @@ def plot(results: dict, path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """``pyirg main``'s options: one per ExperimentConfig field, plus --quick."""
-    parser = ArgumentParser(
-        prog="pyirg main",
-        description=__doc__.splitlines()[0],
-        formatter_class=HelpFormatter,
-    )
-    add_options(parser, ExperimentConfig)
+    parser = parser_for(ExperimentConfig, "pyirg main", __doc__.splitlines()[0])
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -825,8 +814,5 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"moved the previous job in {cfg.out} to {aside}")
         run(cfg, command=command)
     except (ValueError, TrainError) as err:
-        if debugging():
-            raise
-        print(f"pyirg main: error: {err}", file=sys.stderr)
-        return 2
+        return one_line_error("pyirg main", err)
     return 0

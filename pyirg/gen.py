@@ -59,7 +59,6 @@ from pyirg.netspec import (
 )
 from pyirg.options import (
     ArgumentParser,
-    HelpFormatter,
     add_options,
     flag_name,
     from_args,
@@ -227,7 +226,6 @@ class NetRequest:
 def build_parser() -> argparse.ArgumentParser:
     """``gen``'s options."""
     p = ArgumentParser(
-        formatter_class=HelpFormatter,
         prog="gen_prototxt",
         description="Write IRG distillation / baseline nets, solvers and deploy nets. "
         "Without --method: the reference set (ResNet-20, IRG, IRG_Transformation).",

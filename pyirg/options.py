@@ -102,14 +102,30 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (``prog: error: ...``), exit status 2.
+    """An ArgumentParser whose errors are one line (``prog: error: ...``), exit status 2,
+    and whose help shows the defaults (:class:`HelpFormatter`).
 
     argparse's own prints the whole usage first, which for pyirg's long option lists
     buries the one line that matters; ``--help`` still shows it.
     """
 
+    def __init__(self, *args: Any, formatter_class: type = HelpFormatter, **kwargs: Any) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parser_for(cls: type, prog: str, description: str) -> ArgumentParser:
+    """A command's whole parser when its options are the fields of ``cls``."""
+    parser = ArgumentParser(prog=prog, description=description)
+    add_options(parser, cls)
+    return parser
+
+
+def config_record(cfg: Any) -> dict[str, Any]:
+    """An options dataclass as the JSON records hold it (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
 def given_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:

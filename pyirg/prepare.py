@@ -18,29 +18,27 @@ training setup.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from pyirg.cli import debugging
+from pyirg.cli import one_line_error
 from pyirg.data.cifar import CIFAR_VARIANTS, load_cifar
 from pyirg.data.core import DATASETS, DataError, DataSplit
 from pyirg.data.cub import CUB_SIZE, load_cub200
 from pyirg.data.digits import DIGITS_TEST_FRACTION, load_digits_split
 from pyirg.data.writer import write_dataset
-from pyirg.options import ArgumentParser, HelpFormatter
+from pyirg.options import ArgumentParser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="prepare_data",
         description="Convert a data set to Caffe LMDBs and mean files.",
-        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="dataset", required=True)
 
     def add(dataset: str, help: str, archive: str | None = None) -> argparse.ArgumentParser:
         """A data set's subcommand: its archive (if any), then the options all share."""
-        p = sub.add_parser(dataset, help=help, formatter_class=HelpFormatter)
+        p = sub.add_parser(dataset, help=help)
         if archive is not None:
             p.add_argument("archive", type=Path, help=archive)
         p.add_argument("out_dir", type=Path, help="output directory (created atomically)")
@@ -109,10 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.quiet,
         )
     except (DataError, FileExistsError, ValueError) as e:
-        if debugging():
-            raise
-        print(f"prepare_data: error: {e}", file=sys.stderr)
-        return 2
+        return one_line_error("prepare_data", e)
     print(
         f"{split.name}: {len(split.train_labels)} train / {len(split.test_labels)} test images "
         f"{'x'.join(map(str, split.image_shape))}, {split.num_classes} classes -> {out}"

@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyirg.cli import debugging
+from pyirg.cli import one_line_error
 from pyirg.data.core import DATASETS, Dataset
 from pyirg.data.feed import FedSplit
-from pyirg.options import ArgumentParser, HelpFormatter, add_options, from_args, option
+from pyirg.options import config_record, from_args, option, parser_for
 
 SETTINGS = ("cross-task", "standard")
 METHODS = {"cross-task": ("baseline", "REFILLED"), "standard": ("baseline", "REFILLED", "IRG")}
@@ -228,7 +227,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     """Teachers first, then every (setting, method, seed) student in parallel."""
     import multiprocessing
 
-    from pyirg.experiment import config_record, evaluate, machine_line, machine_text, usable_cores
+    from pyirg.experiment import evaluate, machine_line, machine_text, usable_cores
 
     started = time.time()
     workers = cfg.jobs or usable_cores()
@@ -275,13 +274,11 @@ def _task(args: tuple) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(
-        prog="refilled-demo",
-        description="REFILLED on the embedded digits: cross-task and standard, paired seeds.",
-        formatter_class=HelpFormatter,
+    return parser_for(
+        DemoConfig,
+        "refilled-demo",
+        "REFILLED on the embedded digits: cross-task and standard, paired seeds.",
     )
-    add_options(p, DemoConfig)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,8 +291,5 @@ def main(argv: list[str] | None = None) -> int:
         cfg.out.mkdir(parents=True, exist_ok=True)
         run(cfg)
     except (TrainError, ValueError) as e:
-        if debugging():
-            raise
-        print(f"refilled-demo: error: {e}", file=sys.stderr)
-        return 2
+        return one_line_error("refilled-demo", e)
     return 0

@@ -46,7 +46,7 @@ from pyirg.data.core import DATASETS as GEOMETRY
 from pyirg.data.core import DataSplit
 from pyirg.data.feed import FedSplit
 from pyirg.data.fsutil import atomic_output, atomic_write_text
-from pyirg.options import ArgumentParser, HelpFormatter, add_options, from_args, option
+from pyirg.options import from_args, option, parser_for
 from pyirg.torch.distributed import GATHER_SECONDS
 from pyirg.torch.losses import GRAPHS, IRGLoss
 from pyirg.torch.losses import METHODS as IRG_METHODS
@@ -359,28 +359,23 @@ def train(cfg: TorchTrainSettings) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(
-        prog="pyirg torch-train",
-        description=__doc__.splitlines()[0]
+    return parser_for(
+        TorchTrainSettings,
+        "pyirg torch-train",
+        __doc__.splitlines()[0]
         + " Launch with torchrun --nproc_per_node=K -m pyirg torch-train ...",
-        formatter_class=HelpFormatter,
     )
-    add_options(parser, TorchTrainSettings)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """``pyirg torch-train``: train, checkpoint, write the student as a caffemodel."""
-    from pyirg.cli import debugging
+    from pyirg.cli import one_line_error
 
     args = build_parser().parse_args(argv)
     try:
         train(from_args(TorchTrainSettings, args))
     except ValueError as e:
-        if debugging():
-            raise
-        print(f"torch-train: error: {e}", file=sys.stderr)
-        return 2
+        return one_line_error("torch-train", e)
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

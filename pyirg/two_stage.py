@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pyirg.cli import debugging
+from pyirg.cli import one_line_error
 from pyirg.data.core import DATASETS, DataError, Dataset, DataSplit
 from pyirg.data.feed import FedSplit
 from pyirg.data.fsutil import atomic_write_text
-from pyirg.options import ArgumentParser, HelpFormatter, add_options, from_args, option
+from pyirg.options import config_record, from_args, option, parser_for
 
 RESULTS = "refilled.json"
 
@@ -223,7 +222,7 @@ def run(s: TwoStageSettings) -> dict[str, Any]:
     split = read_npy_split(s.data_dir)
     fed, dataset = fed_split(split.subset(s.classes) if s.classes else split, DATASETS[s.dataset])
     cfg = refilled_config(s, dataset)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(s).items()}
+    settings = config_record(s)
     if s.alone:
         result = {"settings": settings, **train_alone(cfg, fed, s, s.out)}
     else:
@@ -237,13 +236,11 @@ def run(s: TwoStageSettings) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(
-        prog="refilled",
-        description="REFILLED distillation in two stages (relation, then local-center KD).",
-        formatter_class=HelpFormatter,
+    return parser_for(
+        TwoStageSettings,
+        "refilled",
+        "REFILLED distillation in two stages (relation, then local-center KD).",
     )
-    add_options(p, TwoStageSettings)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,10 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(from_args(TwoStageSettings, args))
     except (TrainError, DataError, ValueError) as e:
-        if debugging():
-            raise
-        print(f"refilled: error: {e}", file=sys.stderr)
-        return 2
+        return one_line_error("refilled", e)
     where = Path(args.out) / RESULTS
     if "stage1_ncm_accuracy" not in result:
         print(f"{result['network']} alone: accuracy {result['accuracy']:.4f} ({where})")

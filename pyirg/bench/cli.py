@@ -25,7 +25,7 @@ from pyirg.bench.report import plot, render
 from pyirg.bench.timing import QUICK, Settings
 from pyirg.bench.training import bench_stage, bench_training
 from pyirg.blas import kernel_line, read_cpuinfo
-from pyirg.options import ArgumentParser, HelpFormatter
+from pyirg.options import ArgumentParser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark the IRG Caffe layers against PyTorch, the GEMM bound, and "
         "their share of a distillation training iteration; and the REFILLED loss layers "
         "against their PyTorch reference and their share of a stage iteration.",
-        formatter_class=HelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="a few sizes, seconds (for tests)")
     p.add_argument(

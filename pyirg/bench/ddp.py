@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pyirg.bench.report import table
-from pyirg.options import ArgumentParser, HelpFormatter
+from pyirg.options import ArgumentParser
 
 #: (processes, graph) measured; one process has one graph whatever the mode.
 CASES = ((1, "local"), (2, "local"), (2, "global"))
@@ -104,8 +104,7 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """``bench-ddp``'s options."""
-    parser = ArgumentParser(prog="pyirg bench-ddp", description=__doc__.splitlines()[0],
-                            formatter_class=HelpFormatter)  # fmt: skip
+    parser = ArgumentParser(prog="pyirg bench-ddp", description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64, help="instances per rank")
     parser.add_argument("--iters", type=int, default=12, help="iterations per run (2 warm-up)")
     parser.add_argument("--out", type=Path, default=Path("out/bench_ddp"), help="results folder")

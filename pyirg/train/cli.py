@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from pyirg.caffeio import PathLike, caffe_proto
-from pyirg.cli import debugging
+from pyirg.cli import one_line_error
 from pyirg.data.core import DataError
 from pyirg.data.feed import BatchFn, array_batch_fn, pad_images, pixel_mean
 from pyirg.data.writer import read_npy_split
-from pyirg.options import ArgumentParser, HelpFormatter, add_options, from_args
+from pyirg.options import ArgumentParser, add_options, from_args
 from pyirg.train import TrainError, TrainingInterrupted
 from pyirg.train.driver import TrainSettings, prepare_solver_param, train
 
@@ -91,7 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="train",
         description="Train a Caffe net or an IRG distillation net through pycaffe.",
-        formatter_class=HelpFormatter,
     )
     p.add_argument("--solver", required=True, type=Path, help="solver .prototxt")
     p.add_argument("--out", required=True, type=Path, help="output directory")
@@ -154,9 +153,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 128 + e.signum
     except (TrainError, DataError) as e:
-        if debugging():
-            raise
-        print(f"train: error: {e}", file=sys.stderr)
-        return 2
+        return one_line_error("train", e)
     print(json.dumps({"weights": str(result.weights), **result.metrics}, indent=2))
     return 0
