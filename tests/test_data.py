@@ -789,3 +789,20 @@ def test_lmdb_size_estimate_fits_224_images(tmp_path: Path) -> None:
     assert used / n <= per_record / 2  # the estimate doubles what a record really takes
     # the real training split: 5994 records stay far below what a 64-bit map can address
     assert _map_size(5994, images[0].size) < 4 << 30
+
+
+def test_lmdb_bytes_depend_on_the_data_only(tmp_path: Path) -> None:
+    """The same images written twice give the same data.mdb, whatever the process's heap
+    held before: LMDB zeroes the unused part of each page (meminit) instead of writing
+    whatever memory it was given, so a data set is reproducible to the byte."""
+    import os
+
+    from pyirg.data.writer import write_datum_lmdb
+
+    images = np.random.default_rng(0).integers(0, 256, size=(300, 1, 20, 20), dtype=np.uint8)
+    labels = np.arange(300) % 10
+    write_datum_lmdb(tmp_path / "a", images, labels)
+    junk = [os.urandom(1 << 16) for _ in range(2000)]  # a heap full of other bytes
+    del junk
+    write_datum_lmdb(tmp_path / "b", images, labels)
+    assert (tmp_path / "a" / "data.mdb").read_bytes() == (tmp_path / "b" / "data.mdb").read_bytes()

@@ -61,7 +61,7 @@ def write_datum_lmdb(
     """Write uint8 (N, C, H, W) images and labels as caffe Datum records into a new LMDB."""
     pb = caffe_proto()
     n, c, h, w = images.shape
-    env = lmdb.open(str(path), map_size=_map_size(n, c * h * w), subdir=True, meminit=False)
+    env = lmdb.open(str(path), map_size=_map_size(n, c * h * w), subdir=True, meminit=True)
     try:
         with tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar:
             for start in range(0, n, _TXN_CHUNK):
