@@ -38,6 +38,7 @@ from pyirg.caffeio import PathLike, all_layers, blob_proto, caffe_net, read_bina
 from pyirg.distill import STUDENT_PREFIX
 from pyirg.netspec import (
     DEPLOY_INPUT,
+    FROZEN,
     TEST,
     DataConfig,
     add_classifier,
@@ -55,7 +56,7 @@ CENTERS = tuple(caffe_pb2.RelationParameter.Centers.keys())
 #: Layer names: the stage-1 loss and the stage-2 KD layer (whose blob holds the centers).
 RELATION_LOSS, CENTER_KD = "relation_loss", "center_kd"
 #: The centers blob is a parameter Caffe's solver must leave alone.
-FIXED = ({"lr_mult": 0, "decay_mult": 0},)
+FIXED = (FROZEN,)
 
 
 def label(spec: Network) -> str:

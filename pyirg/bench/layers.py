@@ -194,7 +194,7 @@ def relation_net(layer: str, mode: str, student: np.ndarray, teacher: np.ndarray
     from caffe.proto import caffe_pb2
 
     from pyirg.caffeio import caffe_net
-    from pyirg.refilled import FIXED
+    from pyirg.netspec import FROZEN
 
     param = caffe_pb2.NetParameter(name=f"bench_{layer}", force_backward=True)
     data = param.layer.add(name="input", type="Input", top=["student", "teacher", "labels"])
@@ -205,7 +205,7 @@ def relation_net(layer: str, mode: str, student: np.ndarray, teacher: np.ndarray
         loss.relation_param.mode = getattr(caffe_pb2.RelationParameter, mode)
     else:
         loss.relation_param.centers = getattr(caffe_pb2.RelationParameter, mode)
-        loss.param.add(**FIXED[0])
+        loss.param.add(**FROZEN)
     return caffe_net(param, "TRAIN")
 
 
