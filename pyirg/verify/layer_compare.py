@@ -43,6 +43,7 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,10 +99,14 @@ class Case:
     bottoms: tuple[np.ndarray, ...]
 
 
+def pooled(a: np.ndarray) -> np.ndarray:
+    """A float32 bottom; (N, C) becomes (N, C, 1, 1), the globally pooled shape the nets
+    give the layers."""
+    return np.ascontiguousarray(a.reshape(a.shape + (1, 1)) if a.ndim == 2 else a, np.float32)
+
+
 def _case(name: str, *arrays: np.ndarray) -> Case:
-    """float32 bottoms; (N, C) become (N, C, 1, 1), the pooled shape the authors' nets use."""
-    blobs = (a.reshape(a.shape + (1, 1)) if a.ndim == 2 else a for a in arrays)
-    return Case(name, tuple(np.ascontiguousarray(a, dtype=np.float32) for a in blobs))
+    return Case(name, tuple(pooled(a) for a in arrays))
 
 
 def map_cases(rng: np.random.Generator) -> list[Case]:
@@ -304,32 +309,43 @@ def torch_layer(
     return out.detach().numpy(), grads
 
 
+def one_layer_net(layer: str, bottoms: dict[str, np.ndarray]) -> tuple[Any, Any]:
+    """Input(bottoms) -> one ``layer`` layer with top "top", ``force_backward`` so the
+    bottoms get diffs: (the NetParameter, the layer's LayerParameter to set up)."""
+    param = caffe_pb2.NetParameter(name=f"verify_{layer}", force_backward=True)
+    data = param.layer.add(name="input", type="Input", top=list(bottoms))
+    for array in bottoms.values():
+        data.input_param.shape.add().dim.extend(array.shape)
+    return param, param.layer.add(name="layer", type=layer, top=["top"], bottom=data.top)
+
+
+def forward_backward(
+    net: Any, bottoms: dict[str, np.ndarray], top_diff: np.ndarray | float
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A :func:`one_layer_net` in pycaffe (float32, its only instantiation): forward, then
+    backward from ``top_diff``; (top, the bottoms' diffs)."""
+    for name, array in bottoms.items():
+        net.blobs[name].data[...] = array
+    net.forward()
+    top = net.blobs["top"]
+    top.diff[...] = np.reshape(top_diff, top.diff.shape)
+    for name in bottoms:
+        net.blobs[name].diff[...] = np.nan  # a layer that writes nothing must show
+    net.backward()
+    return top.data.copy(), [net.blobs[name].diff.copy() for name in bottoms]
+
+
 def caffe_layer(
     layer: str, bottoms: Sequence[np.ndarray], g: np.ndarray, mode: Mode
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The Caffe layer in float32 (pycaffe's only instantiation): forward, then backward
-    from top diff ``g``; force_backward so the bottoms get diffs."""
-    param = caffe_pb2.NetParameter(name=f"verify_{layer}", force_backward=True)
-    data = param.layer.add(name="input", type="Input")
-    for i, b in enumerate(bottoms):
-        data.top.append(f"b{i}")
-        data.input_param.shape.add().dim.extend(b.shape)
-    irg = param.layer.add(name="irg", type=layer, top=["top"], bottom=data.top)
+    """The Caffe layer, backward from top diff ``g``."""
+    inputs = {f"b{i}": b for i, b in enumerate(bottoms)}
+    param, irg = one_layer_net(layer, inputs)
     irg.irg_param.normalize = getattr(caffe_pb2.IRGParameter, mode.normalize)
     irg.irg_param.squared = mode.squared
     irg.irg_param.backward = getattr(caffe_pb2.IRGParameter, mode.backward)
-    net = caffe_net(param)
-    for i, b in enumerate(bottoms):
-        net.blobs[f"b{i}"].data[...] = b
-    net.forward()
-    top = net.blobs["top"]
-    top.diff[...] = g.reshape(top.diff.shape)
-    for i in range(len(bottoms)):
-        net.blobs[f"b{i}"].diff[...] = np.nan  # a layer that writes nothing must show
-    net.backward()
-    out_shape = (bottoms[0].shape[0],) * (2 if layer == MAP else 1)
-    grads = [net.blobs[f"b{i}"].diff.copy() for i in range(len(bottoms))]
-    return top.data.reshape(out_shape).copy(), grads
+    top, grads = forward_backward(caffe_net(param), inputs, g)
+    return top.reshape((bottoms[0].shape[0],) * (2 if layer == MAP else 1)), grads
 
 
 # -------------------------------------------------------------------- comparisons

@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +44,7 @@ from caffe.proto import caffe_pb2
 from pyirg.caffeio import caffe_net
 from pyirg.refilled import CENTERS, FIXED, MODES
 from pyirg.torch import refilled as ref
+from pyirg.verify.layer_compare import forward_backward, one_layer_net, pooled
 from pyirg.verify.report import CAFFE_ROW, EPS32, FLOAT_TOL, MISSING, Row, errors, make_row
 
 TRIPLET_LAYER, CENTER_LAYER = "TripletRelationLoss", "LocalCenterKDLoss"
@@ -73,15 +73,6 @@ class RelationCase:
     params: dict[str, float] = field(default_factory=dict)
     centers: np.ndarray | None = None
     nothing: bool = False
-
-
-def _f32(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def _pooled(a: np.ndarray) -> np.ndarray:
-    """(N, C) -> (N, C, 1, 1), the globally pooled shape the nets give the layers."""
-    return _f32(a.reshape(a.shape + (1, 1)) if a.ndim == 2 else a)
 
 
 def _unit_distances(x: np.ndarray) -> np.ndarray:
@@ -195,7 +186,7 @@ def _cleared(
     the clearance is measured on the values Caffe gets)."""
     for _ in range(MAX_DRAWS):
         student, labels = draw()
-        student = _f32(student)
+        student = student.astype(np.float32)
         if mining_clearance(student, labels, margin, ties) >= MINING_SLACK:
             return student, labels
     raise RuntimeError(f"no draw with a mining clearance of {MINING_SLACK} in {MAX_DRAWS}")
@@ -256,23 +247,23 @@ def triplet_cases(rng: np.random.Generator) -> list[RelationCase]:
     one_class = rng.standard_normal((8, 5))
     distinct = rng.standard_normal((8, 5))
     return [
-        RelationCase("random", _pooled(x), _pooled(teacher(x)), y),
-        RelationCase("params", _pooled(xp), _pooled(teacher(xp)), yp, params),
-        RelationCase("4d", x4, _f32(rng.standard_normal((10, 3, 1, 2))), y4),
-        RelationCase("wrn_size", _pooled(xw), _pooled(teacher(xw, 128)), yw),
-        RelationCase("ties", _pooled(tie), _pooled(teacher(tie)), tie_labels, {"margin": 0.6}),
-        RelationCase("duplicates", _pooled(xd), _pooled(teacher(xd)), yd),
-        RelationCase("zero_rows", _pooled(xz), _pooled(tz), yz),
+        RelationCase("random", pooled(x), pooled(teacher(x)), y),
+        RelationCase("params", pooled(xp), pooled(teacher(xp)), yp, params),
+        RelationCase("4d", x4, pooled(rng.standard_normal((10, 3, 1, 2))), y4),
+        RelationCase("wrn_size", pooled(xw), pooled(teacher(xw, 128)), yw),
+        RelationCase("ties", pooled(tie), pooled(teacher(tie)), tie_labels, {"margin": 0.6}),
+        RelationCase("duplicates", pooled(xd), pooled(teacher(xd)), yd),
+        RelationCase("zero_rows", pooled(xz), pooled(tz), yz),
         RelationCase(
-            "one_class", _pooled(one_class), _pooled(teacher(one_class)),
+            "one_class", pooled(one_class), pooled(teacher(one_class)),
             np.zeros(8, np.float32), nothing=True,
         ),
         RelationCase(
-            "one_per_class", _pooled(distinct), _pooled(teacher(distinct)),
+            "one_per_class", pooled(distinct), pooled(teacher(distinct)),
             np.arange(8, dtype=np.float32), nothing=True,
         ),
-        RelationCase("margin0", _pooled(x), _pooled(teacher(x)), y, {"margin": 0.0}, nothing=True),
-        RelationCase("only_ties", _pooled(tie), _pooled(teacher(tie)), tie_labels, nothing=True),
+        RelationCase("margin0", pooled(x), pooled(teacher(x)), y, {"margin": 0.0}, nothing=True),
+        RelationCase("only_ties", pooled(tie), pooled(teacher(tie)), tie_labels, nothing=True),
     ]  # fmt: skip
 
 
@@ -299,7 +290,13 @@ def center_cases(rng: np.random.Generator) -> list[RelationCase]:
         if not fill_absent:
             centers[~np.isin(np.arange(k), labels)] = 0
         return RelationCase(
-            name, _pooled(z), _pooled(f), _f32(labels), params or {}, _f32(centers), nothing
+            name,
+            pooled(z),
+            pooled(f),
+            labels.astype(np.float32),
+            params or {},
+            centers.astype(np.float32),
+            nothing,
         )
 
     k = 8
@@ -357,14 +354,11 @@ def torch_loss(layer: str, mode: str, case: RelationCase, w: float) -> tuple[flo
     return float(loss.detach()), grad
 
 
-def _net_param(layer: str, mode: str, case: RelationCase) -> Any:
-    """Input(student, teacher, labels) -> the layer, with ``force_backward`` so the
-    student bottom gets its diff."""
-    param = caffe_pb2.NetParameter(name=f"verify_{layer}", force_backward=True)
-    data = param.layer.add(name="input", type="Input", top=["student", "teacher", "labels"])
-    for blob in (case.student, case.teacher, case.labels):
-        data.input_param.shape.add().dim.extend(blob.shape)
-    loss = param.layer.add(name="loss", type=layer, top=["loss"], bottom=data.top)
+def caffe_loss(layer: str, mode: str, case: RelationCase, w: float) -> tuple[float, np.ndarray]:
+    """The Caffe layer: loss and student diff after a backward with top diff ``w``; GLOBAL
+    centers are written into the layer's blob first."""
+    bottoms = {name: getattr(case, name) for name in ("student", "teacher", "labels")}
+    param, loss = one_layer_net(layer, bottoms)
     rp = loss.relation_param
     if layer == TRIPLET_LAYER:
         rp.mode = getattr(caffe_pb2.RelationParameter, mode)
@@ -373,23 +367,11 @@ def _net_param(layer: str, mode: str, case: RelationCase) -> Any:
         loss.param.add(**FIXED[0])
     for key, value in case.params.items():
         setattr(rp, key, value)
-    return param
-
-
-def caffe_loss(layer: str, mode: str, case: RelationCase, w: float) -> tuple[float, np.ndarray]:
-    """The Caffe layer in float32 (pycaffe's only instantiation): forward, then backward
-    with top diff ``w``; GLOBAL centers are written into the layer's blob first."""
-    net = caffe_net(_net_param(layer, mode, case))
-    for name in ("student", "teacher", "labels"):
-        net.blobs[name].data[...] = getattr(case, name)
+    net = caffe_net(param)
     if layer == CENTER_LAYER and mode == "GLOBAL":
-        net.params["loss"][0].data[...] = case.centers
-    net.forward()
-    loss = float(net.blobs["loss"].data.reshape(-1)[0])
-    net.blobs["loss"].diff[...] = w
-    net.blobs["student"].diff[...] = np.nan  # a layer that writes nothing must show
-    net.backward()
-    return loss, net.blobs["student"].diff.copy()
+        net.params[loss.name][0].data[...] = case.centers
+    top, diffs = forward_backward(net, bottoms, w)
+    return float(top.reshape(-1)[0]), diffs[0]
 
 
 # -------------------------------------------------------------------- comparisons
