@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -412,22 +412,16 @@ QUICK_CASES = ("random", "4d", "near_tie", "exact_tie", "identical", "offset", "
 QUICK_HARD_MODES = (DEFAULT_MODE, Mode("MEAN", False, "RELEASED"), Mode("MAX", False, "EXACT"))
 
 
-def layer_plan(full: bool) -> Iterator[tuple[str, Mode, str]]:
-    """(layer, mode, case name): every combination in full mode; in quick mode every mode
-    on random inputs and a few modes on the hard cases."""
-    for layer, mode, case in itertools.product(LAYERS, ALL_MODES, CASE_NAMES):
-        if full or case == "random" or (case in QUICK_CASES and mode in QUICK_HARD_MODES):
-            yield layer, mode, case
-
-
 def compare_layers(full: bool, seed: int) -> list[Row]:
-    """Every planned layer comparison; one generator, so a seed fixes the whole run."""
+    """Every layer x mode x case in full mode; in quick mode every mode on random inputs
+    and a few modes on the hard cases. One generator, so a seed fixes the whole run."""
     rng = np.random.default_rng(seed)
     cases = {
         LAYERS[0]: {c.name: c for c in map_cases(rng)},
         LAYERS[1]: {c.name: c for c in vector_cases(rng)},
     }
     rows: list[Row] = []
-    for layer, mode, case in layer_plan(full):
-        rows.extend(compare_layer(layer, mode, cases[layer][case], rng))
+    for layer, mode, case in itertools.product(LAYERS, ALL_MODES, CASE_NAMES):
+        if full or case == "random" or (case in QUICK_CASES and mode in QUICK_HARD_MODES):
+            rows.extend(compare_layer(layer, mode, cases[layer][case], rng))
     return rows

@@ -33,8 +33,9 @@ gradient on both sides: that is checked exactly, not within the tolerance.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -414,35 +415,26 @@ def missing_layers() -> list[str]:
     return [layer for layer in LAYERS if layer not in known]
 
 
-def refilled_plan(full: bool) -> Iterator[tuple[str, str, int]]:
-    """(layer, mode, draw): every mode x case once; ``full`` adds two more random draws."""
-    for layer in LAYERS:
-        for mode in LAYER_MODES[layer]:
-            for draw in range(3 if full else 1):
-                yield layer, mode, draw
-
-
 def compare_refilled(full: bool, seed: int) -> list[Row]:
-    """Every planned comparison; one generator, so a seed fixes the whole run. A layer
-    missing from the Caffe build is one FAIL row (the verification cannot be made)."""
+    """Every mode x case once; ``full`` adds two more random draws. One generator, so a seed
+    fixes the whole run. A layer missing from the Caffe build is one FAIL row (the
+    verification cannot be made)."""
     rng = np.random.default_rng(seed)
     absent = missing_layers()
-    rows: list[Row] = []
-    for layer in absent:
-        rows.append(
-            make_row(layer, "-", CAFFE_ROW, "-", MISSING, MISSING, FLOAT_TOL,
-                     "layer type not in this Caffe build (tools/build_caffe.sh)")
-        )  # fmt: skip
+    note = "layer type not in this Caffe build (tools/build_caffe.sh)"
+    rows = [
+        make_row(layer, "-", CAFFE_ROW, "-", MISSING, MISSING, FLOAT_TOL, note) for layer in absent
+    ]
     builders = {TRIPLET_LAYER: triplet_cases, CENTER_LAYER: center_cases}
-    draws: dict[tuple[str, int], list[RelationCase]] = {}
-    for layer, mode, draw in refilled_plan(full):
+    for layer in LAYERS:
         if layer in absent:
             continue
-        if (layer, draw) not in draws:
-            draws[layer, draw] = builders[layer](rng)
-        for case in draws[layer, draw]:
-            name = case.name if draw == 0 else f"{case.name}#{draw}"
-            row = compare_case(layer, mode, case, rng)
-            row.case = name
-            rows.append(row)
+        draws: dict[int, list[RelationCase]] = {}
+        for mode, draw in itertools.product(LAYER_MODES[layer], range(3 if full else 1)):
+            if draw not in draws:  # drawn where first needed: the generator's order is the run's
+                draws[draw] = builders[layer](rng)
+            for case in draws[draw]:
+                row = compare_case(layer, mode, case, rng)
+                row.case = case.name if draw == 0 else f"{case.name}#{draw}"
+                rows.append(row)
     return rows
