@@ -301,7 +301,7 @@ def test_the_hard_cases_are_what_they_claim() -> None:
     rng = np.random.default_rng(0)
     triplets = {c.name: c for c in rc.triplet_cases(rng)}
     for name, c in triplets.items():
-        margin = c.params.get("margin", 0.2)
+        margin = c.params.get("margin", rc.DEFAULTS["margin"])
         ties = name in ("ties", "only_ties", "duplicates")
         assert rc.mining_clearance(c.student, c.labels, margin, ties) >= rc.MINING_SLACK, name
         y = torch.tensor(c.labels.astype(np.int64))

@@ -43,7 +43,7 @@ import torch
 from caffe.proto import caffe_pb2
 
 from pyirg.caffeio import caffe_net
-from pyirg.refilled import CENTERS, FIXED, MODES
+from pyirg.refilled import CENTERS, FIXED, MODES, RefilledConfig
 from pyirg.torch import refilled as ref
 from pyirg.verify.layer_compare import forward_backward, one_layer_net, pooled
 from pyirg.verify.report import CAFFE_ROW, EPS32, FLOAT_TOL, MISSING, Row, errors, make_row
@@ -52,6 +52,11 @@ TRIPLET_LAYER, CENTER_LAYER = "TripletRelationLoss", "LocalCenterKDLoss"
 LAYERS = (TRIPLET_LAYER, CENTER_LAYER)
 #: The settings each layer is checked in (caffe.proto's enum names).
 LAYER_MODES = {TRIPLET_LAYER: MODES, CENTER_LAYER: CENTERS}
+#: relation_param's defaults (caffe.proto's, the authors'), where a case leaves one unset.
+DEFAULTS = {
+    key: getattr(RefilledConfig, key)
+    for key in ("margin", "tau1", "scale", "tau2", "teaching_weight")
+}
 #: Smallest distance of a nonzero mining gap from 0 and from the margin (see above).
 MINING_SLACK = 1e-5
 #: Random draws tried before a case generator gives up on the mining clearance.
@@ -76,11 +81,15 @@ class RelationCase:
     nothing: bool = False
 
 
-def _unit_distances(x: np.ndarray) -> np.ndarray:
-    """float64 Euclidean distances between the L2-normalized rows (zero rows stay 0)."""
-    x = x.reshape(len(x), -1).astype(np.float64)
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """The rows scaled to unit L2 norm, as the layers normalize them (zero rows stay 0)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    u = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def _unit_distances(x: np.ndarray) -> np.ndarray:
+    """float64 Euclidean distances between the L2-normalized rows."""
+    u = _unit_rows(x.reshape(len(x), -1).astype(np.float64))
     return np.sqrt(((u[:, None, :] - u[None, :, :]) ** 2).sum(axis=2))
 
 
@@ -133,10 +142,10 @@ def kl_term_size(layer: str, mode: str, case: RelationCase) -> float:
     any float32 computation can do. That bounds the forward where the plain relative
     error cannot (the WRN-sized TUPLE case: 30-way softmaxes within 1e-3 of uniform).
     """
+    settings = {**DEFAULTS, **case.params}
     if layer == TRIPLET_LAYER:
-        margin = case.params.get("margin", 0.2)
-        tau1, scale = case.params.get("tau1", 4.0), case.params.get("scale", 1000.0)
-        t = mined(case.student, case.labels, margin)
+        tau1, scale = settings["tau1"], settings["scale"]
+        t = mined(case.student, case.labels, settings["margin"])
         if len(t) == 0:
             return 0.0
         a, p, n = t.T
@@ -155,8 +164,7 @@ def kl_term_size(layer: str, mode: str, case: RelationCase) -> float:
                               -np.append(d_s[i, j], d_s[i, neg]) / tau1))  # fmt: skip
             factor = scale / len(keys)
     else:
-        tau2 = case.params.get("tau2", 2.0)
-        weight = case.params.get("teaching_weight", 100.0)
+        tau2, weight = settings["tau2"], settings["teaching_weight"]
         n_inst = case.student.shape[0]
         z = case.student.reshape(n_inst, -1).astype(np.float64)
         f = case.teacher.reshape(n_inst, -1).astype(np.float64)
@@ -166,9 +174,7 @@ def kl_term_size(layer: str, mode: str, case: RelationCase) -> float:
             mu = case.centers[present].astype(np.float64)
         else:
             mu = np.stack([f[y == c].mean(axis=0) for c in present])
-        norms = np.linalg.norm(mu, axis=1, keepdims=True)
-        mu = np.divide(mu, norms, out=np.zeros_like(mu), where=norms > 0)
-        pairs = [(f @ mu.T / tau2, z[:, present] / tau2)]
+        pairs = [(f @ _unit_rows(mu).T / tau2, z[:, present] / tau2)]
         factor = weight / n_inst
     total = 0.0
     for z_t, z_s in pairs:
@@ -200,7 +206,7 @@ def _classes(n: int, k: int) -> np.ndarray:
 
 def triplet_cases(rng: np.random.Generator) -> list[RelationCase]:
     """Inputs for TripletRelationLoss: random, 4-D, WRN-sized, and the hard ones."""
-    margin = 0.2
+    margin = DEFAULTS["margin"]
 
     def gaussian(n: int, d: int, k: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
         return lambda: (rng.standard_normal((n, d)), _classes(n, k))
@@ -381,7 +387,7 @@ def caffe_loss(layer: str, mode: str, case: RelationCase, w: float) -> tuple[flo
 def _what(layer: str, case: RelationCase) -> str:
     """What the case exercises: triplets and tuples mined, or classes present."""
     if layer == TRIPLET_LAYER:
-        t = mined(case.student, case.labels, case.params.get("margin", 0.2))
+        t = mined(case.student, case.labels, case.params.get("margin", DEFAULTS["margin"]))
         return f"{len(t)} triplets, {len({(a, p) for a, p, _ in t.tolist()})} tuples"
     k = int(np.prod(case.student.shape[1:]))
     return f"{len(np.unique(case.labels))} of {k} classes present"
