@@ -42,7 +42,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any
 
 import numpy as np
@@ -74,7 +74,8 @@ TIE_WEIGHT_SLACK = 1e-3
 
 @dataclass(frozen=True)
 class Mode:
-    """One ``irg_param`` setting (the defaults are caffe.proto's)."""
+    """One ``irg_param`` setting (the defaults are caffe.proto's); the fields are named and
+    ordered as the references' and DistillConfig's arguments, so it passes as them."""
 
     normalize: str = "MAX"
     squared: bool = True
@@ -298,9 +299,9 @@ def torch_layer(
     """The reference layer in float64 autograd (looked up at call time, so tests can patch)."""
     xs = [torch.tensor(b, dtype=torch.float64, requires_grad=True) for b in bottoms]
     if layer == MAP:
-        out = ref.batch_euclidean_map(xs[0], mode.normalize, mode.squared, mode.backward)
+        out = ref.batch_euclidean_map(xs[0], *astuple(mode))
     else:
-        out = ref.batch_euclidean_vector(*xs, mode.normalize, mode.squared, mode.backward)
+        out = ref.batch_euclidean_vector(*xs, *astuple(mode))
     out.backward(torch.tensor(g, dtype=torch.float64).reshape(out.shape))
     grads = [
         np.zeros(b.shape) if x.grad is None else x.grad.detach().numpy()
@@ -386,8 +387,7 @@ def _caffe_backward(
 def compare_layer(layer: str, mode: Mode, case: Case, rng: np.random.Generator) -> list[Row]:
     """Caffe vs torch and NumPy vs torch for one layer, setting and input."""
     n = case.bottoms[0].shape[0]
-    g = rng.standard_normal((n, n) if layer == MAP else (n,)).astype(np.float32)
-    g = g.astype(np.float64)
+    g = rng.standard_normal((n, n) if layer == MAP else (n,)).astype(np.float32).astype(np.float64)
     bottoms64 = [b.astype(np.float64) for b in case.bottoms]
     t_top, t_grads = torch_layer(layer, bottoms64, g, mode)
     num = numpy_map(*bottoms64, g, mode) if layer == MAP else numpy_vector(*bottoms64, g, mode)
@@ -395,16 +395,10 @@ def compare_layer(layer: str, mode: Mode, case: Case, rng: np.random.Generator) 
     t_flat = flatten(t_grads)
     bwd, note, bwd_ok = _caffe_backward(flatten(c_grads), num, t_flat)
     row = (layer, mode.label)
+    num_bwd = errors(flatten(num.grads), t_flat, num.scale[0])
     return [
         make_row(*row, CAFFE_ROW, case.name, errors(c_top, t_top), bwd, FLOAT_TOL, note, bwd_ok),
-        make_row(
-            *row,
-            NUMPY_ROW,
-            case.name,
-            errors(num.top, t_top),
-            errors(flatten(num.grads), t_flat, num.scale[0]),
-            DOUBLE_TOL,
-        ),
+        make_row(*row, NUMPY_ROW, case.name, errors(num.top, t_top), num_bwd, DOUBLE_TOL),
     ]
 
 

@@ -27,7 +27,7 @@ solver is involved, so no weight decay. Tolerance 1e-4.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -80,10 +80,8 @@ def distill_config(case: NetCase) -> DistillConfig:
         cifar_resnet(*NET_TEACHER, NET_CLASSES, NET_CHANNELS),
         cifar_resnet(*NET_STUDENT, NET_CLASSES, NET_CHANNELS),
         data=data,
-        normalize=case.mode.normalize,
-        squared=case.mode.squared,
-        backward=case.mode.backward,
         name=f"verify_{case.method}",
+        **asdict(case.mode),
     )
 
 
@@ -191,15 +189,7 @@ def reference_nets(case: NetCase) -> tuple[CifarResNet, CifarResNet, IRGLoss]:
     s_layout = resnet_layout(*NET_STUDENT, NET_CLASSES, NET_CHANNELS)
     teacher = CifarResNet(t_layout).double().eval()  # frozen: global statistics
     student = CifarResNet(s_layout).double().train()  # trained: batch statistics
-    mode = case.mode
-    loss = IRGLoss.from_networks(
-        case.method,
-        t_layout,
-        s_layout,
-        normalize=mode.normalize,
-        squared=mode.squared,
-        backward=mode.backward,
-    )
+    loss = IRGLoss.from_networks(case.method, t_layout, s_layout, **asdict(case.mode))
     return teacher, student, loss
 
 
