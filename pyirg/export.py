@@ -22,10 +22,9 @@ Steps, each of which fails with a one-line error naming the layer (exit status 2
 3. Convert the weights with :mod:`pyirg.torch.caffemodel` (missing layer, wrong type or
    shape: error), before pycaffe sees them (a Caffe ``CHECK`` would abort the process).
 4. Export ``data`` -> (``logits``, ``prob``) with dynamic batch and image size (the net
-   pools globally), opset >= 17, through
-   the TorchScript exporter (``dynamo=False``: the default exporter of torch >= 2.9 needs
-   ``onnxscript``, which the project does not depend on), and run
-   ``onnx.checker.check_model`` on the file.
+   pools globally), opset >= 17, through the TorchScript exporter (``dynamo=False``: the
+   default exporter of torch >= 2.9 needs ``onnxscript``, which the project does not
+   depend on), and run ``onnx.checker.check_model`` on the file.
 5. Run the ONNX file with onnxruntime and the Caffe net (TEST phase) on the same batch
    (``--input`` .npy, or normal random values from ``--seed``) and compare both outputs:
    the largest absolute difference, divided by max(1, the largest Caffe output), must be
