@@ -298,10 +298,8 @@ def torch_layer(
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """The reference layer in float64 autograd (looked up at call time, so tests can patch)."""
     xs = [torch.tensor(b, dtype=torch.float64, requires_grad=True) for b in bottoms]
-    if layer == MAP:
-        out = ref.batch_euclidean_map(xs[0], *astuple(mode))
-    else:
-        out = ref.batch_euclidean_vector(*xs, *astuple(mode))
+    function = ref.batch_euclidean_map if layer == MAP else ref.batch_euclidean_vector
+    out = function(*xs, *astuple(mode))
     out.backward(torch.tensor(g, dtype=torch.float64).reshape(out.shape))
     grads = [
         np.zeros(b.shape) if x.grad is None else x.grad.detach().numpy()

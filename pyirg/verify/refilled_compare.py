@@ -351,9 +351,7 @@ def torch_loss(layer: str, mode: str, case: RelationCase, w: float) -> tuple[flo
     if layer == TRIPLET_LAYER:
         loss = ref.triplet_relation_loss(s, t, y, mode, **case.params)
     else:
-        centers = None
-        if mode == "GLOBAL":
-            centers = torch.tensor(case.centers, dtype=torch.float64)
+        centers = torch.tensor(case.centers, dtype=torch.float64) if mode == "GLOBAL" else None
         logits = s.reshape(s.shape[0], -1)
         loss = ref.local_center_kd_loss(logits, t, y, centers, mode, **case.params)
     (w * loss).backward()
