@@ -179,7 +179,7 @@ def caffe_net_run(
                 blob.diff[...] = 0  # param diffs accumulate across backward passes
         net.backward()
         grads[which] = {k: net.params[layer][i].diff.copy() for k, (layer, i) in keys.items()}
-    values["total"] = sum(values[t] * w for t, w in {t: w for t, w in terms.values()}.items())
+    values["total"] = sum(values[t] * w for t, w in dict(terms.values()).items())
     return values, grads
 
 
@@ -246,7 +246,4 @@ def compare_net(case: NetCase, rng: np.random.Generator) -> list[Row]:
 def compare_nets(full: bool, seed: int) -> list[Row]:
     """Every method's distillation net in pycaffe vs PyTorch (this module's docstring)."""
     rng = np.random.default_rng(seed + 1)
-    rows = []
-    for case in net_plan(full):
-        rows.extend(compare_net(case, rng))
-    return rows
+    return [row for case in net_plan(full) for row in compare_net(case, rng)]
