@@ -22,10 +22,9 @@ Steps, each of which fails with a one-line error naming the layer (exit status 2
 3. Convert the weights with :mod:`pyirg.torch.caffemodel` (missing layer, wrong type or
    shape: error), before pycaffe sees them (a Caffe ``CHECK`` would abort the process).
 4. Export ``data`` -> (``logits``, ``prob``) with dynamic batch and image size (the net
-   pools globally), opset >= 17, through
-   the TorchScript exporter (``dynamo=False``: the default exporter of torch >= 2.9 needs
-   ``onnxscript``, which the project does not depend on), and run
-   ``onnx.checker.check_model`` on the file.
+   pools globally), opset >= 17, through the TorchScript exporter (``dynamo=False``: the
+   default exporter of torch >= 2.9 needs ``onnxscript``, which the project does not
+   depend on), and run ``onnx.checker.check_model`` on the file.
 5. Run the ONNX file with onnxruntime and the Caffe net (TEST phase) on the same batch
    (``--input`` .npy, or normal random values from ``--seed``) and compare both outputs:
    the largest absolute difference, divided by max(1, the largest Caffe output), must be
@@ -36,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import math
 import re
 import sys
 import warnings
@@ -51,19 +49,11 @@ from torch import nn
 
 from pyirg.caffeio import read_net, to_text
 from pyirg.cli import debugging
-from pyirg.options import ArgumentParser, HelpFormatter
+from pyirg.options import ArgumentParser, HelpFormatter, number_problem
 
 #: Layer types the exporter understands (everything a deploy_net ResNet contains).
-CONVERTIBLE = (
-    "Input",
-    "Convolution",
-    "BatchNorm",
-    "Scale",
-    "ReLU",
-    "Eltwise",
-    "Pooling",
-    "InnerProduct",
-    "Softmax",
+CONVERTIBLE = tuple(
+    "Input Convolution BatchNorm Scale ReLU Eltwise Pooling InnerProduct Softmax".split()
 )
 MIN_OPSET = 17
 INPUT_NAME, OUTPUT_NAMES = "data", ("logits", "prob")
@@ -87,11 +77,6 @@ class Deploy:
 
 
 # ----------------------------------------------------------------------------- prototxt
-
-
-def _number(name: str, prefix: str, kind: str) -> int | None:
-    match = re.fullmatch(re.escape(prefix + kind) + r"(\d+)", name)
-    return int(match.group(1)) if match else None
 
 
 def _input_layer(net: Any) -> tuple[Any, tuple[int, ...]]:
@@ -140,13 +125,12 @@ def infer_spec(
     net: Any, prefix: str | None = None, depth: int | None = None, width: float | None = None
 ) -> Deploy:
     """Recover the ResNetSpec (and prefix, input) of a deploy net; see the module docstring."""
-    from pyirg.arch import blocks_per_stage, cifar_resnet
+    from pyirg.arch import cifar_resnet
 
     data, dims = _input_layer(net)
     stem, prefix = _stem(net, data.top[0], prefix)
-    elts = sorted(
-        n for n in (_number(layer.name, prefix, "Eltwise") for layer in net.layer) if n is not None
-    )
+    eltwise = re.compile(re.escape(prefix) + r"Eltwise(\d+)")
+    elts = sorted(int(m.group(1)) for layer in net.layer if (m := eltwise.fullmatch(layer.name)))
     if not elts or len(elts) % 3 or elts[-1] % 3:
         raise ExportError(
             f"cannot read a CIFAR ResNet from the Eltwise layers {elts} (prefix {prefix!r}): "
@@ -157,24 +141,16 @@ def infer_spec(
         tuple(e - 1 - s * ref_n for e in elts if s * ref_n < e <= (s + 1) * ref_n) for s in range(3)
     )
     found_depth, numbering = 6 * n + 2, 6 * ref_n + 2
-    c0 = stem.convolution_param.num_output
-    found_width = c0 / 16
+    found_width = stem.convolution_param.num_output / 16
     fcs = [layer for layer in net.layer if layer.name == prefix + "InnerProduct1"]
     if len(fcs) != 1:
         raise ExportError(f"the deploy net has no classifier layer {prefix + 'InnerProduct1'!r}")
     for given, got, what in ((depth, found_depth, "depth"), (width, found_width, "width")):
         if given is not None and given != got:
             raise ExportError(f"--{what} {given:g} but the prototxt describes {what} {got:g}")
+    classes = fcs[0].inner_product_param.num_output
     try:
-        blocks_per_stage(found_depth)
-        spec = cifar_resnet(
-            found_depth,
-            found_width,
-            fcs[0].inner_product_param.num_output,
-            dims[1],
-            numbering,
-            kept,
-        )
+        spec = cifar_resnet(found_depth, found_width, classes, dims[1], numbering, kept)
     except ValueError as err:
         raise ExportError(
             f"the deploy prototxt is not a CIFAR ResNet of pyirg.arch: {err}"
@@ -299,12 +275,6 @@ def export_onnx(model: nn.Module, path: str | Path, example: np.ndarray, opset: 
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def onnx_checker_error() -> type[Exception]:
-    import onnx
-
-    return onnx.checker.ValidationError
-
-
 def run_onnx(path: str | Path, x: np.ndarray) -> list[np.ndarray]:
     import onnxruntime
 
@@ -376,19 +346,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
-
-
 def run(args: argparse.Namespace) -> int:
-    if not (math.isfinite(args.atol) and args.atol > 0):
-        raise ExportError(f"--atol must be a positive finite number, got {args.atol}")
+    """The steps of the module docstring; 0 when ONNX Runtime reproduces Caffe, else 1."""
+    problem = number_problem("--atol", args.atol, positive=True)
+    if problem:
+        raise ExportError(problem)
     deploy = read_deploy(args.deploy, args.prefix, args.depth, args.width)
     model = build_model(deploy, args.weights)
     x = input_batch(deploy, args.batch, args.input, args.seed)
+    import onnx
+
     try:
         export_onnx(model, args.output, x, args.opset)
-    except onnx_checker_error() as err:
+    except onnx.checker.ValidationError as err:
         print(f"FAIL: onnx.checker rejects {args.output}: {err}", file=sys.stderr)
         return 1
     onnx_out = run_onnx(args.output, x)
@@ -427,7 +397,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    """``export-onnx``: errors in one line, exit status 2 (``pyirg --debug``: the traceback)."""
+    args = build_parser().parse_args(argv)
     try:
         return run(args)
     except ValueError as err:  # ExportError, and the converters' errors naming the layer

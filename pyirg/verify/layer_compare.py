@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,7 +74,8 @@ TIE_WEIGHT_SLACK = 1e-3
 
 @dataclass(frozen=True)
 class Mode:
-    """One ``irg_param`` setting (the defaults are caffe.proto's)."""
+    """One ``irg_param`` setting (the defaults are caffe.proto's); the fields are named and
+    ordered as the references' and DistillConfig's arguments, so it passes as them."""
 
     normalize: str = "MAX"
     squared: bool = True
@@ -98,10 +100,14 @@ class Case:
     bottoms: tuple[np.ndarray, ...]
 
 
+def pooled(a: np.ndarray) -> np.ndarray:
+    """A float32 bottom; (N, C) becomes (N, C, 1, 1), the globally pooled shape the nets
+    give the layers."""
+    return np.ascontiguousarray(a.reshape(a.shape + (1, 1)) if a.ndim == 2 else a, np.float32)
+
+
 def _case(name: str, *arrays: np.ndarray) -> Case:
-    """float32 bottoms; (N, C) become (N, C, 1, 1), the pooled shape the authors' nets use."""
-    blobs = (a.reshape(a.shape + (1, 1)) if a.ndim == 2 else a for a in arrays)
-    return Case(name, tuple(np.ascontiguousarray(a, dtype=np.float32) for a in blobs))
+    return Case(name, tuple(pooled(a) for a in arrays))
 
 
 def map_cases(rng: np.random.Generator) -> list[Case]:
@@ -292,10 +298,8 @@ def torch_layer(
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """The reference layer in float64 autograd (looked up at call time, so tests can patch)."""
     xs = [torch.tensor(b, dtype=torch.float64, requires_grad=True) for b in bottoms]
-    if layer == MAP:
-        out = ref.batch_euclidean_map(xs[0], mode.normalize, mode.squared, mode.backward)
-    else:
-        out = ref.batch_euclidean_vector(*xs, mode.normalize, mode.squared, mode.backward)
+    function = ref.batch_euclidean_map if layer == MAP else ref.batch_euclidean_vector
+    out = function(*xs, *astuple(mode))
     out.backward(torch.tensor(g, dtype=torch.float64).reshape(out.shape))
     grads = [
         np.zeros(b.shape) if x.grad is None else x.grad.detach().numpy()
@@ -304,32 +308,43 @@ def torch_layer(
     return out.detach().numpy(), grads
 
 
+def one_layer_net(layer: str, bottoms: dict[str, np.ndarray]) -> tuple[Any, Any]:
+    """Input(bottoms) -> one ``layer`` layer with top "top", ``force_backward`` so the
+    bottoms get diffs: (the NetParameter, the layer's LayerParameter to set up)."""
+    param = caffe_pb2.NetParameter(name=f"verify_{layer}", force_backward=True)
+    data = param.layer.add(name="input", type="Input", top=list(bottoms))
+    for array in bottoms.values():
+        data.input_param.shape.add().dim.extend(array.shape)
+    return param, param.layer.add(name="layer", type=layer, top=["top"], bottom=data.top)
+
+
+def forward_backward(
+    net: Any, bottoms: dict[str, np.ndarray], top_diff: np.ndarray | float
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A :func:`one_layer_net` in pycaffe (float32, its only instantiation): forward, then
+    backward from ``top_diff``; (top, the bottoms' diffs)."""
+    for name, array in bottoms.items():
+        net.blobs[name].data[...] = array
+    net.forward()
+    top = net.blobs["top"]
+    top.diff[...] = np.reshape(top_diff, top.diff.shape)
+    for name in bottoms:
+        net.blobs[name].diff[...] = np.nan  # a layer that writes nothing must show
+    net.backward()
+    return top.data.copy(), [net.blobs[name].diff.copy() for name in bottoms]
+
+
 def caffe_layer(
     layer: str, bottoms: Sequence[np.ndarray], g: np.ndarray, mode: Mode
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The Caffe layer in float32 (pycaffe's only instantiation): forward, then backward
-    from top diff ``g``; force_backward so the bottoms get diffs."""
-    param = caffe_pb2.NetParameter(name=f"verify_{layer}", force_backward=True)
-    data = param.layer.add(name="input", type="Input")
-    for i, b in enumerate(bottoms):
-        data.top.append(f"b{i}")
-        data.input_param.shape.add().dim.extend(b.shape)
-    irg = param.layer.add(name="irg", type=layer, top=["top"], bottom=data.top)
+    """The Caffe layer, backward from top diff ``g``."""
+    inputs = {f"b{i}": b for i, b in enumerate(bottoms)}
+    param, irg = one_layer_net(layer, inputs)
     irg.irg_param.normalize = getattr(caffe_pb2.IRGParameter, mode.normalize)
     irg.irg_param.squared = mode.squared
     irg.irg_param.backward = getattr(caffe_pb2.IRGParameter, mode.backward)
-    net = caffe_net(param)
-    for i, b in enumerate(bottoms):
-        net.blobs[f"b{i}"].data[...] = b
-    net.forward()
-    top = net.blobs["top"]
-    top.diff[...] = g.reshape(top.diff.shape)
-    for i in range(len(bottoms)):
-        net.blobs[f"b{i}"].diff[...] = np.nan  # a layer that writes nothing must show
-    net.backward()
-    out_shape = (bottoms[0].shape[0],) * (2 if layer == MAP else 1)
-    grads = [net.blobs[f"b{i}"].diff.copy() for i in range(len(bottoms))]
-    return top.data.reshape(out_shape).copy(), grads
+    top, grads = forward_backward(caffe_net(param), inputs, g)
+    return top.reshape((bottoms[0].shape[0],) * (2 if layer == MAP else 1)), grads
 
 
 # -------------------------------------------------------------------- comparisons
@@ -370,8 +385,7 @@ def _caffe_backward(
 def compare_layer(layer: str, mode: Mode, case: Case, rng: np.random.Generator) -> list[Row]:
     """Caffe vs torch and NumPy vs torch for one layer, setting and input."""
     n = case.bottoms[0].shape[0]
-    g = rng.standard_normal((n, n) if layer == MAP else (n,)).astype(np.float32)
-    g = g.astype(np.float64)
+    g = rng.standard_normal((n, n) if layer == MAP else (n,)).astype(np.float32).astype(np.float64)
     bottoms64 = [b.astype(np.float64) for b in case.bottoms]
     t_top, t_grads = torch_layer(layer, bottoms64, g, mode)
     num = numpy_map(*bottoms64, g, mode) if layer == MAP else numpy_vector(*bottoms64, g, mode)
@@ -379,16 +393,10 @@ def compare_layer(layer: str, mode: Mode, case: Case, rng: np.random.Generator) 
     t_flat = flatten(t_grads)
     bwd, note, bwd_ok = _caffe_backward(flatten(c_grads), num, t_flat)
     row = (layer, mode.label)
+    num_bwd = errors(flatten(num.grads), t_flat, num.scale[0])
     return [
         make_row(*row, CAFFE_ROW, case.name, errors(c_top, t_top), bwd, FLOAT_TOL, note, bwd_ok),
-        make_row(
-            *row,
-            NUMPY_ROW,
-            case.name,
-            errors(num.top, t_top),
-            errors(flatten(num.grads), t_flat, num.scale[0]),
-            DOUBLE_TOL,
-        ),
+        make_row(*row, NUMPY_ROW, case.name, errors(num.top, t_top), num_bwd, DOUBLE_TOL),
     ]
 
 
@@ -396,22 +404,16 @@ QUICK_CASES = ("random", "4d", "near_tie", "exact_tie", "identical", "offset", "
 QUICK_HARD_MODES = (DEFAULT_MODE, Mode("MEAN", False, "RELEASED"), Mode("MAX", False, "EXACT"))
 
 
-def layer_plan(full: bool) -> Iterator[tuple[str, Mode, str]]:
-    """(layer, mode, case name): every combination in full mode; in quick mode every mode
-    on random inputs and a few modes on the hard cases."""
-    for layer, mode, case in itertools.product(LAYERS, ALL_MODES, CASE_NAMES):
-        if full or case == "random" or (case in QUICK_CASES and mode in QUICK_HARD_MODES):
-            yield layer, mode, case
-
-
 def compare_layers(full: bool, seed: int) -> list[Row]:
-    """Every planned layer comparison; one generator, so a seed fixes the whole run."""
+    """Every layer x mode x case in full mode; in quick mode every mode on random inputs
+    and a few modes on the hard cases. One generator, so a seed fixes the whole run."""
     rng = np.random.default_rng(seed)
     cases = {
         LAYERS[0]: {c.name: c for c in map_cases(rng)},
         LAYERS[1]: {c.name: c for c in vector_cases(rng)},
     }
     rows: list[Row] = []
-    for layer, mode, case in layer_plan(full):
-        rows.extend(compare_layer(layer, mode, cases[layer][case], rng))
+    for layer, mode, case in itertools.product(LAYERS, ALL_MODES, CASE_NAMES):
+        if full or case == "random" or (case in QUICK_CASES and mode in QUICK_HARD_MODES):
+            rows.extend(compare_layer(layer, mode, cases[layer][case], rng))
     return rows

@@ -27,7 +27,7 @@ solver is involved, so no weight decay. Tolerance 1e-4.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -80,10 +80,8 @@ def distill_config(case: NetCase) -> DistillConfig:
         cifar_resnet(*NET_TEACHER, NET_CLASSES, NET_CHANNELS),
         cifar_resnet(*NET_STUDENT, NET_CLASSES, NET_CHANNELS),
         data=data,
-        normalize=case.mode.normalize,
-        squared=case.mode.squared,
-        backward=case.mode.backward,
         name=f"verify_{case.method}",
+        **asdict(case.mode),
     )
 
 
@@ -181,7 +179,7 @@ def caffe_net_run(
                 blob.diff[...] = 0  # param diffs accumulate across backward passes
         net.backward()
         grads[which] = {k: net.params[layer][i].diff.copy() for k, (layer, i) in keys.items()}
-    values["total"] = sum(values[t] * w for t, w in {t: w for t, w in terms.values()}.items())
+    values["total"] = sum(values[t] * w for t, w in dict(terms.values()).items())
     return values, grads
 
 
@@ -191,15 +189,7 @@ def reference_nets(case: NetCase) -> tuple[CifarResNet, CifarResNet, IRGLoss]:
     s_layout = resnet_layout(*NET_STUDENT, NET_CLASSES, NET_CHANNELS)
     teacher = CifarResNet(t_layout).double().eval()  # frozen: global statistics
     student = CifarResNet(s_layout).double().train()  # trained: batch statistics
-    mode = case.mode
-    loss = IRGLoss.from_networks(
-        case.method,
-        t_layout,
-        s_layout,
-        normalize=mode.normalize,
-        squared=mode.squared,
-        backward=mode.backward,
-    )
+    loss = IRGLoss.from_networks(case.method, t_layout, s_layout, **asdict(case.mode))
     return teacher, student, loss
 
 
@@ -256,7 +246,4 @@ def compare_net(case: NetCase, rng: np.random.Generator) -> list[Row]:
 def compare_nets(full: bool, seed: int) -> list[Row]:
     """Every method's distillation net in pycaffe vs PyTorch (this module's docstring)."""
     rng = np.random.default_rng(seed + 1)
-    rows = []
-    for case in net_plan(full):
-        rows.extend(compare_net(case, rng))
-    return rows
+    return [row for case in net_plan(full) for row in compare_net(case, rng)]

@@ -33,24 +33,30 @@ gradient on both sides: that is checked exactly, not within the tolerance.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from caffe.proto import caffe_pb2
 
 from pyirg.caffeio import caffe_net
-from pyirg.refilled import CENTERS, FIXED, MODES
+from pyirg.refilled import CENTERS, FIXED, MODES, RefilledConfig
 from pyirg.torch import refilled as ref
+from pyirg.verify.layer_compare import forward_backward, one_layer_net, pooled
 from pyirg.verify.report import CAFFE_ROW, EPS32, FLOAT_TOL, MISSING, Row, errors, make_row
 
 TRIPLET_LAYER, CENTER_LAYER = "TripletRelationLoss", "LocalCenterKDLoss"
 LAYERS = (TRIPLET_LAYER, CENTER_LAYER)
 #: The settings each layer is checked in (caffe.proto's enum names).
 LAYER_MODES = {TRIPLET_LAYER: MODES, CENTER_LAYER: CENTERS}
+#: relation_param's defaults (caffe.proto's, the authors'), where a case leaves one unset.
+DEFAULTS = {
+    key: getattr(RefilledConfig, key)
+    for key in ("margin", "tau1", "scale", "tau2", "teaching_weight")
+}
 #: Smallest distance of a nonzero mining gap from 0 and from the margin (see above).
 MINING_SLACK = 1e-5
 #: Random draws tried before a case generator gives up on the mining clearance.
@@ -75,20 +81,15 @@ class RelationCase:
     nothing: bool = False
 
 
-def _f32(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def _pooled(a: np.ndarray) -> np.ndarray:
-    """(N, C) -> (N, C, 1, 1), the globally pooled shape the nets give the layers."""
-    return _f32(a.reshape(a.shape + (1, 1)) if a.ndim == 2 else a)
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """The rows scaled to unit L2 norm, as the layers normalize them (zero rows stay 0)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
 
 
 def _unit_distances(x: np.ndarray) -> np.ndarray:
-    """float64 Euclidean distances between the L2-normalized rows (zero rows stay 0)."""
-    x = x.reshape(len(x), -1).astype(np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    u = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    """float64 Euclidean distances between the L2-normalized rows."""
+    u = _unit_rows(x.reshape(len(x), -1).astype(np.float64))
     return np.sqrt(((u[:, None, :] - u[None, :, :]) ** 2).sum(axis=2))
 
 
@@ -141,10 +142,10 @@ def kl_term_size(layer: str, mode: str, case: RelationCase) -> float:
     any float32 computation can do. That bounds the forward where the plain relative
     error cannot (the WRN-sized TUPLE case: 30-way softmaxes within 1e-3 of uniform).
     """
+    settings = {**DEFAULTS, **case.params}
     if layer == TRIPLET_LAYER:
-        margin = case.params.get("margin", 0.2)
-        tau1, scale = case.params.get("tau1", 4.0), case.params.get("scale", 1000.0)
-        t = mined(case.student, case.labels, margin)
+        tau1, scale = settings["tau1"], settings["scale"]
+        t = mined(case.student, case.labels, settings["margin"])
         if len(t) == 0:
             return 0.0
         a, p, n = t.T
@@ -163,8 +164,7 @@ def kl_term_size(layer: str, mode: str, case: RelationCase) -> float:
                               -np.append(d_s[i, j], d_s[i, neg]) / tau1))  # fmt: skip
             factor = scale / len(keys)
     else:
-        tau2 = case.params.get("tau2", 2.0)
-        weight = case.params.get("teaching_weight", 100.0)
+        tau2, weight = settings["tau2"], settings["teaching_weight"]
         n_inst = case.student.shape[0]
         z = case.student.reshape(n_inst, -1).astype(np.float64)
         f = case.teacher.reshape(n_inst, -1).astype(np.float64)
@@ -174,9 +174,7 @@ def kl_term_size(layer: str, mode: str, case: RelationCase) -> float:
             mu = case.centers[present].astype(np.float64)
         else:
             mu = np.stack([f[y == c].mean(axis=0) for c in present])
-        norms = np.linalg.norm(mu, axis=1, keepdims=True)
-        mu = np.divide(mu, norms, out=np.zeros_like(mu), where=norms > 0)
-        pairs = [(f @ mu.T / tau2, z[:, present] / tau2)]
+        pairs = [(f @ _unit_rows(mu).T / tau2, z[:, present] / tau2)]
         factor = weight / n_inst
     total = 0.0
     for z_t, z_s in pairs:
@@ -195,7 +193,7 @@ def _cleared(
     the clearance is measured on the values Caffe gets)."""
     for _ in range(MAX_DRAWS):
         student, labels = draw()
-        student = _f32(student)
+        student = student.astype(np.float32)
         if mining_clearance(student, labels, margin, ties) >= MINING_SLACK:
             return student, labels
     raise RuntimeError(f"no draw with a mining clearance of {MINING_SLACK} in {MAX_DRAWS}")
@@ -208,7 +206,7 @@ def _classes(n: int, k: int) -> np.ndarray:
 
 def triplet_cases(rng: np.random.Generator) -> list[RelationCase]:
     """Inputs for TripletRelationLoss: random, 4-D, WRN-sized, and the hard ones."""
-    margin = 0.2
+    margin = DEFAULTS["margin"]
 
     def gaussian(n: int, d: int, k: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
         return lambda: (rng.standard_normal((n, d)), _classes(n, k))
@@ -256,23 +254,23 @@ def triplet_cases(rng: np.random.Generator) -> list[RelationCase]:
     one_class = rng.standard_normal((8, 5))
     distinct = rng.standard_normal((8, 5))
     return [
-        RelationCase("random", _pooled(x), _pooled(teacher(x)), y),
-        RelationCase("params", _pooled(xp), _pooled(teacher(xp)), yp, params),
-        RelationCase("4d", x4, _f32(rng.standard_normal((10, 3, 1, 2))), y4),
-        RelationCase("wrn_size", _pooled(xw), _pooled(teacher(xw, 128)), yw),
-        RelationCase("ties", _pooled(tie), _pooled(teacher(tie)), tie_labels, {"margin": 0.6}),
-        RelationCase("duplicates", _pooled(xd), _pooled(teacher(xd)), yd),
-        RelationCase("zero_rows", _pooled(xz), _pooled(tz), yz),
+        RelationCase("random", pooled(x), pooled(teacher(x)), y),
+        RelationCase("params", pooled(xp), pooled(teacher(xp)), yp, params),
+        RelationCase("4d", x4, pooled(rng.standard_normal((10, 3, 1, 2))), y4),
+        RelationCase("wrn_size", pooled(xw), pooled(teacher(xw, 128)), yw),
+        RelationCase("ties", pooled(tie), pooled(teacher(tie)), tie_labels, {"margin": 0.6}),
+        RelationCase("duplicates", pooled(xd), pooled(teacher(xd)), yd),
+        RelationCase("zero_rows", pooled(xz), pooled(tz), yz),
         RelationCase(
-            "one_class", _pooled(one_class), _pooled(teacher(one_class)),
+            "one_class", pooled(one_class), pooled(teacher(one_class)),
             np.zeros(8, np.float32), nothing=True,
         ),
         RelationCase(
-            "one_per_class", _pooled(distinct), _pooled(teacher(distinct)),
+            "one_per_class", pooled(distinct), pooled(teacher(distinct)),
             np.arange(8, dtype=np.float32), nothing=True,
         ),
-        RelationCase("margin0", _pooled(x), _pooled(teacher(x)), y, {"margin": 0.0}, nothing=True),
-        RelationCase("only_ties", _pooled(tie), _pooled(teacher(tie)), tie_labels, nothing=True),
+        RelationCase("margin0", pooled(x), pooled(teacher(x)), y, {"margin": 0.0}, nothing=True),
+        RelationCase("only_ties", pooled(tie), pooled(teacher(tie)), tie_labels, nothing=True),
     ]  # fmt: skip
 
 
@@ -299,7 +297,13 @@ def center_cases(rng: np.random.Generator) -> list[RelationCase]:
         if not fill_absent:
             centers[~np.isin(np.arange(k), labels)] = 0
         return RelationCase(
-            name, _pooled(z), _pooled(f), _f32(labels), params or {}, _f32(centers), nothing
+            name,
+            pooled(z),
+            pooled(f),
+            labels.astype(np.float32),
+            params or {},
+            centers.astype(np.float32),
+            nothing,
         )
 
     k = 8
@@ -347,9 +351,7 @@ def torch_loss(layer: str, mode: str, case: RelationCase, w: float) -> tuple[flo
     if layer == TRIPLET_LAYER:
         loss = ref.triplet_relation_loss(s, t, y, mode, **case.params)
     else:
-        centers = None
-        if mode == "GLOBAL":
-            centers = torch.tensor(case.centers, dtype=torch.float64)
+        centers = torch.tensor(case.centers, dtype=torch.float64) if mode == "GLOBAL" else None
         logits = s.reshape(s.shape[0], -1)
         loss = ref.local_center_kd_loss(logits, t, y, centers, mode, **case.params)
     (w * loss).backward()
@@ -357,14 +359,11 @@ def torch_loss(layer: str, mode: str, case: RelationCase, w: float) -> tuple[flo
     return float(loss.detach()), grad
 
 
-def _net_param(layer: str, mode: str, case: RelationCase) -> Any:
-    """Input(student, teacher, labels) -> the layer, with ``force_backward`` so the
-    student bottom gets its diff."""
-    param = caffe_pb2.NetParameter(name=f"verify_{layer}", force_backward=True)
-    data = param.layer.add(name="input", type="Input", top=["student", "teacher", "labels"])
-    for blob in (case.student, case.teacher, case.labels):
-        data.input_param.shape.add().dim.extend(blob.shape)
-    loss = param.layer.add(name="loss", type=layer, top=["loss"], bottom=data.top)
+def caffe_loss(layer: str, mode: str, case: RelationCase, w: float) -> tuple[float, np.ndarray]:
+    """The Caffe layer: loss and student diff after a backward with top diff ``w``; GLOBAL
+    centers are written into the layer's blob first."""
+    bottoms = {name: getattr(case, name) for name in ("student", "teacher", "labels")}
+    param, loss = one_layer_net(layer, bottoms)
     rp = loss.relation_param
     if layer == TRIPLET_LAYER:
         rp.mode = getattr(caffe_pb2.RelationParameter, mode)
@@ -373,23 +372,11 @@ def _net_param(layer: str, mode: str, case: RelationCase) -> Any:
         loss.param.add(**FIXED[0])
     for key, value in case.params.items():
         setattr(rp, key, value)
-    return param
-
-
-def caffe_loss(layer: str, mode: str, case: RelationCase, w: float) -> tuple[float, np.ndarray]:
-    """The Caffe layer in float32 (pycaffe's only instantiation): forward, then backward
-    with top diff ``w``; GLOBAL centers are written into the layer's blob first."""
-    net = caffe_net(_net_param(layer, mode, case))
-    for name in ("student", "teacher", "labels"):
-        net.blobs[name].data[...] = getattr(case, name)
+    net = caffe_net(param)
     if layer == CENTER_LAYER and mode == "GLOBAL":
-        net.params["loss"][0].data[...] = case.centers
-    net.forward()
-    loss = float(net.blobs["loss"].data.reshape(-1)[0])
-    net.blobs["loss"].diff[...] = w
-    net.blobs["student"].diff[...] = np.nan  # a layer that writes nothing must show
-    net.backward()
-    return loss, net.blobs["student"].diff.copy()
+        net.params[loss.name][0].data[...] = case.centers
+    top, diffs = forward_backward(net, bottoms, w)
+    return float(top.reshape(-1)[0]), diffs[0]
 
 
 # -------------------------------------------------------------------- comparisons
@@ -398,7 +385,7 @@ def caffe_loss(layer: str, mode: str, case: RelationCase, w: float) -> tuple[flo
 def _what(layer: str, case: RelationCase) -> str:
     """What the case exercises: triplets and tuples mined, or classes present."""
     if layer == TRIPLET_LAYER:
-        t = mined(case.student, case.labels, case.params.get("margin", 0.2))
+        t = mined(case.student, case.labels, case.params.get("margin", DEFAULTS["margin"]))
         return f"{len(t)} triplets, {len({(a, p) for a, p, _ in t.tolist()})} tuples"
     k = int(np.prod(case.student.shape[1:]))
     return f"{len(np.unique(case.labels))} of {k} classes present"
@@ -432,35 +419,26 @@ def missing_layers() -> list[str]:
     return [layer for layer in LAYERS if layer not in known]
 
 
-def refilled_plan(full: bool) -> Iterator[tuple[str, str, int]]:
-    """(layer, mode, draw): every mode x case once; ``full`` adds two more random draws."""
-    for layer in LAYERS:
-        for mode in LAYER_MODES[layer]:
-            for draw in range(3 if full else 1):
-                yield layer, mode, draw
-
-
 def compare_refilled(full: bool, seed: int) -> list[Row]:
-    """Every planned comparison; one generator, so a seed fixes the whole run. A layer
-    missing from the Caffe build is one FAIL row (the verification cannot be made)."""
+    """Every mode x case once; ``full`` adds two more random draws. One generator, so a seed
+    fixes the whole run. A layer missing from the Caffe build is one FAIL row (the
+    verification cannot be made)."""
     rng = np.random.default_rng(seed)
     absent = missing_layers()
-    rows: list[Row] = []
-    for layer in absent:
-        rows.append(
-            make_row(layer, "-", CAFFE_ROW, "-", MISSING, MISSING, FLOAT_TOL,
-                     "layer type not in this Caffe build (tools/build_caffe.sh)")
-        )  # fmt: skip
+    note = "layer type not in this Caffe build (tools/build_caffe.sh)"
+    rows = [
+        make_row(layer, "-", CAFFE_ROW, "-", MISSING, MISSING, FLOAT_TOL, note) for layer in absent
+    ]
     builders = {TRIPLET_LAYER: triplet_cases, CENTER_LAYER: center_cases}
-    draws: dict[tuple[str, int], list[RelationCase]] = {}
-    for layer, mode, draw in refilled_plan(full):
+    for layer in LAYERS:
         if layer in absent:
             continue
-        if (layer, draw) not in draws:
-            draws[layer, draw] = builders[layer](rng)
-        for case in draws[layer, draw]:
-            name = case.name if draw == 0 else f"{case.name}#{draw}"
-            row = compare_case(layer, mode, case, rng)
-            row.case = name
-            rows.append(row)
+        draws: dict[int, list[RelationCase]] = {}
+        for mode, draw in itertools.product(LAYER_MODES[layer], range(3 if full else 1)):
+            if draw not in draws:  # drawn where first needed: the generator's order is the run's
+                draws[draw] = builders[layer](rng)
+            for case in draws[draw]:
+                row = compare_case(layer, mode, case, rng)
+                row.case = case.name if draw == 0 else f"{case.name}#{draw}"
+                rows.append(row)
     return rows
