@@ -48,8 +48,8 @@ import torch
 from torch import nn
 
 from pyirg.caffeio import read_net, to_text
-from pyirg.cli import debugging
-from pyirg.options import ArgumentParser, HelpFormatter, number_problem
+from pyirg.cli import one_line_error
+from pyirg.options import ArgumentParser, number_problem
 
 #: Layer types the exporter understands (everything a deploy_net ResNet contains).
 CONVERTIBLE = tuple(
@@ -324,7 +324,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="export_onnx.py",
         description="Export a student's deploy prototxt + caffemodel to ONNX through PyTorch, "
         "check the file and compare ONNX Runtime with Caffe on one batch.",
-        formatter_class=HelpFormatter,
     )
     p.add_argument("deploy", help="deploy prototxt (pyirg.netspec.deploy_net)")
     p.add_argument("weights", help="trained .caffemodel (a distillation snapshot is fine)")
@@ -402,10 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except ValueError as err:  # ExportError, and the converters' errors naming the layer
-        if debugging():
-            raise
-        print(f"export_onnx: error: {err}", file=sys.stderr)
-        return 2
+        return one_line_error("export_onnx", err)
 
 
 __all__ = [

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from pyirg.options import ArgumentParser, HelpFormatter
+from pyirg.options import ArgumentParser
 from pyirg.verify.report import format_table, write_json
 
 
@@ -36,7 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare the Caffe IRG layers (with a NumPy float64 implementation too), "
         "the REFILLED loss layers and the distillation nets with the PyTorch reference; "
         "exit 1 on any mismatch.",
-        formatter_class=HelpFormatter,
     )
     p.add_argument("--full", action="store_true", help="every mode x case (else a subset)")
     p.add_argument("--json", metavar="OUT", help="also write the rows as JSON to OUT")
