@@ -227,7 +227,7 @@ def _keeps_n(layer: caffe_pb2.LayerParameter) -> bool:
         return getattr(layer, _KEEP_N_UNLESS_AXIS0[t]).axis != 0
     if t == "Reshape":  # along axis 0 it keeps N where its shape's first dim is 0 ("copy")
         rp = layer.reshape_param
-        return rp.axis != 0 or list(rp.shape.dim[:1]) == [0]
+        return rp.axis != 0 or (len(rp.shape.dim) > 0 and rp.shape.dim[0] == 0)
     return False
 
 

@@ -196,7 +196,10 @@ def digits_solver(
         stepvalues=(iterations // 2, iterations * 3 // 4), max_iter=iterations, **lr
     )
     test_iter = math.ceil(test_size / batch)
-    return make_solver(net, schedule, "net", test_iter, every, every, iterations, seed)
+    return make_solver(
+        net, schedule, snapshot_prefix="net", test_iter=test_iter, test_interval=every,
+        display=every, snapshot=iterations, random_seed=seed,
+    )  # fmt: skip
 
 
 def teacher_net(cfg: ExperimentConfig, teacher: ResNetSpec):

@@ -80,8 +80,9 @@ def load_setting(name: str, train_per_class: int) -> Setting:
     if name == "standard":
         fed, dataset = fed_split(students, digits)
         return Setting(name, fed, dataset, fed, dataset)
-    teacher = fed_split(load_digits_split().subset(CROSS_TEACHER), digits)
-    return Setting(name, *teacher, *fed_split(students.subset(CROSS_STUDENT), digits))
+    teacher_data, teacher_set = fed_split(load_digits_split().subset(CROSS_TEACHER), digits)
+    student_data, student_set = fed_split(students.subset(CROSS_STUDENT), digits)
+    return Setting(name, teacher_data, teacher_set, student_data, student_set)
 
 
 def _specs(setting: Setting) -> tuple[Any, Any]:

@@ -263,6 +263,9 @@ def test_sigterm_saves_snapshot_then_resume_matches(nets, feeds, reference, tmp_
 
 def test_keyboard_interrupt_saves_snapshot(nets, feeds, reference, tmp_path: Path) -> None:
     out = tmp_path / "out"
+    # What the run must put back: Python's own handler, or SIG_IGN where the test command
+    # was started in the background (a non-interactive shell's & ignores SIGINT).
+    before = signal.getsignal(signal.SIGINT)
 
     def ctrl_c() -> None:
         raise KeyboardInterrupt
@@ -272,7 +275,7 @@ def test_keyboard_interrupt_saves_snapshot(nets, feeds, reference, tmp_path: Pat
     assert info.value.signum == signal.SIGINT
     assert info.value.result.iterations == 7
     assert (out / "tiny_iter_7.caffemodel").is_file()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
     resumed = run(nets["plain"], out, feeds, seed=5, resume=True)
     assert_same_weights(resumed.weights, reference.weights)
 

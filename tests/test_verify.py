@@ -352,3 +352,16 @@ def test_verify_help_loads_no_caffe() -> None:
     )  # fmt: skip
     assert proc.returncode == 0 and "--no-refilled" in proc.stdout
     assert proc.stdout.splitlines()[-1] == "False"
+
+
+def test_refilled_defaults_are_caffe_protos_and_the_generators() -> None:
+    """verify's stand-ins for unset relation_param fields are what Caffe uses (the proto's
+    defaults, float32) and what the stage nets are generated with (RefilledConfig)."""
+    from caffe.proto import caffe_pb2
+
+    from pyirg.refilled import RefilledConfig
+
+    proto = caffe_pb2.RelationParameter()
+    for key, value in rc.DEFAULTS.items():
+        assert np.float32(getattr(proto, key)) == np.float32(value), key
+        assert getattr(RefilledConfig, key) == value, key

@@ -90,9 +90,10 @@ def time_net(
     caffe_step()  # every phase reads what a full step leaves in the blobs
     names = list(net._layer_names)
     fns: dict[str, Callable[[], object]] = {"caffe": caffe_step, **others}
-    for key, layer in phases.items():
-        i = names.index(layer)
+    index = {key: names.index(layer) for key, layer in phases.items()}
+    for key, i in index.items():  # forwards in the net's order, backwards in reverse
         fns[f"{key}_fwd"] = lambda i=i: net._forward(i, i)
+    for key, i in reversed(index.items()):
         fns[f"{key}_bwd"] = lambda i=i: net._backward(i, i)
     pools = {name: "torch" if name.startswith("torch") else "openblas" for name in fns}
     return measure(fns, pools, s.reps, s.min_sample_s, s.warmup, s.settle)

@@ -113,11 +113,14 @@ def train(
 
     ``solver``: a solver .prototxt path or a SolverParameter; ``settings`` (or keyword
     overrides of its fields, e.g. ``train(solver, out, seed=3)``): a :class:`TrainSettings`.
-    The end of training always tests and snapshots. Snapshots are ``out_dir/<basename of
-    the solver's snapshot_prefix, default "snapshot">_iter_N.{caffemodel,solverstate}``.
-    ``init_weights`` is ignored when resuming. ``out_dir`` records the run's settings
+    A ``test_interval`` or ``snapshot_interval`` of 0 disables the periodic ones; the end
+    of training always tests and snapshots. Snapshots are ``out_dir/<basename of the
+    solver's snapshot_prefix, default "snapshot">_iter_N.{caffemodel,solverstate}``. Test
+    outputs are averaged over ``test_iter`` batches of each test net, which shares the
+    train net's weights. ``init_weights`` lets runs of several nets start from identical
+    weights; it is ignored when resuming. ``out_dir`` records the run's settings
     (``run.json``): a folder holding another run is refused, and resumed only with the
-    same settings.
+    same settings; ``overwrite`` moves it aside first.
 
     Raises :class:`TrainError` (or a subclass) before training when the setup is wrong,
     :class:`~pyirg.train.TrainingInterrupted` after saving a snapshot on SIGINT/SIGTERM.

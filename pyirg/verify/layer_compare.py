@@ -42,7 +42,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -74,8 +74,9 @@ TIE_WEIGHT_SLACK = 1e-3
 
 @dataclass(frozen=True)
 class Mode:
-    """One ``irg_param`` setting (the defaults are caffe.proto's); the fields are named and
-    ordered as the references' and DistillConfig's arguments, so it passes as them."""
+    """One ``irg_param`` setting (the defaults are caffe.proto's); the fields are named as
+    the references' and DistillConfig's keyword arguments, so it passes as them
+    (``**asdict(mode)``: a field they do not take is an error, not a silent shift)."""
 
     normalize: str = "MAX"
     squared: bool = True
@@ -299,7 +300,7 @@ def torch_layer(
     """The reference layer in float64 autograd (looked up at call time, so tests can patch)."""
     xs = [torch.tensor(b, dtype=torch.float64, requires_grad=True) for b in bottoms]
     function = ref.batch_euclidean_map if layer == MAP else ref.batch_euclidean_vector
-    out = function(*xs, *astuple(mode))
+    out = function(*xs, **asdict(mode))
     out.backward(torch.tensor(g, dtype=torch.float64).reshape(out.shape))
     grads = [
         np.zeros(b.shape) if x.grad is None else x.grad.detach().numpy()

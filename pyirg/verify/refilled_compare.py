@@ -43,7 +43,7 @@ import torch
 from caffe.proto import caffe_pb2
 
 from pyirg.caffeio import caffe_net
-from pyirg.refilled import CENTERS, FIXED, MODES, RefilledConfig
+from pyirg.refilled import CENTERS, FIXED, MODES
 from pyirg.torch import refilled as ref
 from pyirg.verify.layer_compare import forward_backward, one_layer_net, pooled
 from pyirg.verify.report import CAFFE_ROW, EPS32, FLOAT_TOL, MISSING, Row, errors, make_row
@@ -52,11 +52,9 @@ TRIPLET_LAYER, CENTER_LAYER = "TripletRelationLoss", "LocalCenterKDLoss"
 LAYERS = (TRIPLET_LAYER, CENTER_LAYER)
 #: The settings each layer is checked in (caffe.proto's enum names).
 LAYER_MODES = {TRIPLET_LAYER: MODES, CENTER_LAYER: CENTERS}
-#: relation_param's defaults (caffe.proto's, the authors'), where a case leaves one unset.
-DEFAULTS = {
-    key: getattr(RefilledConfig, key)
-    for key in ("margin", "tau1", "scale", "tau2", "teaching_weight")
-}
+#: relation_param's defaults (caffe.proto's, the authors'), where a case leaves one unset;
+#: written out, not read from pyirg.refilled, so a test can hold both against the proto.
+DEFAULTS = {"margin": 0.2, "tau1": 4.0, "scale": 1000.0, "tau2": 2.0, "teaching_weight": 100.0}
 #: Smallest distance of a nonzero mining gap from 0 and from the margin (see above).
 MINING_SLACK = 1e-5
 #: Random draws tried before a case generator gives up on the mining clearance.
