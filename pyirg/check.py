@@ -475,7 +475,8 @@ def _instance_sizes(
     layer: caffe_pb2.LayerParameter, known: list[_Blob | None]
 ) -> list[tuple[int | None, int | None]]:
     """(channels, per-instance size) of each top, where the layer makes them known: just
-    enough to follow pooled features to an IRG vector layer (see ``vector-size``)."""
+    enough to follow pooled features to an IRG vector layer (see ``vector-size``);
+    anything else is unknown, and unknown is never reported."""
     t, n = layer.type, len(layer.top)
     first = known[0] if known else None
     c0, d0 = (first.channels, first.size) if first is not None else (None, None)
