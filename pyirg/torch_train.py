@@ -349,6 +349,8 @@ def train(cfg: TorchTrainSettings) -> dict[str, Any]:
         if rank == 0 and "test_accuracy" in row:
             _write_metrics(out, rows)
     bar.close()
+    if not row and rows:  # a resume of a finished run: its last recorded row
+        row = rows[-1]
     run.save_student()
     if rank == 0:
         _write_metrics(out, rows)

@@ -124,6 +124,10 @@ def test_one_process_run_and_folder_rules(tmp_path: Path) -> None:
             "--batch", "4", "--no-progress")  # fmt: skip
     assert run_pyirg(*base).returncode == 0
     assert (out / "student.caffemodel").is_file() and (out / "student_deploy.prototxt").is_file()
+    # A resume of the finished run trains nothing and reports the run's accuracy, not NaN.
+    accuracy = json.loads((out / "metrics.json").read_text())[-1]["test_accuracy"]
+    finished = run_pyirg(*base, "--resume")
+    assert finished.returncode == 0 and f"test accuracy {accuracy:.4f};" in finished.stdout
     again = run_pyirg(*base)
     assert again.returncode == 2 and "already holds a run" in again.stderr
     other = run_pyirg(*base, "--resume", "--batch", "8")
