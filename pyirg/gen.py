@@ -37,6 +37,7 @@ from google.protobuf.message import Message
 
 from pyirg.arch import WIDTHS, cifar_resnet
 from pyirg.caffeio import write_text
+from pyirg.check import check_net
 from pyirg.data.core import DATASETS
 from pyirg.distill import (
     BACKWARD,
@@ -277,6 +278,11 @@ def custom_files(req: NetRequest, net_dir: str) -> dict[str, Message]:
             **req.weights(),
         )
         net, prefix = distill_net(cfg), cfg.student_prefix
+    # What pyirg check would refuse (an IRG term over a batch of one, ...) is not written.
+    found = check_net(net, student_prefix=prefix or STUDENT_PREFIX, check_files=False)
+    errors = [p for p in found if p.is_error]
+    if errors:
+        raise ValueError(f"the net would not train: {errors[0]}")
     size = dataset.size
     deploy = deploy_net(student, prefix, channels=dataset.channels, height=size, width=size)
     return _net_files(stem, net, deploy, data, req.schedule(), net_dir)
@@ -322,6 +328,14 @@ def unused_or_invalid(args: argparse.Namespace, parser: argparse.ArgumentParser)
         value = getattr(args, name)
         if value is not None and value < 1:
             return f"{flag[name]} must be >= 1, got {value}"
+    steps = SCHEDULES[args.dataset].stepvalues
+    if args.max_iter is not None and args.stepvalues is None and max(steps) >= args.max_iter:
+        half, three_quarters = args.max_iter // 2, args.max_iter * 3 // 4
+        return (
+            f"--max-iter {args.max_iter} ends before {args.dataset}'s learning-rate steps "
+            f"{steps}: give --stepvalues too (at 50% and 75%: --stepvalues {half} "
+            f"{three_quarters})"
+        )
     numbers = [(n, True) for n in ("teacher_width", "student_width")]
     numbers += [(n, False) for n in (*WEIGHT_OPTIONS.values(), "base_lr", "weight_decay")]
     for name, positive in numbers:

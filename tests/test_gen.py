@@ -69,6 +69,12 @@ def test_gen_cli_other_pairs_and_errors(capsys: pytest.CaptureFixture[str]) -> N
         (["--method", "MTK", "--teacher-width", "-1"], "--teacher-width must be a positive"),
         (["--method", "IRG", "--logits-weight", "inf"], "--logits-weight must be a finite"),
         (["--method", "IRG", "--edge-weight", "-0.1"], "--edge-weight must be a finite"),
+        # a net pyirg check would refuse is not written
+        (["--method", "IRG", "--train-batch", "1"], "would not train: ERROR irg-batch-1"),
+        (["--method", "IRG-t", "--train-batch", "1"], "would not train: ERROR irg-batch-1"),
+        # the data set's lr steps past --max-iter: the fix is named
+        (["--method", "IRG", "--dataset", "digits", "--max-iter", "40"], "--stepvalues 20 30"),
+        (["--method", "baseline", "--max-iter", "1000"], "give --stepvalues too"),
     ],
 )
 def test_gen_refuses_instead_of_ignoring(argv, message, tmp_path: Path, capsys) -> None:
