@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -117,15 +118,25 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"pyirg {name}: error: {_fix_for_import(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug:
             raise
+        # A training stopped by SIGINT/SIGTERM (pyirg.train.TrainingInterrupted) says which
+        # signal, where it stopped and what it saved; a bare Ctrl-C is SIGINT.
+        signum = getattr(e, "signum", signal.SIGINT)
+        result = getattr(e, "result", None)
+        how = (
+            "interrupted"
+            if signum == signal.SIGINT
+            else f"stopped by {signal.Signals(signum).name}"
+        )
+        if result is not None:
+            how += f" at iteration {result.iterations} (saved {result.solverstate})"
         print(
-            f"pyirg {name}: interrupted; run the same command again to resume "
-            "(train: add --resume)",
+            f"pyirg {name}: {how}; run the same command again to resume (train: add --resume)",
             file=sys.stderr,
         )
-        return 130
+        return 128 + signum
     except _expected() as e:
         if debug:
             raise
