@@ -765,6 +765,12 @@ def test_generated_input_solvers_test_and_labels_past_the_classes_are_refused(
 
     text_format.Merge((nets / "solver_b5.prototxt").read_text(), solver)
     assert list(solver.test_iter) and solver.test_iter[0] >= 1
+    # Without the arrays to feed it, the refusal names the option that gives them.
+    proc = run_pyirg(
+        "train", "--solver", str(nets / "solver_b5.prototxt"),
+        "--out", str(tmp_path / "unfed"), "--max-iter", "4", "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Input-fed" in proc.stderr and "--npy-data" in proc.stderr
     data = tmp_path / "digits"
     assert run_pyirg("prepare-data", "digits", str(data), "--quiet").returncode == 0
     proc = run_pyirg(

@@ -245,10 +245,13 @@ def _check_feeds(csolver: Any, s: TrainSettings, source: str) -> None:
     if csolver.net.inputs and s.batch_fn is None:
         raise TrainError(
             f"{source}: the train net is Input-fed ({', '.join(csolver.net.inputs)}) "
-            "but no batch_fn was given"
+            "but no batch_fn was given (pyirg train: --npy-data DIR, a prepare-data folder)"
         )
     if any(t.inputs for t in csolver.test_nets) and s.test_batch_fn is None:
-        raise TrainError(f"{source}: the test net is Input-fed but no test_batch_fn was given")
+        raise TrainError(
+            f"{source}: the test net is Input-fed but no test_batch_fn was given "
+            "(pyirg train: --npy-data DIR, a prepare-data folder)"
+        )
     if s.test_interval and not csolver.test_nets:
         print(
             f"notice: {source}: the solver has no test_iter, so there is no test net: "
