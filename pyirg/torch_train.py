@@ -46,7 +46,7 @@ from pyirg.data.core import DATASETS as GEOMETRY
 from pyirg.data.core import DataSplit
 from pyirg.data.feed import FedSplit
 from pyirg.data.fsutil import atomic_output, atomic_write_text
-from pyirg.options import from_args, option, parser_for
+from pyirg.options import flag_name, from_args, number_problem, option, parser_for
 from pyirg.torch.distributed import GATHER_SECONDS
 from pyirg.torch.losses import GRAPHS, IRGLoss
 from pyirg.torch.losses import METHODS as IRG_METHODS
@@ -98,6 +98,8 @@ class TorchTrainSettings:
             raise ValueError("--out is required: the run folder")
         if self.method != "baseline" and not self.teacher_weights:
             raise ValueError(f"--method {self.method} needs --teacher-weights (a .caffemodel)")
+        if self.method == "baseline" and self.teacher_weights:
+            raise ValueError("--teacher-weights: not used by --method baseline (no teacher)")
         if self.teacher_weights and not Path(self.teacher_weights).is_file():
             raise ValueError(f"--teacher-weights {self.teacher_weights}: no such file")
         for name in ("batch", "iters"):
@@ -107,6 +109,17 @@ class TorchTrainSettings:
             raise ValueError(f"--stop-at must lie in [1, --iters {self.iters}], got {self.stop_at}")
         if self.dataset != "digits" and not self.data_dir:
             raise ValueError(f"--dataset {self.dataset} needs --data-dir (pyirg prepare-data)")
+        for name, positive in (("base_lr", True), ("weight_decay", False)):
+            problem = number_problem(flag_name(name), getattr(self, name), positive=positive)
+            if problem:
+                raise ValueError(problem)
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"--momentum must lie in [0, 1), got {self.momentum}")
+        for name in ("test_interval", "snapshot"):
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
+                )
 
 
 def _ranks() -> tuple[int, int]:
@@ -322,8 +335,9 @@ def train(cfg: TorchTrainSettings) -> dict[str, Any]:
     record = {"settings": asdict(cfg), "ranks": world}
     if rank == 0:
         _check_folder(cfg, record)
+    run = _Run(cfg)  # before the folder is made: a bad teacher or data set leaves no --out
+    if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    run = _Run(cfg)
     if cfg.resume:
         run.restore()
     rows: list[dict[str, Any]] = []

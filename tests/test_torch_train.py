@@ -110,12 +110,19 @@ def test_student_caffemodel_runs_in_caffe_as_in_pytorch(runs: tuple[Path, Path])
         (("--method", "baseline", "--stop-at", "9", "--iters", "4"), "--stop-at must lie in"),
         (("--method", "baseline", "--dataset", "cifar10"), "needs --data-dir"),
         (("--method", "baseline", "--resume"), "holds no run"),
+        (("--method", "baseline", "--teacher-weights", __file__), "not used by --method baseline"),
+        (("--method", "baseline", "--base-lr", "-1"), "--base-lr must be a positive finite"),
+        (("--method", "baseline", "--weight-decay", "nan"), "--weight-decay must be a finite"),
+        (("--method", "baseline", "--momentum", "1"), "--momentum must lie in [0, 1)"),
+        (("--method", "baseline", "--snapshot", "-1"), "--snapshot must be >= 0"),
+        (("--method", "baseline", "--data-dir", "/nonexistent"), "/nonexistent"),
     ],
 )
 def test_bad_settings_are_refused(argv: tuple[str, ...], message: str, tmp_path: Path) -> None:
     proc = run_pyirg("torch-train", "--out", str(tmp_path / "r"), *argv)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()  # a refused start leaves no run folder behind
 
 
 def test_one_process_run_and_folder_rules(tmp_path: Path) -> None:
