@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -51,6 +52,7 @@ from pyirg.torch.distributed import GATHER_SECONDS
 from pyirg.torch.losses import GRAPHS, IRGLoss
 from pyirg.torch.losses import METHODS as IRG_METHODS
 from pyirg.torch.resnet import CifarResNet
+from pyirg.train.loop import stop_on_signals
 
 METHODS = ("baseline", *IRG_METHODS)
 DATASETS = ("digits", "cifar10", "cifar100")
@@ -215,6 +217,16 @@ class _Run:
         if self.rank == 0:
             print(f"torch-train: resumed from {found[-1].name} (iteration {self.start})")
 
+    def agreed_stop(self, signum: int | None) -> int:
+        """The signal that stops the run after this iteration (0: none), the same on every
+        rank: one rank's SIGTERM stops all of them at the same iteration, with one
+        checkpoint, instead of leaving the others waiting in a collective."""
+        if self.world == 1:
+            return signum or 0
+        flag = torch.tensor([signum or 0], dtype=torch.int64, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
     def save_checkpoint(self, iteration: int) -> None:
         if self.rank:
             return
@@ -298,6 +310,14 @@ class _Run:
         return float(correct[0] / correct[1])
 
 
+class TrainingStopped(Exception):
+    """SIGINT/SIGTERM stopped the run after ``iteration``, its checkpoint saved."""
+
+    def __init__(self, iteration: int, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum} after iteration {iteration}")
+        self.iteration, self.signum = iteration, signum
+
+
 def _write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "iter", k))
     lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]
@@ -350,18 +370,23 @@ def train(cfg: TorchTrainSettings) -> dict[str, Any]:
     bar = tqdm(total=end, initial=run.start, desc="torch-train", unit="it",
                disable=rank != 0 or not cfg.progress)  # fmt: skip
     row: dict[str, Any] = {}
-    for iteration in range(run.start, end):
-        row = {"iter": iteration + 1, **run.step(iteration)}
-        done = iteration + 1
-        if done == end or (cfg.test_interval and done % cfg.test_interval == 0):
-            row["test_accuracy"] = run.test_accuracy()
-        if done == end or (cfg.snapshot and done % cfg.snapshot == 0):
-            run.save_checkpoint(done)
-        rows.append(row)
-        bar.set_postfix(loss=f"{row['total']:.4f}")
-        bar.update(1)
-        if rank == 0 and "test_accuracy" in row:
-            _write_metrics(out, rows)
+    with stop_on_signals() as stop:
+        for iteration in range(run.start, end):
+            row = {"iter": iteration + 1, **run.step(iteration)}
+            done = iteration + 1
+            if done == end or (cfg.test_interval and done % cfg.test_interval == 0):
+                row["test_accuracy"] = run.test_accuracy()
+            signum = run.agreed_stop(stop.signum)
+            if done == end or (cfg.snapshot and done % cfg.snapshot == 0) or signum:
+                run.save_checkpoint(done)
+            rows.append(row)
+            bar.set_postfix(loss=f"{row['total']:.4f}")
+            bar.update(1)
+            if rank == 0 and ("test_accuracy" in row or signum):
+                _write_metrics(out, rows)
+            if signum and done < end:
+                bar.close()
+                raise TrainingStopped(done, signum)
     bar.close()
     if not row and rows:  # a resume of a finished run: its last recorded row
         row = rows[-1]
@@ -392,6 +417,12 @@ def main(argv: list[str] | None = None) -> int:
         train(from_args(TorchTrainSettings, args))
     except ValueError as e:
         return one_line_error("torch-train", e)
+    except TrainingStopped as e:
+        if _ranks()[0] == 0:
+            print(f"torch-train: {signal.Signals(e.signum).name} at iteration {e.iteration}: "
+                  f"saved checkpoint_{e.iteration}.pt; continue with --resume",
+                  file=sys.stderr)  # fmt: skip
+        return 128 + e.signum
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -165,3 +165,39 @@ def test_ddp_benchmark_reports_the_gathers(tmp_path: Path) -> None:
     assert [r["edges_per_layer_per_rank"] for r in results] == [64, 64, 256]
     assert results[0]["gather_ms"] == 0 and results[2]["gather_ms"] > 0
     assert "(K x B)^2 edges" in proc.stdout
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path: Path) -> None:
+    """SIGTERM (what a scheduler or torchrun sends) stops after the iteration in progress
+    with a checkpoint there, one line naming it, and status 143; --resume continues."""
+    import re
+    import signal
+    import time
+
+    out = tmp_path / "r"
+    base = ["--out", str(out), "--method", "baseline", "--batch", "4", "--snapshot", "0",
+            "--test-interval", "0", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyirg", "torch-train", *base, "--iters", "100000"],
+        cwd=REPO, env=PYIRG_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (out / "run.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # some iterations into the loop
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    stopped = re.search(r"SIGTERM at iteration (\d+): saved checkpoint_(\d+)\.pt", err)
+    assert stopped and stopped.group(1) == stopped.group(2), err
+    n = int(stopped.group(1))
+    assert (out / f"checkpoint_{n}.pt").is_file() and not (out / "student.caffemodel").exists()
+    assert [r["iter"] for r in json.loads((out / "metrics.json").read_text())] == list(
+        range(1, n + 1)
+    )
+    resumed = run_pyirg("torch-train", *base, "--iters", "100000", "--stop-at", str(n + 2),
+                        "--resume")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from checkpoint_{n}.pt (iteration {n})" in resumed.stdout
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [r["iter"] for r in rows] == list(range(1, n + 3))
