@@ -30,7 +30,14 @@ from pyirg.cli import one_line_error
 from pyirg.data.core import DATASETS, DataError, Dataset, DataSplit
 from pyirg.data.feed import FedSplit
 from pyirg.data.fsutil import atomic_write_text
-from pyirg.options import config_record, from_args, option, parser_for
+from pyirg.options import (
+    config_record,
+    flag_name,
+    from_args,
+    number_problem,
+    option,
+    parser_for,
+)
 
 RESULTS = "refilled.json"
 
@@ -90,6 +97,17 @@ class TwoStageSettings:
         "train --student alone with cross-entropy (stage 2's schedule, no teacher): a "
         "baseline, or a teacher for a later run",
     )
+
+    def check(self) -> None:
+        """Refuse, by option name, the numbers the stages' nets and schedules cannot take
+        (stage 1's cosine needs two iterations); the loss settings RefilledConfig checks."""
+        for name, least in (("batch", 1), ("stage1_iter", 2), ("stage2_iter", 1)):
+            if getattr(self, name) < least:
+                raise ValueError(f"{flag_name(name)} must be >= {least}, got {getattr(self, name)}")
+        for name, positive in (("lr1", True), ("lr2", True), ("weight_decay", False)):
+            problem = number_problem(flag_name(name), getattr(self, name), positive=positive)
+            if problem:
+                raise ValueError(problem)
 
 
 def fed_split(split: DataSplit, base: Dataset) -> tuple[FedSplit, Dataset]:
@@ -219,6 +237,7 @@ def run(s: TwoStageSettings) -> dict[str, Any]:
     from pyirg.data.writer import read_npy_split
     from pyirg.refilled import describe
 
+    s.check()
     split = read_npy_split(s.data_dir)
     fed, dataset = fed_split(split.subset(s.classes) if s.classes else split, DATASETS[s.dataset])
     cfg = refilled_config(s, dataset)

@@ -125,6 +125,24 @@ def test_bad_settings_are_refused_by_name() -> None:
         two_stage.parse_network("wrn-16", 10, 1)
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--stage1-iter", "1"], "--stage1-iter must be >= 2, got 1"),
+        (["--stage2-iter", "0"], "--stage2-iter must be >= 1, got 0"),
+        (["--batch", "0"], "--batch must be >= 1, got 0"),
+        (["--lr1", "-1"], "--lr1 must be a positive finite number"),
+        (["--lr2", "nan"], "--lr2 must be a positive finite number"),
+        (["--weight-decay", "-0.1"], "--weight-decay must be a finite number >= 0"),
+    ],
+)
+def test_pyirg_refilled_names_the_option_it_refuses(argv, message, tmp_path, capsys) -> None:
+    """Before any data is read or folder made: the schedules' own complaints named no option."""
+    out = tmp_path / "run"
+    assert two_stage.main(["--data-dir", str(tmp_path / "none"), "--out", str(out), *argv]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
 def test_pyirg_refilled_runs_both_stages_cross_task(tmp_path: Path, capsys) -> None:
     from pyirg import prepare
 
