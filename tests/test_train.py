@@ -817,3 +817,26 @@ def test_a_fifo_solver_is_refused_not_waited_on(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     proc = run_pyirg("train", "--solver", str(fifo), "--out", str(tmp_path / "o"), timeout=60)
     assert proc.returncode == 2 and "not a regular file" in proc.stderr
+
+
+def test_a_refusal_listing_a_whole_net_stays_one_readable_line(tmp_path: Path) -> None:
+    """A teacher of another depth mismatches every layer: the message names the first few
+    and counts the rest instead of printing kilobytes on one line."""
+    from pyirg.caffeio import write_binary
+    from pyirg.train import TeacherWeightsError
+    from pyirg.train.weights import check_weights
+
+    weights = caffe_pb2.NetParameter(name="teacher")
+    for i in range(40):
+        blob = weights.layer.add(name=f"conv{i}", type="Convolution").blobs.add()
+        blob.shape.dim.extend([8, 8, 3, 3])
+    write_binary(tmp_path / "t.caffemodel", weights)
+    shapes = {f"conv{i}": [(16, 8, 3, 3)] for i in range(40)}
+    with pytest.raises(TeacherWeightsError) as info:
+        check_weights(shapes, tmp_path / "t.caffemodel")
+    text = str(info.value)
+    assert "layer 'conv0' blob 0: weights (8, 8, 3, 3) vs net (16, 8, 3, 3)" in text
+    assert "(34 more, 40 in all)" in text and "conv39" not in text and len(text) < 600
+    with pytest.raises(TeacherWeightsError) as info:
+        check_weights({}, tmp_path / "t.caffemodel", required=[f"fc{i}" for i in range(9)])
+    assert "fc5, ... (3 more, 9 in all)" in str(info.value)

@@ -57,6 +57,14 @@ def net_param_shapes(nets: Sequence[Any]) -> NetShapes:
     return shapes
 
 
+def _some(items: Sequence[str], most: int = 6, sep: str = ", ") -> str:
+    """The first ``most`` of ``items`` and how many more: a refusal stays one readable
+    line when a whole net's layers are wrong (a teacher of another depth)."""
+    if len(items) <= most:
+        return sep.join(items)
+    return f"{sep.join(items[:most])}{sep}... ({len(items) - most} more, {len(items)} in all)"
+
+
 def check_weights(
     net_shapes: NetShapes,
     weights: PathLike,
@@ -74,7 +82,7 @@ def check_weights(
     missing = [name for name in required if not source.get(name)]
     if missing:
         raise TeacherWeightsError(
-            f"{weights}: no weights for {role} layer(s) {', '.join(missing)}; "
+            f"{weights}: no weights for {role} layer(s) {_some(missing)}; "
             "they would stay uninitialised"
         )
     problems = []
@@ -91,7 +99,7 @@ def check_weights(
             if not blob_fits(shape, legacy, want):
                 problems.append(f"layer '{name}' blob {i}: weights {shape} vs net {want}")
     if problems:
-        raise TeacherWeightsError(f"{weights}: shape mismatch: " + "; ".join(problems))
+        raise TeacherWeightsError(f"{weights}: shape mismatch: {_some(problems, sep='; ')}")
 
 
 def require_finite(net: Any, layers: Sequence[str], source: PathLike) -> None:
@@ -104,7 +112,7 @@ def require_finite(net: Any, layers: Sequence[str], source: PathLike) -> None:
     ]
     if bad:
         raise TeacherWeightsError(
-            f"{source}: non-finite (NaN/inf) weights in layer(s) {', '.join(bad)}"
+            f"{source}: non-finite (NaN/inf) weights in layer(s) {_some(bad)}"
         )
 
 
@@ -143,7 +151,7 @@ def load_teacher(
         require_finite(solver.net, teacher, teacher_weights)
     elif teacher and required:
         raise TeacherWeightsError(
-            f"{source}: teacher layer(s) {', '.join(teacher)} have parameters "
+            f"{source}: teacher layer(s) {_some(teacher)} have parameters "
             "but no teacher weights were given (--teacher-weights)"
         )
     return distill
