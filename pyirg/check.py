@@ -620,6 +620,44 @@ def _lmdb_datum_shape(source: str) -> tuple[int, int, int] | None:
         return None
 
 
+def _lmdb_entries(source: str) -> int | None:
+    """How many records an LMDB holds, or None when it cannot be read."""
+    try:
+        import lmdb
+
+        env = lmdb.open(source, readonly=True, lock=False, subdir=Path(source).is_dir())
+        entries = env.stat()["entries"]
+        env.close()
+        return int(entries)
+    except Exception:
+        return None
+
+
+def lmdb_test_coverage(net: caffe_pb2.NetParameter, test_iter: int) -> list[str]:
+    """Warnings for a test pass that does not read its LMDB exactly once: Caffe averages
+    over ``test_iter`` batches, wrapping around, so 8 x 100 on 797 images counts 3 of them
+    twice in the accuracy, and too few batches leave images untested."""
+    warnings = []
+    for layer in net.layer:
+        dp = layer.data_param
+        if layer.type != "Data" or dp.backend != caffe_pb2.DataParameter.LMDB:
+            continue
+        entries = _lmdb_entries(dp.source) if included(layer, caffe_pb2.TEST) else None
+        read = test_iter * dp.batch_size
+        if entries and read != entries:
+            what = (
+                f"{read - entries} counted twice"
+                if read > entries
+                else (f"{entries - read} never tested")
+            )
+            warnings.append(
+                f"a test pass reads test_iter {test_iter} x batch_size {dp.batch_size} = {read} "
+                f"images of {dp.source!r} ({layer.name}), which holds {entries}: {what} in the "
+                f"test accuracy (test_iter x batch_size = {entries} reads each image once)"
+            )
+    return warnings
+
+
 def _mean_shape(path: str) -> tuple[int, int, int] | None:
     """(C, H, W) of a mean .binaryproto, or None when it cannot be read."""
     try:

@@ -413,3 +413,31 @@ def test_a_fifo_net_is_refused_not_waited_on(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     proc = run_pyirg("check", str(fifo), timeout=60)
     assert proc.returncode != 0 and "not a regular file" in proc.stdout + proc.stderr
+
+
+def test_a_test_pass_that_wraps_or_stops_short_of_its_lmdb_is_named(tmp_path: Path) -> None:
+    """Caffe's test accuracy averages test_iter batches, wrapping around the LMDB: 8 x 100
+    on the digits' 797 test images counts 3 of them twice."""
+    import numpy as np
+
+    from pyirg.check import lmdb_test_coverage
+    from pyirg.data.writer import write_datum_lmdb
+
+    source = tmp_path / "test_lmdb"
+    write_datum_lmdb(source, np.zeros((10, 1, 2, 2), np.uint8), np.zeros(10, np.int64))
+    net = caffe_pb2.NetParameter()
+    train = net.layer.add(name="train_data", type="Data", include=[{"phase": caffe_pb2.TRAIN}])
+    train.data_param.source, train.data_param.batch_size = str(source), 3
+    test = net.layer.add(name="test_data", type="Data", include=[{"phase": caffe_pb2.TEST}])
+    test.data_param.source, test.data_param.batch_size = str(source), 4
+    test.data_param.backend = train.data_param.backend = caffe_pb2.DataParameter.LMDB
+    (twice,) = lmdb_test_coverage(net, 3)
+    assert (
+        "test_iter 3 x batch_size 4 = 12 images" in twice and "holds 10: 2 counted twice" in twice
+    )
+    (short,) = lmdb_test_coverage(net, 2)
+    assert "holds 10: 2 never tested" in short and "test_data" in short
+    test.data_param.batch_size = 5
+    assert (
+        lmdb_test_coverage(net, 2) == []
+    )  # exactly once: nothing to say (the TRAIN layer is not read)

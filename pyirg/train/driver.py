@@ -137,7 +137,12 @@ def train(
         claim_run_folder(out, resume=s.resume, overwrite=s.overwrite)
     param, net_param, source = prepare_solver_param(solver, s.net, out_dir=out)
     if s.preflight:
-        for warning in run_preflight(net_param, source, student_prefix=s.student_prefix):
+        warnings = run_preflight(net_param, source, student_prefix=s.student_prefix)
+        if param.test_iter:
+            from pyirg.check import lmdb_test_coverage
+
+            warnings += lmdb_test_coverage(net_param, param.test_iter[0])
+        for warning in warnings:
             print(f"warning: {source}: {warning}", file=sys.stderr)
     s = _resolved(s, param)
     name = snapshot_name(param.snapshot_prefix)
