@@ -779,6 +779,11 @@ def test_generated_input_solvers_test_and_labels_past_the_classes_are_refused(
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "5 classes" in proc.stderr and "labels" in proc.stderr
+    proc = run_pyirg(
+        "train", "--solver", str(nets / "solver_b5.prototxt"), "--npy-data", str(data),
+        "--out", str(tmp_path / "run"), "--pad", "-1",
+    )  # fmt: skip
+    assert proc.returncode == 2 and "train: error: --pad must be >= 0, got -1" in proc.stderr
 
 
 def test_nan_teacher_weights_are_refused(tmp_path: Path) -> None:

@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 scale = json.loads(info.read_text()).get("scale", 1.0) if info.is_file() else 1.0
             elif not math.isfinite(scale):
                 raise TrainError(f"--scale must be a finite number, got {scale}")
+            if args.pad < 0:
+                raise TrainError(f"--pad must be >= 0, got {args.pad}")
             batch_fn, test_batch_fn = npy_batch_fns(
                 args.npy_data,
                 net_param,
