@@ -447,6 +447,14 @@ def test_cli_refusal_is_reported(nets, tmp_path: Path, capsys) -> None:
     argv = ["--solver", str(solver), "--out", str(tmp_path / "out"), "--no-preflight"]
     assert main([*argv, "--no-progress"]) == 2
     assert "ip1, ip2" in capsys.readouterr().err
+    # Counts below their least are named as the option given (else as the solver's field).
+    for option, value, text in (
+        ("--max-iter", "0", "--max-iter must be >= 1, got 0"),
+        ("--test-interval", "-5", "--test-interval must be >= 0, got -5"),
+        ("--snapshot-interval", "-1", "--snapshot-interval must be >= 0, got -1"),
+    ):
+        assert main([*argv, option, value]) == 2
+        assert text in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ shared initial weights

@@ -34,7 +34,7 @@ from pyirg.caffeio import (
 )
 from pyirg.data.feed import BatchFn
 from pyirg.distill import STUDENT_PREFIX
-from pyirg.options import option
+from pyirg.options import flag_name, option
 from pyirg.train import PreflightError, TrainError, TrainResult
 from pyirg.train.folder import (
     TMP_PREFIX,
@@ -192,20 +192,21 @@ def _run_info(solver: Any, source: str, s: TrainSettings, distill: bool) -> dict
     }
 
 
-def _resolved(s: TrainSettings, param: Any) -> TrainSettings:
-    """``s`` with the solver's own values where no override was given, all checked."""
-    s = dataclasses.replace(
-        s,
-        max_iter=param.max_iter if s.max_iter is None else s.max_iter,
-        test_interval=param.test_interval if s.test_interval is None else s.test_interval,
-        snapshot_interval=param.snapshot if s.snapshot_interval is None else s.snapshot_interval,
-    )
-    if s.max_iter <= 0:
-        raise TrainError(f"max_iter must be positive, got {s.max_iter}")
+def _resolved(given: TrainSettings, param: Any) -> TrainSettings:
+    """``given`` with the solver's own values where no override was given, all checked."""
+    own = {
+        "max_iter": param.max_iter,
+        "test_interval": param.test_interval,
+        "snapshot_interval": param.snapshot,
+    }
+    s = dataclasses.replace(given, **{k: v for k, v in own.items() if getattr(given, k) is None})
+    for name, least in (("max_iter", 1), ("test_interval", 0), ("snapshot_interval", 0)):
+        if getattr(s, name) < least:  # named as the option given, else the solver's field
+            field = "snapshot" if name == "snapshot_interval" else name
+            what = f"the solver's {field}" if getattr(given, name) is None else flag_name(name)
+            raise TrainError(f"{what} must be >= {least}, got {getattr(s, name)}")
     if s.seed < 0:
         raise TrainError(f"--seed must be >= 0 (Caffe's random seed is unsigned), got {s.seed}")
-    if s.test_interval < 0 or s.snapshot_interval < 0:
-        raise TrainError("test_interval and snapshot_interval must be >= 0")
     if s.batch_fn is not None and param.iter_size > 1:
         raise TrainError("batch_fn feeds one batch per iteration; iter_size > 1 would reuse it")
     return s
