@@ -350,13 +350,13 @@ def run(args: argparse.Namespace) -> int:
     problem = number_problem("--atol", args.atol, positive=True)
     if problem:
         raise ExportError(problem)
+    deploy = read_deploy(args.deploy, args.prefix, args.depth, args.width)
+    model = build_model(deploy, args.weights)
+    x = input_batch(deploy, args.batch, args.input, args.seed)
     output = Path(args.output)
     if output.is_dir() or not output.parent.is_dir():
         where = "is a folder" if output.is_dir() else f"has no folder {output.parent}"
         raise ExportError(f"output {output} {where}: give the path of the .onnx file to write")
-    deploy = read_deploy(args.deploy, args.prefix, args.depth, args.width)
-    model = build_model(deploy, args.weights)
-    x = input_batch(deploy, args.batch, args.input, args.seed)
     import onnx
 
     try:

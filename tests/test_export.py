@@ -194,7 +194,7 @@ def test_fifo_inputs_are_refused_not_waited_on(student, tmp_path, capsys) -> Non
 
 
 def test_an_output_path_without_a_file_to_write_is_named(student, tmp_path, capsys) -> None:
-    """Before the model is built: an errno alone named neither the path nor the fix."""
+    """Before the export: an errno alone named neither the path nor the fix."""
     deploy, weights, _ = student
     err = _error(capsys, str(deploy), str(weights), str(tmp_path / "none" / "s.onnx"))
     assert f"has no folder {tmp_path / 'none'}" in err

@@ -455,6 +455,10 @@ def test_cli_refusal_is_reported(nets, tmp_path: Path, capsys) -> None:
     ):
         assert main([*argv, option, value]) == 2
         assert text in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused starts leave no folder behind
+    nested = tmp_path / "a" / "b" / "run"  # nor the parents they made for it
+    assert main(["--solver", str(tmp_path / "none.prototxt"), "--out", str(nested)]) == 2
+    assert not (tmp_path / "a").exists()
 
 
 # ------------------------------------------------------------------ shared initial weights
@@ -627,6 +631,7 @@ def test_gpu_on_a_cpu_only_build_is_refused(nets, feeds, tmp_path: Path) -> None
         pytest.skip("this Caffe is a CUDA build")
     with pytest.raises(TrainError, match="CPU_ONLY build"):
         run(nets["plain"], tmp_path / "out", feeds, gpu=0)
+    assert not (tmp_path / "out").exists()  # the folder it made is gone again
     # a run refused during set-up leaves no record: the same --out works afterwards
     assert run(nets["plain"], tmp_path / "out", feeds, max_iter=2).iterations == 2
 

@@ -80,6 +80,9 @@ class TrainResult:
 class TrainError(RuntimeError):
     """Training cannot start or continue; the message names the file or layer."""
 
+    #: Raised by the loop, not the set-up: the run folder holds what it trained so far.
+    started = False
+
 
 class TeacherWeightsError(TrainError):
     """Teacher weights are missing, incomplete or of the wrong shape."""

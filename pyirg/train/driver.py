@@ -133,6 +133,20 @@ def train(
     caffe = import_caffe()
     out = Path(out_dir).resolve()
     lead = s.solver_rank == 0  # the one process that writes to OUT
+    # The outermost folder this call creates: a start refused during set-up removes it
+    # again, so a typo leaves no empty or half-written run folder behind.
+    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
+    try:
+        return _train(caffe, solver, out, s, lead)
+    except TrainError as e:
+        if lead and created is not None and not e.started:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _train(caffe: Any, solver: PathLike | Any, out: Path, s: TrainSettings, lead: bool) -> Any:
+    """:func:`train` after the settings are merged: set-up, then the loop; a TrainError
+    raised by the loop is marked ``started`` (its folder holds the run so far)."""
     if lead:
         claim_run_folder(out, resume=s.resume, overwrite=s.overwrite)
     param, net_param, source = prepare_solver_param(solver, s.net, out_dir=out)
@@ -172,7 +186,11 @@ def train(
             run.nccl = join_nccl(caffe, csolver, s.nccl_uid)
         if lead:
             record_run(out, record)
-        return run.run()
+        try:
+            return run.run()
+        except TrainError as e:
+            e.started = True
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
