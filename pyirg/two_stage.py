@@ -238,6 +238,11 @@ def run(s: TwoStageSettings) -> dict[str, Any]:
     from pyirg.refilled import describe
 
     s.check()
+    if len(s.classes) == 1:
+        raise ValueError(
+            f"--classes {s.classes[0]}: one class has no relations to distill and nothing to "
+            "tell apart; give two or more"
+        )
     split = read_npy_split(s.data_dir)
     fed, dataset = fed_split(split.subset(s.classes) if s.classes else split, DATASETS[s.dataset])
     cfg = refilled_config(s, dataset)
