@@ -196,7 +196,10 @@ class NetRequest:
     dataset: str = option("cifar10", "data set", DATA, choices=GEN_DATASETS)
     data: str = option("lmdb", "data layer kind", DATA, choices=DATA_KINDS)
     train_batch: int | None = option(None, "train batch (else 64 distillation, 128 baseline)", DATA)
-    test_batch: int = option(100, "test batch", DATA)
+    test_batch: int | None = option(
+        None, "test batch (else the whole test split when it has at most 1,000 images, so a "
+        "test reads each once, as digits' 797; else 100)", DATA,
+    )  # fmt: skip
     train_source: str | None = option(None, "train data source (else data/<dataset>/...)", DATA)
     test_source: str | None = option(None, "test data source (else data/<dataset>/...)", DATA)
     mean_file: str | None = option(
@@ -249,7 +252,7 @@ def custom_files(req: NetRequest, net_dir: str) -> dict[str, Message]:
         kind=req.data,
         dataset=dataset,
         train_batch=req.train_batch or (128 if req.method == "baseline" else 64),
-        test_batch=req.test_batch,
+        test_batch=req.test_batch or (dataset.test_size if dataset.test_size <= 1000 else 100),
         train_source=req.train_source,
         test_source=req.test_source,
         mean_file=req.mean_file,
@@ -331,10 +334,14 @@ def unused_or_invalid(args: argparse.Namespace, parser: argparse.ArgumentParser)
     steps = SCHEDULES[args.dataset].stepvalues
     if args.max_iter is not None and args.stepvalues is None and max(steps) >= args.max_iter:
         half, three_quarters = args.max_iter // 2, args.max_iter * 3 // 4
+        example = (
+            f" (at 50% and 75%: --stepvalues {half} {three_quarters})"
+            if 0 < half < three_quarters
+            else ""
+        )
         return (
-            f"--max-iter {args.max_iter} ends before {args.dataset}'s learning-rate steps "
-            f"{steps}: give --stepvalues too (at 50% and 75%: --stepvalues {half} "
-            f"{three_quarters})"
+            f"--max-iter {args.max_iter}: {args.dataset}'s learning-rate steps {steps} do not "
+            f"all lie before it; give --stepvalues too{example}"
         )
     numbers = [(n, True) for n in ("teacher_width", "student_width")]
     numbers += [(n, False) for n in (*WEIGHT_OPTIONS.values(), "base_lr", "weight_decay")]

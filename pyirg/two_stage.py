@@ -240,8 +240,8 @@ def run(s: TwoStageSettings) -> dict[str, Any]:
     s.check()
     if len(s.classes) == 1:
         raise ValueError(
-            f"--classes {s.classes[0]}: one class has no relations to distill and nothing to "
-            "tell apart; give two or more"
+            f"--classes {s.classes[0]}: a single class leaves nothing to tell apart (nor "
+            "relations to distill); give two or more"
         )
     split = read_npy_split(s.data_dir)
     fed, dataset = fed_split(split.subset(s.classes) if s.classes else split, DATASETS[s.dataset])

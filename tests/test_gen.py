@@ -75,6 +75,7 @@ def test_gen_cli_other_pairs_and_errors(capsys: pytest.CaptureFixture[str]) -> N
         # the data set's lr steps past --max-iter: the fix is named
         (["--method", "IRG", "--dataset", "digits", "--max-iter", "40"], "--stepvalues 20 30"),
         (["--method", "baseline", "--max-iter", "1000"], "give --stepvalues too"),
+        (["--method", "IRG", "--dataset", "digits", "--max-iter", "1"], "give --stepvalues too"),
     ],
 )
 def test_gen_refuses_instead_of_ignoring(argv, message, tmp_path: Path, capsys) -> None:
@@ -124,3 +125,24 @@ def test_gen_writes_a_net_or_refuses_in_one_line(
     else:
         assert code == 2 and not written
         assert len(err.strip().splitlines()) == 1 and "error:" in err
+
+
+def test_a_small_test_split_is_tested_in_one_batch(tmp_path: Path, capsys) -> None:
+    """digits' 797 test images (a prime): batches of 100 would count 3 of them twice, so a
+    split of at most 1,000 images is one test batch; CIFAR's 10,000 stay in batches of 100."""
+    from caffe.proto import caffe_pb2
+    from google.protobuf import text_format
+
+    def generated(*argv: str) -> tuple[int, int]:
+        out = tmp_path / "_".join(argv)
+        assert gen_main(["--out", str(out), "--method", "baseline", *argv]) == 0
+        solver, net = sorted(out.glob("solver_*")), sorted(out.glob("baseline_*"))
+        s = text_format.Merge(solver[0].read_text(), caffe_pb2.SolverParameter())
+        n = text_format.Merge(net[0].read_text(), caffe_pb2.NetParameter())
+        test = next(x for x in n.layer if x.type == "Data" and x.include[0].phase == 1)
+        return s.test_iter[0], test.data_param.batch_size
+
+    assert generated("--dataset", "digits") == (1, 797)
+    assert generated("--dataset", "cifar10") == (100, 100)
+    assert generated("--dataset", "digits", "--test-batch", "100") == (8, 100)
+    capsys.readouterr()

@@ -134,7 +134,7 @@ def test_bad_settings_are_refused_by_name() -> None:
         (["--lr1", "-1"], "--lr1 must be a positive finite number"),
         (["--lr2", "nan"], "--lr2 must be a positive finite number"),
         (["--weight-decay", "-0.1"], "--weight-decay must be a finite number >= 0"),
-        (["--classes", "5"], "--classes 5: one class has no relations"),
+        (["--classes", "5"], "--classes 5: a single class leaves nothing to tell apart"),
     ],
 )
 def test_pyirg_refilled_names_the_option_it_refuses(argv, message, tmp_path, capsys) -> None:

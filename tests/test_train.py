@@ -459,6 +459,15 @@ def test_cli_refusal_is_reported(nets, tmp_path: Path, capsys) -> None:
     nested = tmp_path / "a" / "b" / "run"  # nor the parents they made for it
     assert main(["--solver", str(tmp_path / "none.prototxt"), "--out", str(nested)]) == 2
     assert not (tmp_path / "a").exists()
+    # ...but never what is not theirs: a run started beside it under the same new parent
+    beside = tmp_path / "sweep" / "a"
+    beside.mkdir(parents=True)
+    (beside / "run.json").write_text("{}")
+    from pyirg.train.driver import _take_back
+
+    (tmp_path / "sweep" / "b").mkdir()
+    _take_back([], tmp_path / "sweep" / "b", tmp_path / "sweep")
+    assert not (tmp_path / "sweep" / "b").exists() and (beside / "run.json").read_text() == "{}"
 
 
 # ------------------------------------------------------------------ shared initial weights
@@ -792,6 +801,7 @@ def test_generated_input_solvers_test_and_labels_past_the_classes_are_refused(
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "5 classes" in proc.stderr and "labels" in proc.stderr
+    assert not (tmp_path / "run").exists()  # refused at the first batch: nothing kept
     proc = run_pyirg(
         "train", "--solver", str(nets / "solver_b5.prototxt"), "--npy-data", str(data),
         "--out", str(tmp_path / "run"), "--pad", "-1",

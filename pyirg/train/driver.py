@@ -37,6 +37,7 @@ from pyirg.distill import STUDENT_PREFIX
 from pyirg.options import flag_name, option
 from pyirg.train import PreflightError, TrainError, TrainResult
 from pyirg.train.folder import (
+    RUN_FILE,
     TMP_PREFIX,
     check_run_folder,
     claim_run_folder,
@@ -133,26 +134,48 @@ def train(
     caffe = import_caffe()
     out = Path(out_dir).resolve()
     lead = s.solver_rank == 0  # the one process that writes to OUT
-    # The outermost folder this call creates: a start refused during set-up removes it
-    # again, so a typo leaves no empty or half-written run folder behind.
+    # The outermost folder this call creates: a start refused before the first iteration
+    # takes back the files it wrote and the folders it made, so a typo leaves no empty or
+    # half-written run folder behind (and a rerun is not "already holds a run").
     created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
+    written: list[Path] = []
     try:
-        return _train(caffe, solver, out, s, lead)
+        return _train(caffe, solver, out, s, lead, written)
     except TrainError as e:
         if lead and created is not None and not e.started:
-            shutil.rmtree(created, ignore_errors=True)
+            _take_back(written, out, created)
         raise
 
 
-def _train(caffe: Any, solver: PathLike | Any, out: Path, s: TrainSettings, lead: bool) -> Any:
-    """:func:`train` after the settings are merged: set-up, then the loop; a TrainError
-    raised by the loop is marked ``started`` (its folder holds the run so far)."""
+def _take_back(written: list[Path], out: Path, created: Path) -> None:
+    """Remove the files a refused start wrote, then ``out`` and its parents up to
+    ``created`` while each is empty: never a file it did not write (another run started
+    beside it may be using the same parents)."""
+    for path in written:
+        path.unlink(missing_ok=True)
+    for folder in (out, *out.parents):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: someone else's files are in it
+            return
+        if folder == created:
+            return
+
+
+def _train(
+    caffe: Any, solver: PathLike | Any, out: Path, s: TrainSettings, lead: bool, written: list
+) -> Any:
+    """:func:`train` after the settings are merged: set-up, then the loop. ``written``
+    collects the files set-up writes into ``out``; a TrainError raised once an iteration
+    has run is marked ``started`` (its folder holds the run so far)."""
     if lead:
         claim_run_folder(out, resume=s.resume, overwrite=s.overwrite)
+    if isinstance(s.net, caffe_proto().NetParameter):
+        written.append(out / "net.prototxt")
     param, net_param, source = prepare_solver_param(solver, s.net, out_dir=out)
     if s.preflight:
         warnings = run_preflight(net_param, source, student_prefix=s.student_prefix)
-        if param.test_iter:
+        if len(param.test_iter) == 1:  # one test net: the train net's TEST phase
             from pyirg.check import lmdb_test_coverage
 
             warnings += lmdb_test_coverage(net_param, param.test_iter[0])
@@ -164,6 +187,7 @@ def _train(caffe: Any, solver: PathLike | Any, out: Path, s: TrainSettings, lead
     existing = check_run_folder(out, name, record, resume=s.resume, lead=lead)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=out if lead else None))
     try:
+        written.append(out / EFFECTIVE_SOLVER)
         csolver = _build_solver(caffe, param, s, out / EFFECTIVE_SOLVER, tmp / name)
         resuming = s.resume and existing is not None
         if s.init_weights is not None and not resuming:
@@ -185,11 +209,12 @@ def _train(caffe: Any, solver: PathLike | Any, out: Path, s: TrainSettings, lead
 
             run.nccl = join_nccl(caffe, csolver, s.nccl_uid)
         if lead:
+            written.append(out / RUN_FILE)
             record_run(out, record)
         try:
             return run.run()
         except TrainError as e:
-            e.started = True
+            e.started = csolver.iter > 0  # a first batch refused: nothing trained yet
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
