@@ -65,7 +65,7 @@ from pyirg.options import (
     config_record,
     from_args,
     given_options,
-    number_problem,
+    numbers_problem,
     option,
     parser_for,
 )
@@ -134,10 +134,11 @@ class ExperimentConfig:
             raise ValueError("at least one seed is needed")
         if min(self.seeds) < 0 or self.teacher_seed < 0:
             raise ValueError("seeds must be >= 0 (Caffe's random seed is unsigned)")
-        for name in ("teacher_width", "student_width"):
-            problem = number_problem(name, getattr(self, name), positive=True)
-            if problem:
-                raise ValueError(problem)
+        problem = numbers_problem(
+            self, dict.fromkeys(("teacher_width", "student_width"), True), str
+        )
+        if problem:
+            raise ValueError(problem)
         if {"IRG-t", "MTK"} & set(self.methods) and self.student_depth < 14:
             raise ValueError(
                 "IRG-t and MTK pair the first and last block of each stage: student_depth "
@@ -157,10 +158,11 @@ class ExperimentConfig:
             raise ValueError(f"jobs must be >= 0 (0: one per core), got {self.jobs}")
         if self.test_interval < 0:
             raise ValueError(f"test_interval must be >= 0, got {self.test_interval}")
-        for name in (*WEIGHT_OPTIONS.values(), "base_lr"):
-            problem = number_problem(name, getattr(self, name), positive=False)
-            if problem:
-                raise ValueError(problem)
+        problem = numbers_problem(
+            self, dict.fromkeys((*WEIGHT_OPTIONS.values(), "base_lr"), False), str
+        )
+        if problem:
+            raise ValueError(problem)
 
     @property
     def workers(self) -> int:

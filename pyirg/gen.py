@@ -61,10 +61,11 @@ from pyirg.netspec import (
 from pyirg.options import (
     ArgumentParser,
     add_options,
+    count_problem,
     flag_name,
     from_args,
     given_options,
-    number_problem,
+    numbers_problem,
     option,
 )
 from pyirg.solver import HE2016, SCHEDULES, Schedule, make_solver
@@ -327,10 +328,10 @@ def unused_or_invalid(args: argparse.Namespace, parser: argparse.ArgumentParser)
         return (
             f"{flags}: not used by --method {args.method} (its terms: {', '.join(sorted(terms))})"
         )
-    for name in ("num_classes", "train_batch", "test_batch", "max_iter"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            return f"{flag[name]} must be >= 1, got {value}"
+    counts = dict.fromkeys(("num_classes", "train_batch", "test_batch", "max_iter"), 1)
+    problem = count_problem(args, counts, label=flag.__getitem__)
+    if problem:
+        return problem
     steps = SCHEDULES[args.dataset].stepvalues
     if args.max_iter is not None and args.stepvalues is None and max(steps) >= args.max_iter:
         half, three_quarters = args.max_iter // 2, args.max_iter * 3 // 4
@@ -343,14 +344,9 @@ def unused_or_invalid(args: argparse.Namespace, parser: argparse.ArgumentParser)
             f"--max-iter {args.max_iter}: {args.dataset}'s learning-rate steps {steps} do not "
             f"all lie before it; give --stepvalues too{example}"
         )
-    numbers = [(n, True) for n in ("teacher_width", "student_width")]
-    numbers += [(n, False) for n in (*WEIGHT_OPTIONS.values(), "base_lr", "weight_decay")]
-    for name, positive in numbers:
-        value = getattr(args, name)
-        problem = value is not None and number_problem(flag[name], value, positive=positive)
-        if problem:
-            return problem
-    return None
+    numbers = dict.fromkeys(("teacher_width", "student_width"), True)
+    numbers |= dict.fromkeys((*WEIGHT_OPTIONS.values(), "base_lr", "weight_decay"), False)
+    return numbers_problem(args, numbers, label=flag.__getitem__)
 
 
 def main(argv: list[str] | None = None) -> int:

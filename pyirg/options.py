@@ -13,6 +13,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -141,4 +142,30 @@ def number_problem(name: str, value: float, *, positive: bool) -> str | None:
         return f"{name} must be a positive finite number, got {value}"
     if not positive and not (math.isfinite(value) and value >= 0):
         return f"{name} must be a finite number >= 0, got {value}"
+    return None
+
+
+def numbers_problem(
+    values: Any, numbers: Mapping[str, bool], label: Callable[[str], str] = flag_name
+) -> str | None:
+    """The first field of ``values`` in ``numbers`` (field -> whether it must be > 0, else
+    >= 0) that is not such a finite number, worded by :func:`number_problem` and named by
+    ``label`` (the flag, by default); a field set to None (not given) is skipped."""
+    for name, positive in numbers.items():
+        value = getattr(values, name)
+        problem = value is not None and number_problem(label(name), value, positive=positive)
+        if problem:
+            return problem
+    return None
+
+
+def count_problem(
+    values: Any, least: Mapping[str, int], label: Callable[[str], str] = flag_name
+) -> str | None:
+    """The first field of ``values`` in ``least`` (field -> the least count it takes) that is
+    below it, named by ``label``; a field set to None (not given) is skipped."""
+    for name, bound in least.items():
+        value = getattr(values, name)
+        if value is not None and value < bound:
+            return f"{label(name)} must be >= {bound}, got {value}"
     return None

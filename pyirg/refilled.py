@@ -48,7 +48,7 @@ from pyirg.netspec import (
     spec_label,
     to_net,
 )
-from pyirg.options import number_problem
+from pyirg.options import numbers_problem
 
 Network = ResNetSpec | WideResNetSpec | MobileNetSpec
 MODES = tuple(caffe_pb2.RelationParameter.Mode.keys())
@@ -109,10 +109,12 @@ class RefilledConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.centers not in CENTERS:
             raise ValueError(f"centers must be one of {CENTERS}, got {self.centers!r}")
-        for name in ("tau1", "tau2", "margin", "scale", "teaching_weight"):  # taus divide
-            problem = number_problem(name, getattr(self, name), positive=name in ("tau1", "tau2"))
-            if problem:
-                raise ValueError(problem)
+        positive = {"tau1": True, "tau2": True}  # the taus divide
+        problem = numbers_problem(
+            self, {**positive, "margin": False, "scale": False, "teaching_weight": False}, label=str
+        )
+        if problem:
+            raise ValueError(problem)
         if not self.student_prefix:
             raise ValueError("the student needs a name prefix (the teacher has none)")
         for role, spec in (("teacher", self.teacher), ("student", self.student)):

@@ -47,7 +47,7 @@ from pyirg.data.core import DATASETS as GEOMETRY
 from pyirg.data.core import DataSplit
 from pyirg.data.feed import FedSplit
 from pyirg.data.fsutil import atomic_output, atomic_write_text
-from pyirg.options import flag_name, from_args, number_problem, option, parser_for
+from pyirg.options import count_problem, from_args, numbers_problem, option, parser_for
 from pyirg.torch.distributed import GATHER_SECONDS
 from pyirg.torch.losses import GRAPHS, IRGLoss
 from pyirg.torch.losses import METHODS as IRG_METHODS
@@ -104,24 +104,21 @@ class TorchTrainSettings:
             raise ValueError("--teacher-weights: not used by --method baseline (no teacher)")
         if self.teacher_weights and not Path(self.teacher_weights).is_file():
             raise ValueError(f"--teacher-weights {self.teacher_weights}: no such file")
-        for name in ("batch", "iters"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        problem = count_problem(self, {"batch": 1, "iters": 1})
+        if problem:
+            raise ValueError(problem)
         if self.stop_at is not None and not 1 <= self.stop_at <= self.iters:
             raise ValueError(f"--stop-at must lie in [1, --iters {self.iters}], got {self.stop_at}")
         if self.dataset != "digits" and not self.data_dir:
             raise ValueError(f"--dataset {self.dataset} needs --data-dir (pyirg prepare-data)")
-        for name, positive in (("base_lr", True), ("weight_decay", False)):
-            problem = number_problem(flag_name(name), getattr(self, name), positive=positive)
-            if problem:
-                raise ValueError(problem)
+        problem = numbers_problem(self, {"base_lr": True, "weight_decay": False})
+        if problem:
+            raise ValueError(problem)
         if not 0 <= self.momentum < 1:
             raise ValueError(f"--momentum must lie in [0, 1), got {self.momentum}")
-        for name in ("test_interval", "snapshot"):
-            if getattr(self, name) < 0:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
-                )
+        problem = count_problem(self, {"test_interval": 0, "snapshot": 0})
+        if problem:
+            raise ValueError(problem)
 
 
 def _ranks() -> tuple[int, int]:

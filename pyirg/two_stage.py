@@ -32,9 +32,9 @@ from pyirg.data.feed import FedSplit
 from pyirg.data.fsutil import atomic_write_text
 from pyirg.options import (
     config_record,
-    flag_name,
+    count_problem,
     from_args,
-    number_problem,
+    numbers_problem,
     option,
     parser_for,
 )
@@ -101,13 +101,11 @@ class TwoStageSettings:
     def check(self) -> None:
         """Refuse, by option name, the numbers the stages' nets and schedules cannot take
         (stage 1's cosine needs two iterations); the loss settings RefilledConfig checks."""
-        for name, least in (("batch", 1), ("stage1_iter", 2), ("stage2_iter", 1)):
-            if getattr(self, name) < least:
-                raise ValueError(f"{flag_name(name)} must be >= {least}, got {getattr(self, name)}")
-        for name, positive in (("lr1", True), ("lr2", True), ("weight_decay", False)):
-            problem = number_problem(flag_name(name), getattr(self, name), positive=positive)
-            if problem:
-                raise ValueError(problem)
+        problem = count_problem(
+            self, {"batch": 1, "stage1_iter": 2, "stage2_iter": 1}
+        ) or numbers_problem(self, {"lr1": True, "lr2": True, "weight_decay": False})
+        if problem:
+            raise ValueError(problem)
 
 
 def fed_split(split: DataSplit, base: Dataset) -> tuple[FedSplit, Dataset]:
