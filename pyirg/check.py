@@ -601,36 +601,33 @@ def _check_files(layer: caffe_pb2.LayerParameter, out: _Collector) -> None:
                 )
 
 
-def _lmdb_datum_shape(source: str) -> tuple[int, int, int] | None:
-    """(C, H, W) of the first Datum of an LMDB, or None when it cannot be read."""
+def _lmdb_peek(source: str) -> tuple[int, bytes | None] | None:
+    """(records, the first record's value) of an LMDB, or None when it cannot be read."""
     try:
         import lmdb
 
         env = lmdb.open(source, readonly=True, lock=False, subdir=Path(source).is_dir())
         with env.begin() as txn:
+            entries = txn.stat()["entries"]
             first = next(iter(txn.cursor()), None)
         env.close()
-        if not first:
-            return None
-        datum = caffe_pb2.Datum.FromString(first[1])
-        if datum.encoded or not (datum.channels and datum.height and datum.width):
-            return None  # an encoded image: its size is known only after decoding
-        return datum.channels, datum.height, datum.width
     except Exception:
         return None
+    return entries, None if first is None else first[1]
 
 
-def _lmdb_entries(source: str) -> int | None:
-    """How many records an LMDB holds, or None when it cannot be read."""
+def _lmdb_datum_shape(source: str) -> tuple[int, int, int] | None:
+    """(C, H, W) of the first Datum of an LMDB, or None when it cannot be read."""
+    peek = _lmdb_peek(source)
+    if peek is None or peek[1] is None:
+        return None
     try:
-        import lmdb
-
-        env = lmdb.open(source, readonly=True, lock=False, subdir=Path(source).is_dir())
-        entries = env.stat()["entries"]
-        env.close()
-        return int(entries)
+        datum = caffe_pb2.Datum.FromString(peek[1])
     except Exception:
         return None
+    if datum.encoded or not (datum.channels and datum.height and datum.width):
+        return None  # an encoded image: its size is known only after decoding
+    return datum.channels, datum.height, datum.width
 
 
 def lmdb_test_coverage(net: caffe_pb2.NetParameter, test_iter: int) -> list[str]:
@@ -640,21 +637,22 @@ def lmdb_test_coverage(net: caffe_pb2.NetParameter, test_iter: int) -> list[str]
     warnings = []
     for layer in net.layer:
         dp = layer.data_param
-        if layer.type != "Data" or dp.backend != caffe_pb2.DataParameter.LMDB:
+        lmdb = layer.type == "Data" and dp.backend == caffe_pb2.DataParameter.LMDB
+        if not lmdb or not included(layer, caffe_pb2.TEST):
             continue
-        entries = _lmdb_entries(dp.source) if included(layer, caffe_pb2.TEST) else None
-        read = test_iter * dp.batch_size
-        if entries and read != entries:
-            what = (
-                f"{read - entries} counted twice"
-                if read > entries
-                else (f"{entries - read} never tested")
-            )
-            warnings.append(
-                f"a test pass reads test_iter {test_iter} x batch_size {dp.batch_size} = {read} "
-                f"images of {dp.source!r} ({layer.name}), which holds {entries}: {what} in the "
-                f"test accuracy (test_iter x batch_size = {entries} reads each image once)"
-            )
+        peek = _lmdb_peek(dp.source)
+        entries, read = peek[0] if peek else 0, test_iter * dp.batch_size
+        if not entries or read == entries:
+            continue
+        if read > entries:
+            what = f"{read - entries} counted twice"
+        else:
+            what = f"{entries - read} never tested"
+        warnings.append(
+            f"a test pass reads test_iter {test_iter} x batch_size {dp.batch_size} = {read} "
+            f"images of {dp.source!r} ({layer.name}), which holds {entries}: {what} in the "
+            f"test accuracy (test_iter x batch_size = {entries} reads each image once)"
+        )
     return warnings
 
 

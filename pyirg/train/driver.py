@@ -15,7 +15,7 @@ import random
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,11 +174,9 @@ def _train(
         written.append(out / "net.prototxt")
     param, net_param, source = prepare_solver_param(solver, s.net, out_dir=out)
     if s.preflight:
-        warnings = run_preflight(net_param, source, student_prefix=s.student_prefix)
-        if len(param.test_iter) == 1:  # one test net: the train net's TEST phase
-            from pyirg.check import lmdb_test_coverage
-
-            warnings += lmdb_test_coverage(net_param, param.test_iter[0])
+        warnings = run_preflight(
+            net_param, source, student_prefix=s.student_prefix, test_iter=list(param.test_iter)
+        )
         for warning in warnings:
             print(f"warning: {source}: {warning}", file=sys.stderr)
     s = _resolved(s, param)
@@ -310,18 +308,26 @@ def _check_feeds(csolver: Any, s: TrainSettings, source: str) -> None:
 
 
 def run_preflight(
-    net_param: Any, source: str, *, student_prefix: str = STUDENT_PREFIX
+    net_param: Any,
+    source: str,
+    *,
+    student_prefix: str = STUDENT_PREFIX,
+    test_iter: Sequence[int] = (),
 ) -> list[str]:
     """Run :mod:`pyirg.check` on the net, so a broken net fails with a message instead of a
     Caffe abort (or a run that trains the wrong thing): raise :class:`PreflightError`
-    listing its errors; return its warnings."""
-    from pyirg.check import check_net
+    listing its errors; return its warnings, with whether a test pass reads its LMDB once
+    (``test_iter``: the solver's; checked when it has one test net, the net's TEST phase)."""
+    from pyirg.check import check_net, lmdb_test_coverage
 
     problems = check_net(net_param, student_prefix=student_prefix)
     errors = [str(p) for p in problems if p.is_error]
     if errors:
         raise PreflightError(f"{source}: pre-flight check failed:\n  " + "\n  ".join(errors))
-    return [str(p) for p in problems if not p.is_error]
+    warnings = [str(p) for p in problems if not p.is_error]
+    if len(test_iter) == 1:
+        warnings += lmdb_test_coverage(net_param, test_iter[0])
+    return warnings
 
 
 # ----------------------------------------------------------------------------- the solver
