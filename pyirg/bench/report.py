@@ -174,15 +174,26 @@ def _blas(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _rest(timings: dict[str, Any], whole: str, parts: tuple[str, ...]) -> str:
+    """``whole`` less ``parts`` (ms, medians), or "~0" when the difference lies within the
+    timings' noise (half their interquartile ranges, summed): medians of samples taken
+    apart do not subtract exactly, and a negative rest printed as a time is not one."""
+    med = {k: timings[k]["median_ms"] for k in (whole, *parts)}
+    rest = med[whole] - sum(med[k] for k in parts)
+    noise = sum((timings[k]["q3_ms"] - timings[k]["q1_ms"]) / 2 for k in (whole, *parts))
+    return f"{rest:.3f}" if abs(rest) > noise else f"~0 (within the noise, +-{noise:.3f})"
+
+
 def _profile(result: dict[str, Any]) -> list[str]:
     """Where the time of each size with a missed target goes (ms, medians): BLAS or the rest."""
     missed = {(t["layer"], t["n"], t["c"]) for t in result["targets"] if not t["met"]}
     rows = [r for r in result["layers"] if (r["layer"], r["n"], r["c"]) in missed]
     lines = ["", "**profile of missed sizes** (ms, medians)", ""] if rows else []
+    phases = ("layer_fwd", "loss_fwd", "loss_bwd", "layer_bwd")
     for r in rows:
-        t = {k: v["median_ms"] for k, v in r["timings"].items()}
+        timings = r["timings"]
+        t = {k: v["median_ms"] for k, v in timings.items()}
         ref = r["ratios"]["torch_impl"]
-        phases = t["layer_fwd"] + t["loss_fwd"] + t["loss_bwd"] + t["layer_bwd"]
         torch = f"PyTorch {t[ref]:.3f}"
         if "torch_gemms" in t:
             torch += (
@@ -192,9 +203,10 @@ def _profile(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"- {r['layer']} N={r['n']} C={r['c']}: total {t['caffe']:.3f} = layer fwd "
             f"{t['layer_fwd']:.3f} (bound {t['bound_fwd']:.3f}, rest "
-            f"{t['layer_fwd'] - t['bound_fwd']:.3f}) + layer bwd {t['layer_bwd']:.3f} (bound "
-            f"{t['bound_bwd']:.3f}, rest {t['layer_bwd'] - t['bound_bwd']:.3f}) + loss "
-            f"{t['loss_fwd'] + t['loss_bwd']:.3f} + pycaffe/net {t['caffe'] - phases:.3f}; {torch}"
+            f"{_rest(timings, 'layer_fwd', ('bound_fwd',))}) + layer bwd {t['layer_bwd']:.3f} "
+            f"(bound {t['bound_bwd']:.3f}, rest {_rest(timings, 'layer_bwd', ('bound_bwd',))}) "
+            f"+ loss {t['loss_fwd'] + t['loss_bwd']:.3f} + pycaffe/net "
+            f"{_rest(timings, 'caffe', phases)}; {torch}"
         )
     return lines
 
