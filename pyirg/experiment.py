@@ -572,7 +572,9 @@ def run(cfg: ExperimentConfig, command: str = "") -> dict:
         "teacher_accuracy": t_result["accuracy"],
         "teacher_weights": t_result["weights"],
         "runs": runs,
-        "summary": summarize(runs, cfg.methods),
+        "summary": summarize(
+            runs, cfg.methods, (DATASETS["digits"].num_classes, len(data.test_labels))
+        ),
         "seconds": time.time() - started,
     }
     machine["seconds"] = round(results["seconds"])
@@ -619,8 +621,14 @@ def paired(base: Sequence[float], other: Sequence[float]) -> dict[str, float]:
     }
 
 
-def summarize(runs: Sequence[dict], methods: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Per method: mean and sample std of the accuracy, and the paired test vs baseline."""
+def summarize(
+    runs: Sequence[dict], methods: Sequence[str], chance: tuple[int, int] | None = None
+) -> dict[str, dict[str, float]]:
+    """Per method: mean and sample std of the accuracy, and the paired test vs baseline;
+    with ``chance`` (classes, test images), how many runs ended at chance level
+    (:func:`pyirg.train.chance_level`), which the tables then say."""
+    from pyirg.train import chance_level
+
     by_method = {
         m: sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"]) for m in methods
     }
@@ -632,6 +640,8 @@ def summarize(runs: Sequence[dict], methods: Sequence[str]) -> dict[str, dict[st
             "std": statistics.stdev(accs) if len(accs) > 1 else math.nan,
             "n": len(accs),
         }
+        if chance:
+            out[method]["at_chance"] = sum(chance_level(a, *chance) is not None for a in accs)
         if method != "baseline" and "baseline" in by_method:
             seeds = [r["seed"] for r in rows]
             if seeds != [r["seed"] for r in by_method["baseline"]]:
@@ -703,7 +713,22 @@ def format_table(results: dict) -> str:
     for method, s in results["summary"].items():
         if "vs_baseline" in s:
             lines.append(f"- {verdict(method, s['vs_baseline'])}")
+    lines += chance_lines(results["summary"], DATASETS["digits"].num_classes, data["test"])
     return "\n".join(lines)
+
+
+def chance_lines(summary: dict[str, dict[str, Any]], classes: int, tested: int) -> list[str]:
+    """A table's warning for each method some of whose runs ended at chance level: their
+    mean is then no measure of the method, and the table must not read as one."""
+    from pyirg.train import chance_bar
+
+    return [
+        f"- **{method}: {s['at_chance']} of {s['n']} runs ended at chance level** (accuracy "
+        f"at most {100 * chance_bar(classes, tested):.2f}% for {classes} classes over "
+        f"{tested} test images): they learned nothing, and the {method} row measures no method."
+        for method, s in summary.items()
+        if s.get("at_chance")
+    ]
 
 
 def per_seed_table(results: dict) -> str:

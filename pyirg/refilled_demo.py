@@ -182,15 +182,18 @@ def train_student(
     return row
 
 
-def summary(rows: list[dict[str, Any]], setting: str) -> dict[str, dict[str, Any]]:
+def summary(
+    rows: list[dict[str, Any]], setting: str, chance: tuple[int, int]
+) -> dict[str, dict[str, Any]]:
     """Per method of ``setting``: the main job's summary (mean, std, the paired test vs
-    the baseline) and, for REFILLED, the mean stage-1 NCM accuracy."""
+    the baseline, the runs at ``chance`` level: classes, test images) and, for REFILLED,
+    the mean stage-1 NCM accuracy."""
     import statistics
 
     from pyirg.experiment import summarize
 
     runs = [r for r in rows if r["setting"] == setting]
-    out: dict[str, dict[str, Any]] = summarize(runs, METHODS[setting])
+    out: dict[str, dict[str, Any]] = summarize(runs, METHODS[setting], chance)
     for method, entry in out.items():
         ncm = [r["ncm_accuracy"] for r in runs if r["method"] == method and "ncm_accuracy" in r]
         if ncm:
@@ -200,6 +203,8 @@ def summary(rows: list[dict[str, Any]], setting: str) -> dict[str, dict[str, Any
 
 def format_table(results: dict[str, Any]) -> str:
     """The README's table: one block per setting, in points (percent)."""
+    from pyirg.experiment import chance_lines
+
     lines, teachers = [], results["teachers"]
     for setting, methods in results["summary"].items():
         lines += [
@@ -219,7 +224,8 @@ def format_table(results: dict[str, Any]) -> str:
             ncm = f"{100 * e['ncm_mean']:.2f}" if "ncm_mean" in e else "—"
             accuracy = f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f}"
             lines.append(f"| {method} | {accuracy} | {delta} | {wtl} | {ncm} |")
-        lines.append("")
+        lines += ["", *chance_lines(methods, *results["chance"][setting])]
+        lines += [""] if lines[-1] else []
     lines.append(results["machine"])
     return "\n".join(lines)
 
@@ -232,7 +238,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
 
     started = time.time()
     workers = cfg.jobs or usable_cores()
-    teachers, tasks = {}, []
+    teachers, tasks, chance = {}, [], {}
     for name in cfg.settings:
         setting = load_setting(name, cfg.train_per_class)
         weights = train_teacher(setting, cfg)
@@ -242,6 +248,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
             "accuracy": evaluate(teacher_spec, weights, "", setting.teacher_data),
             "label": f"teacher on digits {'0-4' if name == 'cross-task' else '0-9'}",
         }
+        chance[name] = (setting.student_set.num_classes, len(setting.student_data.test_labels))
         for seed in cfg.seeds:
             init_weights(setting, cfg, seed)
             tasks += [(name, m, seed, cfg, weights) for m in METHODS[name]]
@@ -258,7 +265,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         "config": config_record(cfg),
         "teachers": teachers,
         "runs": rows,
-        "summary": {name: summary(rows, name) for name in cfg.settings},
+        "summary": {name: summary(rows, name, chance[name]) for name in cfg.settings},
+        "chance": chance,
         "seconds": round(time.time() - started),
     }
     machine["seconds"] = results["seconds"]

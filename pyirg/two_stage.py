@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from pyirg.options import (
     option,
     parser_for,
 )
+from pyirg.train import chance_level
 
 RESULTS = "refilled.json"
 
@@ -253,8 +255,32 @@ def run(s: TwoStageSettings) -> dict[str, Any]:
             "pair": dict(describe(cfg)),
             **run_stages(cfg, fed, s, s.out),
         }
+    warnings = chance_warnings(result, dataset.num_classes, len(fed.test_labels))
+    if warnings:
+        result["warnings"] = warnings
     atomic_write_text(s.out / RESULTS, json.dumps(result, indent=2) + "\n")
     return result
+
+
+def chance_warnings(result: dict[str, Any], classes: int, tested: int) -> list[str]:
+    """What ``result`` would hide behind a bare number: a stage that ended at chance.
+
+    Why: stage 2's KD term, weighted too high for the run's learning rate, can explode
+    without becoming non-finite (the authors' lambda of 100 at lr 0.1 on the digits), and
+    the student then ends predicting one class; each line says what to change.
+    """
+    checks = (
+        ("accuracy", "alone", "more iterations or another --lr2"),
+        ("stage1_ncm_accuracy", "stage 1 (nearest class mean)", "another --lr1 or --scale"),
+        ("student_accuracy", "stage 2", "a lower --teaching-weight or --lr2"),
+    )
+    found = []
+    for key, what, remedy in checks:
+        accuracy = result.get(key)
+        note = None if accuracy is None else chance_level(accuracy, classes, tested)
+        if note:
+            found.append(f"{what}: {note}; try {remedy}")
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainError, DataError, ValueError) as e:
         return one_line_error("refilled", e)
     where = Path(args.out) / RESULTS
+    for warning in result.get("warnings", ()):
+        print(f"refilled: warning: {warning}", file=sys.stderr)
     if "stage1_ncm_accuracy" not in result:
         print(f"{result['network']} alone: accuracy {result['accuracy']:.4f} ({where})")
         return 0

@@ -169,6 +169,20 @@ def test_summary_pairs_runs_by_seed_not_by_order() -> None:
     assert (s["wins"], s["ties"], s["losses"]) == (1, 1, 0)
 
 
+def test_runs_at_chance_are_counted_and_the_table_says_so() -> None:
+    # 10 classes over 400 test images: chance reaches 0.1 + 3 * sqrt(0.09 / 400) = 0.145.
+    runs = [
+        {"method": m, "seed": seed, "accuracy": a}
+        for m, accs in (("baseline", (0.80, 0.82)), ("MTK", (0.10, 0.85)))
+        for seed, a in enumerate(accs)
+    ]
+    summary = summarize(runs, ("baseline", "MTK"), (10, 400))
+    assert summary["baseline"]["at_chance"] == 0 and summary["MTK"]["at_chance"] == 1
+    (line,) = experiment.chance_lines(summary, 10, 400)
+    assert line.startswith("- **MTK: 1 of 2 runs ended at chance level**") and "14.50%" in line
+    assert "at_chance" not in summarize(runs, ("baseline", "MTK"))["MTK"]
+
+
 def test_verdict_says_what_the_interval_says() -> None:
     ahead = paired([0.80, 0.81, 0.79], [0.85, 0.85, 0.84])
     said = experiment.verdict("IRG", ahead)

@@ -189,6 +189,47 @@ def test_pyirg_refilled_runs_both_stages_cross_task(tmp_path: Path, capsys) -> N
     assert "missing.caffemodel" in capsys.readouterr().err
 
 
+def test_chance_level_is_one_in_k_plus_three_standard_errors() -> None:
+    from pyirg.train import chance_level
+
+    # 5 classes over 400 images: 0.2 + 3 * sqrt(0.2 * 0.8 / 400) = 0.26.
+    assert "chance level for 5 classes" in chance_level(0.26, 5, 400)
+    assert chance_level(0.261, 5, 400) is None
+    assert chance_level(0.0, 1, 400) is None and chance_level(0.1, 10, 0) is None
+
+
+def test_pyirg_refilled_says_when_a_stage_ends_at_chance(tmp_path: Path, capsys) -> None:
+    """The authors' lambda of 100 at lr 0.1 makes the digits' stage 2 explode without a
+    non-finite loss; the student ends predicting one class, and the command must say so."""
+    from pyirg import prepare
+
+    data = tmp_path / "digits"
+    assert prepare.main(["digits", str(data), "--quiet"]) == 0
+    common = ["--data-dir", str(data), "--batch", "32", "--no-progress"]
+    alone = [*common, "--classes", "0", "1", "2", "3", "4", "--student", "resnet-8", "--alone",
+             "--stage2-iter", "40", "--out", str(tmp_path / "teacher")]  # fmt: skip
+    assert two_stage.main(alone) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    runs = {}
+    for weight in ("100", "10"):
+        argv = [
+            *common, "--classes", "5", "6", "7", "8", "9", "--teacher", "resnet-8",
+            "--teacher-weights", str(tmp_path / "teacher" / "net_iter_40.caffemodel"),
+            "--student", "wrn-10-1", "--stage1-iter", "12", "--stage2-iter", "40",
+            "--teaching-weight", weight, "--out", str(tmp_path / weight),
+        ]  # fmt: skip
+        assert two_stage.main(argv) == 0
+        record = json.loads((tmp_path / weight / "refilled.json").read_text())
+        runs[weight] = (record, capsys.readouterr().err)
+    collapsed, err = runs["100"]
+    assert collapsed["student_accuracy"] < 0.26  # 5 classes: chance is 0.2
+    assert collapsed["warnings"] == [line.removeprefix("refilled: warning: ")
+                                     for line in err.splitlines()]  # fmt: skip
+    assert "stage 2: accuracy" in err and "lower --teaching-weight" in err
+    learned, err = runs["10"]
+    assert learned["student_accuracy"] > 0.5 and "warnings" not in learned and not err
+
+
 @pytest.mark.slow
 def test_the_demo_pairs_its_runs_and_reports_them(tmp_path: Path) -> None:
     """A reduced refilled-demo: every (method, seed) run, the paired statistics, the table."""

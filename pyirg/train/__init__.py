@@ -33,6 +33,7 @@ pycaffe nor the loop.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,30 @@ class TrainResult:
             if rows:
                 return rows
         return []
+
+
+def chance_bar(classes: int, tested: int) -> float:
+    """The highest accuracy over ``tested`` test images that guessing among ``classes``
+    reaches within three standard errors: 1/``classes`` + 3 sqrt(p (1 - p) / ``tested``)."""
+    p = 1.0 / classes
+    return p + 3 * math.sqrt(p * (1 - p) / tested)
+
+
+def chance_level(accuracy: float, classes: int, tested: int) -> str | None:
+    """A sentence saying that ``accuracy`` over ``tested`` test images is no better than
+    guessing among ``classes`` (:func:`chance_bar`), or None when it is better.
+
+    Why: a run whose loss stays finite but explodes (a distillation term weighted too
+    high) ends with a net that predicts one class; no divergence check stops it, and a
+    bare accuracy of 0.10 reads like a result.
+    """
+    if classes < 2 or tested < 1 or accuracy > (bar := chance_bar(classes, tested)):
+        return None
+    return (
+        f"accuracy {accuracy:.4f} is chance level for {classes} classes (1/{classes} = "
+        f"{1 / classes:.4f}; up to {bar:.4f} within three standard errors over {tested} "
+        "test images)"
+    )
 
 
 class TrainError(RuntimeError):
