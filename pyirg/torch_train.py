@@ -52,6 +52,7 @@ from pyirg.torch.distributed import GATHER_SECONDS
 from pyirg.torch.losses import GRAPHS, IRGLoss
 from pyirg.torch.losses import METHODS as IRG_METHODS
 from pyirg.torch.resnet import CifarResNet
+from pyirg.train import chance_level
 from pyirg.train.loop import stop_on_signals
 
 METHODS = ("baseline", *IRG_METHODS)
@@ -393,6 +394,12 @@ def train(cfg: TorchTrainSettings) -> dict[str, Any]:
         print(f"torch-train: {end} of {cfg.iters} iterations on {world} rank(s); test accuracy "
               f"{row.get('test_accuracy', float('nan')):.4f}; student: "
               f"{out / 'student.caffemodel'}")  # fmt: skip
+        note = "test_accuracy" in row and chance_level(
+            row["test_accuracy"], run.s_spec.num_classes, len(run.fed.test_labels)
+        )
+        if note:
+            print(f"torch-train: warning: {note}; try another --base-lr or method",
+                  file=sys.stderr)  # fmt: skip
     return row
 
 

@@ -129,7 +129,9 @@ def test_one_process_run_and_folder_rules(tmp_path: Path) -> None:
     out = tmp_path / "r"
     base = ("torch-train", "--out", str(out), "--method", "baseline", "--iters", "2",
             "--batch", "4", "--no-progress")  # fmt: skip
-    assert run_pyirg(*base).returncode == 0
+    first = run_pyirg(*base)
+    # Two iterations learn next to nothing (about 0.12 over 797 images, 10 classes): it says so.
+    assert first.returncode == 0 and "is chance level for 10 classes" in first.stderr
     assert (out / "student.caffemodel").is_file() and (out / "student_deploy.prototxt").is_file()
     # A resume of the finished run trains nothing and reports the run's accuracy, not NaN.
     accuracy = json.loads((out / "metrics.json").read_text())[-1]["test_accuracy"]
