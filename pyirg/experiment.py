@@ -572,9 +572,7 @@ def run(cfg: ExperimentConfig, command: str = "") -> dict:
         "teacher_accuracy": t_result["accuracy"],
         "teacher_weights": t_result["weights"],
         "runs": runs,
-        "summary": summarize(
-            runs, cfg.methods, (DATASETS["digits"].num_classes, len(data.test_labels))
-        ),
+        "summary": summarize(runs, cfg.methods, (data.test_labels, DATASETS["digits"].num_classes)),
         "seconds": time.time() - started,
     }
     machine["seconds"] = round(results["seconds"])
@@ -622,12 +620,14 @@ def paired(base: Sequence[float], other: Sequence[float]) -> dict[str, float]:
 
 
 def summarize(
-    runs: Sequence[dict], methods: Sequence[str], chance: tuple[int, int] | None = None
+    runs: Sequence[dict],
+    methods: Sequence[str],
+    chance: tuple[Sequence[int], int] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per method: mean and sample std of the accuracy, and the paired test vs baseline;
-    with ``chance`` (classes, test images), how many runs ended at chance level
-    (:func:`pyirg.train.chance_level`), which the tables then say."""
-    from pyirg.train import chance_level
+    with ``chance`` (test labels, classes), the chance bar and how many runs ended at or
+    below it (:func:`pyirg.train.chance_bar`), which the tables then say."""
+    from pyirg.train import chance_bar
 
     by_method = {
         m: sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"]) for m in methods
@@ -641,7 +641,8 @@ def summarize(
             "n": len(accs),
         }
         if chance:
-            out[method]["at_chance"] = sum(chance_level(a, *chance) is not None for a in accs)
+            bar = chance_bar(*chance)
+            out[method].update(chance_bar=bar, at_chance=sum(a <= bar for a in accs))
         if method != "baseline" and "baseline" in by_method:
             seeds = [r["seed"] for r in rows]
             if seeds != [r["seed"] for r in by_method["baseline"]]:
@@ -713,19 +714,20 @@ def format_table(results: dict) -> str:
     for method, s in results["summary"].items():
         if "vs_baseline" in s:
             lines.append(f"- {verdict(method, s['vs_baseline'])}")
-    lines += chance_lines(results["summary"], DATASETS["digits"].num_classes, data["test"])
+    lines += chance_lines(
+        results["summary"], "another --base-lr, or lower weights of the method's terms"
+    )
     return "\n".join(lines)
 
 
-def chance_lines(summary: dict[str, dict[str, Any]], classes: int, tested: int) -> list[str]:
-    """A table's warning for each method some of whose runs ended at chance level: their
-    mean is then no measure of the method, and the table must not read as one."""
-    from pyirg.train import chance_bar
-
+def chance_lines(summary: dict[str, dict[str, Any]], remedy: str) -> list[str]:
+    """A table's warning for each method some of whose runs ended at chance level: the
+    row's mean then mixes in runs that learned nothing, and must not read as a result."""
     return [
-        f"- **{method}: {s['at_chance']} of {s['n']} runs ended at chance level** (accuracy "
-        f"at most {100 * chance_bar(classes, tested):.2f}% for {classes} classes over "
-        f"{tested} test images): they learned nothing, and the {method} row measures no method."
+        f"- **{method}: {s['at_chance']} of {s['n']} runs ended at chance level** (test "
+        f"accuracy at most {100 * s['chance_bar']:.2f}%, the most frequent class's share plus "
+        f"three standard errors): the row's mean includes runs that learned nothing; try "
+        f"{remedy}."
         for method, s in summary.items()
         if s.get("at_chance")
     ]

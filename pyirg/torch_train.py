@@ -394,12 +394,14 @@ def train(cfg: TorchTrainSettings) -> dict[str, Any]:
         print(f"torch-train: {end} of {cfg.iters} iterations on {world} rank(s); test accuracy "
               f"{row.get('test_accuracy', float('nan')):.4f}; student: "
               f"{out / 'student.caffemodel'}")  # fmt: skip
-        note = "test_accuracy" in row and chance_level(
-            row["test_accuracy"], run.s_spec.num_classes, len(run.fed.test_labels)
+        note = (
+            end == cfg.iters
+            and "test_accuracy" in row
+            and chance_level(row["test_accuracy"], run.fed.test_labels, run.s_spec.num_classes)
         )
-        if note:
-            print(f"torch-train: warning: {note}; try another --base-lr or method",
-                  file=sys.stderr)  # fmt: skip
+        if note:  # not after a deliberate --stop-at: its schedule has not ended
+            print(f"torch-train: warning: {note}; try more --iters, another --base-lr or "
+                  "--method", file=sys.stderr)  # fmt: skip
     return row
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -255,14 +256,14 @@ def run(s: TwoStageSettings) -> dict[str, Any]:
             "pair": dict(describe(cfg)),
             **run_stages(cfg, fed, s, s.out),
         }
-    warnings = chance_warnings(result, dataset.num_classes, len(fed.test_labels))
+    warnings = chance_warnings(result, fed.test_labels, dataset.num_classes)
     if warnings:
         result["warnings"] = warnings
     atomic_write_text(s.out / RESULTS, json.dumps(result, indent=2) + "\n")
     return result
 
 
-def chance_warnings(result: dict[str, Any], classes: int, tested: int) -> list[str]:
+def chance_warnings(result: dict[str, Any], labels: Sequence[int], classes: int) -> list[str]:
     """What ``result`` would hide behind a bare number: a stage that ended at chance.
 
     Why: stage 2's KD term, weighted too high for the run's learning rate, can explode
@@ -270,14 +271,18 @@ def chance_warnings(result: dict[str, Any], classes: int, tested: int) -> list[s
     the student then ends predicting one class; each line says what to change.
     """
     checks = (
-        ("accuracy", "alone", "more iterations or another --lr2"),
-        ("stage1_ncm_accuracy", "stage 1 (nearest class mean)", "another --lr1 or --scale"),
+        ("accuracy", "alone", "more --stage2-iter or another --lr2"),
+        (
+            "stage1_ncm_accuracy",
+            "stage 1 (nearest class mean)",
+            "more --stage1-iter, another --lr1 or --scale",
+        ),
         ("student_accuracy", "stage 2", "a lower --teaching-weight or --lr2"),
     )
     found = []
     for key, what, remedy in checks:
         accuracy = result.get(key)
-        note = None if accuracy is None else chance_level(accuracy, classes, tested)
+        note = None if accuracy is None else chance_level(accuracy, labels, classes)
         if note:
             found.append(f"{what}: {note}; try {remedy}")
     return found

@@ -210,8 +210,8 @@ def test_profile_rest_is_a_time_only_outside_the_noise() -> None:
     # Medians of samples taken apart do not subtract exactly: a rest smaller than the
     # timings' spread is noise, and a negative one must never be printed as a time.
     noisy = {"caffe": _summary(1.00, 0.02), "bound": _summary(1.01, 0.02)}
-    assert report._rest(noisy, "caffe", ("bound",)) == "~0 (within the noise, +-0.040)"
+    assert report._rest(noisy, "caffe", ("bound",)) == "~0 (within the samples' spread, +-0.040)"
     clear = {"caffe": _summary(1.50, 0.02), "bound": _summary(1.00, 0.02)}
     assert report._rest(clear, "caffe", ("bound",)) == "0.500"
     below = {"caffe": _summary(1.00, 0.01), "bound": _summary(1.20, 0.01)}
-    assert report._rest(below, "caffe", ("bound",)) == "-0.200"
+    assert report._rest(below, "caffe", ("bound",)) == "none: the parts alone took 0.200 longer"

@@ -170,16 +170,18 @@ def test_summary_pairs_runs_by_seed_not_by_order() -> None:
 
 
 def test_runs_at_chance_are_counted_and_the_table_says_so() -> None:
-    # 10 classes over 400 test images: chance reaches 0.1 + 3 * sqrt(0.09 / 400) = 0.145.
+    # 10 balanced classes over 400 test images: the bar is 0.1 + 3 * sqrt(0.09 / 400) = 0.145.
     runs = [
         {"method": m, "seed": seed, "accuracy": a}
         for m, accs in (("baseline", (0.80, 0.82)), ("MTK", (0.10, 0.85)))
         for seed, a in enumerate(accs)
     ]
-    summary = summarize(runs, ("baseline", "MTK"), (10, 400))
+    summary = summarize(runs, ("baseline", "MTK"), (list(range(10)) * 40, 10))
     assert summary["baseline"]["at_chance"] == 0 and summary["MTK"]["at_chance"] == 1
-    (line,) = experiment.chance_lines(summary, 10, 400)
+    assert summary["MTK"]["chance_bar"] == pytest.approx(0.145)
+    (line,) = experiment.chance_lines(summary, "another --base-lr")
     assert line.startswith("- **MTK: 1 of 2 runs ended at chance level**") and "14.50%" in line
+    assert line.endswith("try another --base-lr.")
     assert "at_chance" not in summarize(runs, ("baseline", "MTK"))["MTK"]
 
 

@@ -189,13 +189,40 @@ def test_pyirg_refilled_runs_both_stages_cross_task(tmp_path: Path, capsys) -> N
     assert "missing.caffemodel" in capsys.readouterr().err
 
 
-def test_chance_level_is_one_in_k_plus_three_standard_errors() -> None:
-    from pyirg.train import chance_level
+def test_chance_level_is_the_majority_share_plus_three_standard_errors() -> None:
+    from pyirg.train import chance_bar, chance_level
 
-    # 5 classes over 400 images: 0.2 + 3 * sqrt(0.2 * 0.8 / 400) = 0.26.
-    assert "chance level for 5 classes" in chance_level(0.26, 5, 400)
-    assert chance_level(0.261, 5, 400) is None
-    assert chance_level(0.0, 1, 400) is None and chance_level(0.1, 10, 0) is None
+    # 5 balanced classes over 400 images: 0.2 + 3 * sqrt(0.2 * 0.8 / 400) = 0.26.
+    balanced = [0, 1, 2, 3, 4] * 80
+    assert chance_bar(balanced, 5) == pytest.approx(0.26)
+    assert "chance level for 5 classes" in chance_level(0.26, balanced, 5)
+    assert chance_level(0.261, balanced, 5) is None
+    # Half the images of one class: always answering it scores 0.5, which is no result.
+    skewed = [0] * 200 + [1, 2, 3, 4] * 50
+    assert chance_bar(skewed, 5) == pytest.approx(0.5 + 3 * (0.25 / 400) ** 0.5)
+    assert chance_level(0.5, skewed, 5) is not None and chance_level(0.6, skewed, 5) is None
+    assert chance_level(0.0, [0] * 10, 1) is None and chance_level(0.1, [], 10) is None
+
+
+def test_demo_table_flags_a_method_with_runs_at_chance() -> None:
+    from pyirg import refilled_demo
+
+    labels = [0, 1, 2, 3, 4] * 80
+    rows = [
+        {"setting": "cross-task", "method": m, "seed": seed, "accuracy": a}
+        for m, accs in (("baseline", (0.85, 0.87)), ("REFILLED", (0.20, 0.83)))
+        for seed, a in enumerate(accs)
+    ]
+    results = {
+        "teachers": {"cross-task": {"label": "teacher on digits 0-4", "accuracy": 0.99}},
+        "summary": {"cross-task": refilled_demo.summary(rows, "cross-task", (labels, 5))},
+        "machine": "Machine: here.",
+    }
+    table = refilled_demo.format_table(results)
+    assert (
+        "- **REFILLED: 1 of 2 runs ended at chance level** (test accuracy at most 26.00%" in table
+    )
+    assert "try a lower --teaching-weight (REFILLED)." in table and "baseline: " not in table
 
 
 def test_pyirg_refilled_says_when_a_stage_ends_at_chance(tmp_path: Path, capsys) -> None:

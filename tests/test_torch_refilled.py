@@ -219,11 +219,13 @@ def safe_batch(seed: int, margin: float = 0.2, need_tuple_of: int = 1):
 
 
 def square_batch():
-    """Exact points on the unit axes (scaled): every distance is 0, sqrt(2) or 2 exactly.
+    """Exact points on the unit axes (scaled): every distance is 0, sqrt(2) or 2.
 
-    Rows 1 and 10 share a class and a direction (d = 0). Gaps are then exactly 0 (ties),
-    2 - sqrt(2), sqrt(2) or 2: the hard cases for the mining's strict lower and inclusive
-    upper bound.
+    Rows 1 and 10 share a class and a direction (d = 0). Gaps are then exactly 0 (ties,
+    the strict lower bound), 2 (the inclusive upper bound at margin 2), 2 - sqrt(2) or
+    sqrt(2). sqrt(2) is whatever the library rounds it to: torch.sqrt is not correctly
+    rounded on every CPU (one ulp low in float64 on an AVX-512 Intel Xeon), so no case
+    puts a margin at a gap that involves it.
     """
     s = tensor(
         [[1, 0], [0, 2], [-3, 0], [0, -1], [2, 0], [0, 1], [-1, 0], [0, -4], [1, 0], [0, 5], [0, 3]]
@@ -232,11 +234,19 @@ def square_batch():
     return s, rand(11, 3, seed=90), y
 
 
+def exact_batch():
+    """Unit vectors in 4-D whose distances are 0, 1, 2 or sqrt(3) (x1 = e1, x2 = -e1,
+    halves of +-1/2): the gaps 1 (= margin 1, the inclusive upper bound) and 0 (the
+    strict lower bound) come from distances every sqrt gives exactly."""
+    s = tensor([[1, 0, 0, 0], [0.5, 0.5, 0.5, 0.5], [-1, 0, 0, 0], [0.5, -0.5, 0.5, 0.5]])
+    return s, rand(4, 3, seed=93), torch.tensor([0, 0, 1, 1])
+
+
 def hard_batches():
     """(name, student, teacher, labels, margin) for the loop comparison."""
     out = []
+    out.append(("exact-at-margin", *exact_batch(), 1.0))
     s, t, y = square_batch()
-    out.append(("square-at-margin", s, t, y, 2 - SQRT2))
     out.append(("square-wide", s, t, y, 2.0))
     out.append(("square-zero-margin", s, t, y, 0.0))
     s = rand(9, 3, seed=91)
@@ -441,13 +451,15 @@ def test_triplet_by_hand_one_tuple_of_two():
 
 
 def test_mining_bounds_by_hand():
-    # x0 = (1, 0), x1 = (0, 1) class 0; x2 = (-1, 0) class 1. Anchor 0: gap 2 - sqrt 2
-    # (exact in floating point); anchor 1: gap sqrt 2 - sqrt 2 = 0, never mined.
-    s = tensor([[1, 0], [0, 1], [-1, 0]])
+    # Anchor e1, positive (1/2, 1/2, 1/2, 1/2) at distance 1, negative -e1 at 2: the gap
+    # is 1 exactly (sqrt of 1 and 4); the other anchor's gap is sqrt 3 - 1 = 0.73.
+    s = tensor([[1, 0, 0, 0], [0.5, 0.5, 0.5, 0.5], [-1, 0, 0, 0]])
     y = torch.tensor([0, 0, 1])
-    at = 2 - SQRT2
-    assert mine_triplets(s, y, at).tolist() == [[0, 1, 2]]  # the upper bound is inclusive
-    assert mine_triplets(s, y, math.nextafter(at, 0)).tolist() == []
+    assert mine_triplets(s, y, 1.0).tolist() == [[0, 1, 2], [1, 0, 2]]  # upper bound inclusive
+    assert mine_triplets(s, y, math.nextafter(1.0, 0)).tolist() == [[1, 0, 2]]
+    # x0 = (1, 0), x1 = (0, 1) class 0; x2 = (-1, 0) class 1. Anchor 1's gap is
+    # d(1, 2) - d(1, 0) = sqrt 2 - sqrt 2, the same rounding twice: 0, never mined.
+    s = tensor([[1, 0], [0, 1], [-1, 0]])
     assert mine_triplets(s, y, 10.0).tolist() == [[0, 1, 2]]  # the lower bound is strict
     assert mine_triplets(s, y, 0.0).tolist() == []
 

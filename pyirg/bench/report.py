@@ -175,13 +175,18 @@ def _blas(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _rest(timings: dict[str, Any], whole: str, parts: tuple[str, ...]) -> str:
-    """``whole`` less ``parts`` (ms, medians), or "~0" when the difference lies within the
-    timings' noise (half their interquartile ranges, summed): medians of samples taken
-    apart do not subtract exactly, and a negative rest printed as a time is not one."""
+    """``whole`` less ``parts`` (ms, medians), said as what it is: "~0" within the
+    timings' spread (half their interquartile ranges, summed: the samples' spread, a
+    generous bar for a difference of medians), a time above it, and below it a sign that
+    the parts timed alone took longer than in the whole, which no remainder can be."""
     med = {k: timings[k]["median_ms"] for k in (whole, *parts)}
     rest = med[whole] - sum(med[k] for k in parts)
-    noise = sum((timings[k]["q3_ms"] - timings[k]["q1_ms"]) / 2 for k in (whole, *parts))
-    return f"{rest:.3f}" if abs(rest) > noise else f"~0 (within the noise, +-{noise:.3f})"
+    spread = sum((timings[k]["q3_ms"] - timings[k]["q1_ms"]) / 2 for k in (whole, *parts))
+    if abs(rest) <= spread:
+        return f"~0 (within the samples' spread, +-{spread:.3f})"
+    if rest < 0:
+        return f"none: the parts alone took {-rest:.3f} longer"
+    return f"{rest:.3f}"
 
 
 def _profile(result: dict[str, Any]) -> list[str]:

@@ -34,6 +34,8 @@ pycaffe nor the loop.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,27 +80,30 @@ class TrainResult:
         return []
 
 
-def chance_bar(classes: int, tested: int) -> float:
-    """The highest accuracy over ``tested`` test images that guessing among ``classes``
-    reaches within three standard errors: 1/``classes`` + 3 sqrt(p (1 - p) / ``tested``)."""
-    p = 1.0 / classes
-    return p + 3 * math.sqrt(p * (1 - p) / tested)
+def chance_bar(labels: Sequence[int], classes: int) -> float:
+    """The highest test accuracy a net that learned nothing reaches over the test
+    ``labels`` within three standard errors: one that always answers the most frequent
+    class (at least 1/``classes``) scores its share p, and p + 3 sqrt(p (1 - p) / n)
+    covers a guesser's luck over n images."""
+    counts = Counter(int(y) for y in labels)
+    p = max(1.0 / classes, max(counts.values()) / len(labels))
+    return p + 3 * math.sqrt(p * (1 - p) / len(labels))
 
 
-def chance_level(accuracy: float, classes: int, tested: int) -> str | None:
-    """A sentence saying that ``accuracy`` over ``tested`` test images is no better than
-    guessing among ``classes`` (:func:`chance_bar`), or None when it is better.
+def chance_level(accuracy: float, labels: Sequence[int], classes: int) -> str | None:
+    """A sentence saying that ``accuracy`` on the test ``labels`` is no better than chance
+    (:func:`chance_bar`), or None when it is better.
 
     Why: a run whose loss stays finite but explodes (a distillation term weighted too
     high) ends with a net that predicts one class; no divergence check stops it, and a
     bare accuracy of 0.10 reads like a result.
     """
-    if classes < 2 or tested < 1 or accuracy > (bar := chance_bar(classes, tested)):
+    if classes < 2 or len(labels) == 0 or accuracy > (bar := chance_bar(labels, classes)):
         return None
     return (
-        f"accuracy {accuracy:.4f} is chance level for {classes} classes (1/{classes} = "
-        f"{1 / classes:.4f}; up to {bar:.4f} within three standard errors over {tested} "
-        "test images)"
+        f"accuracy {accuracy:.4f} is chance level for {classes} classes over {len(labels)} "
+        f"test images (at most {bar:.4f}: the most frequent class's share plus three "
+        "standard errors)"
     )
 
 
