@@ -632,6 +632,7 @@ def summarize(
     by_method = {
         m: sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"]) for m in methods
     }
+    bar = chance_bar(*chance) if chance else None
     out: dict[str, dict[str, float]] = {}
     for method, rows in by_method.items():
         accs = [r["accuracy"] for r in rows]
@@ -640,8 +641,7 @@ def summarize(
             "std": statistics.stdev(accs) if len(accs) > 1 else math.nan,
             "n": len(accs),
         }
-        if chance:
-            bar = chance_bar(*chance)
+        if bar is not None:
             out[method].update(chance_bar=bar, at_chance=sum(a <= bar for a in accs))
         if method != "baseline" and "baseline" in by_method:
             seeds = [r["seed"] for r in rows]

@@ -225,8 +225,8 @@ def format_table(results: dict[str, Any]) -> str:
             ncm = f"{100 * e['ncm_mean']:.2f}" if "ncm_mean" in e else "—"
             accuracy = f"{100 * e['mean']:.2f} ± {100 * e['std']:.2f}"
             lines.append(f"| {method} | {accuracy} | {delta} | {wtl} | {ncm} |")
-        lines += ["", *chance_lines(methods, "a lower --teaching-weight (REFILLED)")]
-        lines += [""] if lines[-1] else []
+        flagged = chance_lines(methods, "a lower --teaching-weight (REFILLED)")
+        lines += ["", *flagged, ""] if flagged else [""]
     lines.append(results["machine"])
     return "\n".join(lines)
 
